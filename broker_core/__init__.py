@@ -1,0 +1,1 @@
+"""An embedded event broker for Python microservices."""

@@ -1,0 +1,36 @@
+"""Exceptions raised by the broker and its transports."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "EventTooLarge",
+    "InvalidName",
+    "LeaseLost",
+    "TransportError",
+    "UnknownTransport",
+]
+
+
+class BrokerError(Exception):
+    """Base class of every error this package raises."""
+
+
+class InvalidName(BrokerError, ValueError):
+    """A topic or group name that would not be safe as part of a storage key."""
+
+
+class EventTooLarge(BrokerError, ValueError):
+    """An encoded event exceeds the configured size limit; nothing was published."""
+
+
+class UnknownTransport(BrokerError, LookupError):
+    """No installed transport plugin serves the URL's scheme."""
+
+
+class TransportError(BrokerError):
+    """The transport's backing store failed or could not be reached."""
+
+
+class LeaseLost(BrokerError):
+    """The delivery's lease expired or was taken over: its ack or extend changes nothing."""

@@ -1,0 +1,121 @@
+"""The event model: typed events as pydantic models, and their time-ordered ids."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ENVELOPE_FIELDS", "Event", "UnknownEvent", "event_class", "new_event_id"]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def _b32(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_event_id() -> str:
+    """A new unique id: 26 characters, sorting in creation order (ULID layout).
+
+    48 bits of milliseconds then 80 random bits; ids made in the same millisecond by one
+    process increment the random part, so they still sort in creation order.
+    """
+    global _last_ms, _last_rand
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand = (_last_rand + 1) & ((1 << 80) - 1)
+        else:
+            _last_ms = ms
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        return _b32(ms, 10) + _b32(_last_rand, 16)
+
+
+_registry: dict[str, type[Event]] = {}
+
+
+def event_class(type_name: str) -> type[Event] | None:
+    """The Event subclass registered under wire type ``type_name``, if any.
+
+    Every subclass registers itself when defined; a later class with the same type name
+    replaces an earlier one.
+    """
+    return _registry.get(type_name)
+
+
+class Event(BaseModel):
+    """Base class of every event.
+
+    Subclasses declare their payload as pydantic fields and may set the class variables
+    ``topic`` (where ``publish`` sends it unless told otherwise) and ``event_type`` (its
+    name on the wire; the class name by default)::
+
+        class OrderPlaced(Event):
+            topic: ClassVar[str] = "orders"
+            order_id: str
+            total: float
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: ClassVar[str | None] = None
+    event_type: ClassVar[str] = "Event"
+
+    id: str = Field(default_factory=new_event_id)
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "event_type" not in cls.__dict__:
+            cls.event_type = cls.__name__
+        _registry[cls.event_type] = cls
+
+    @property
+    def type_name(self) -> str:
+        """This event's type name on the wire."""
+        return self.event_type
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields as JSON-compatible data (the envelope's ``data``)."""
+        return self.model_dump(mode="json", exclude=ENVELOPE_FIELDS)
+
+
+ENVELOPE_FIELDS: frozenset[str] = frozenset({"id", "occurred_at", "headers"})
+"""Fields of every Event that travel in the envelope rather than in ``data``."""
+
+
+class UnknownEvent(Event):
+    """An event whose wire type this process has no class for.
+
+    Topic handlers receive it with the wire ``type`` and the undecoded ``data``, so a
+    service can handle, log or forward events it has no model for.
+    """
+
+    event_type: ClassVar[str] = "UnknownEvent"
+
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def type_name(self) -> str:
+        """The wire type this event arrived with."""
+        return self.type
+
+    def payload(self) -> dict[str, Any]:
+        """The data exactly as it arrived."""
+        return dict(self.data)

@@ -1,0 +1,212 @@
+"""The boundary between the broker and a store: the ``Transport`` protocol and its data.
+
+A transport keeps, per topic, the bodies of published events and, per (topic, group), the
+delivery state machine of the design brief::
+
+    publish -> READY -claim-> LEASED -ack-> DONE
+    LEASED -expiry / nack(0)-> READY (front)      LEASED -nack(delay)-> DELAYED -due-> READY
+    LEASED / READY -attempts exhausted, dead()-> DEAD -replay-> READY
+
+Only plain data crosses this boundary: names, event ids, bytes, floats and the frozen
+dataclasses below. The core never imports a transport; transports are found through the
+plugin hooks in :mod:`broker_core.hooks`. Every method is a coroutine and every state
+transition a transport performs must be atomic with respect to every other consumer of
+the same store, in any process.
+
+Times are seconds on the transport's clock (see :mod:`broker_core.clock`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "DeadLetter",
+    "Message",
+    "QueueStats",
+    "Receipt",
+    "Transport",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The token of one delivery: which event, for which group, under which lease.
+
+    ``token`` changes with every claim, so a receipt from an earlier delivery of the same
+    event is stale and the transport refuses it (fencing).
+    """
+
+    topic: str
+    group: str
+    event_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One leased delivery, as a claim hands it out."""
+
+    receipt: Receipt
+    body: bytes
+    attempt: int
+    """1-based count of deliveries of this event to this group, this one included."""
+    lease_deadline: float
+    """When the lease expires, on the transport's clock."""
+
+    @property
+    def topic(self) -> str:
+        """The topic the event was published to."""
+        return self.receipt.topic
+
+    @property
+    def group(self) -> str:
+        """The group this delivery belongs to."""
+        return self.receipt.group
+
+    @property
+    def event_id(self) -> str:
+        """The published event's id."""
+        return self.receipt.event_id
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a group gave up on, with why."""
+
+    topic: str
+    group: str
+    event_id: str
+    body: bytes
+    reason: str
+    """Why it died: ``"max_attempts"``, ``"undecodable"``, ``"handler"`` or a caller's word."""
+    error: str | None
+    """The last error seen, e.g. ``"ValueError: bad total"``."""
+    attempts: int
+    died_at: float
+    """When it died, on the transport's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How many of a (topic, group)'s events are in each live state."""
+
+    topic: str
+    group: str
+    ready: int
+    leased: int
+    delayed: int
+    dead: int
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What a store must do to carry events; see the module docstring for the states."""
+
+    async def connect(self) -> None:
+        """Open connections. Called once before any other method; idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. The stored state survives (for durable stores)."""
+        ...
+
+    async def subscribe(self, topic: str, group: str) -> None:
+        """Make ``group`` a durable subscriber of ``topic``; idempotent.
+
+        Events published after this call reach the group; earlier ones do not.
+        """
+        ...
+
+    async def groups(self, topic: str) -> list[str]:
+        """The groups subscribed to ``topic``, sorted."""
+        ...
+
+    async def topics(self) -> list[str]:
+        """Every topic that has at least one subscribed group, sorted."""
+        ...
+
+    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+        """Append ``(event_id, body)`` pairs, in order, to the READY queue of every group.
+
+        All of one call's events become visible atomically. An event id that the topic
+        still holds is skipped (idempotent publish). Returns the number of groups
+        subscribed to the topic (0 when none; not an error).
+        """
+        ...
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` READY events of ``group`` from ``topics``.
+
+        First, events whose lease has expired go back to the front of READY and DELAYED
+        events that are due become READY. Each claimed event's attempt count goes up by
+        one atomically with the claim; an event that would exceed ``max_attempts`` goes
+        to DEAD (reason ``"max_attempts"``) instead of being handed out. Events of one
+        topic come out in queue order. Returns at once, possibly empty.
+        """
+        ...
+
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        """Block until ``group`` may have work in ``topics``, at most ``timeout`` seconds.
+
+        Returns True when woken by new work, False on timeout. Spurious wake-ups are
+        allowed; a publish must wake a waiter promptly, and a waiter must not sleep
+        past the next lease expiry or due retry it knows of.
+        """
+        ...
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Mark each leased event DONE. Per receipt: True, or False if it was stale."""
+        ...
+
+    async def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
+        """Give a leased event back: to the front of READY, or to DELAYED for ``delay`` s.
+
+        The attempt stays counted. Returns False (and changes nothing) if stale.
+        """
+        ...
+
+    async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        """Set each live lease to expire ``lease`` seconds from now; False where stale."""
+        ...
+
+    async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
+        """Move a leased event to DEAD with ``reason``; False (no change) if stale."""
+        ...
+
+    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead events of (topic, group), oldest death first."""
+        ...
+
+    async def replay_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Move dead events (all, or those listed) to the back of READY, attempts reset.
+
+        Returns how many moved.
+        """
+        ...
+
+    async def purge_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete dead events (all, or those listed) for good; returns how many."""
+        ...
+
+    async def stats(self, topic: str, group: str) -> QueueStats:
+        """Counts of READY, LEASED, DELAYED and DEAD events of (topic, group).
+
+        Like ``claim``, it first returns expired leases to READY and makes due DELAYED
+        events READY, so the counts describe the state machine at the current time.
+        """
+        ...
