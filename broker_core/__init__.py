@@ -1,1 +1,48 @@
-"""An embedded event broker for Python microservices."""
+"""An embedded event broker for Python microservices.
+
+Publish an event and every subscribing group receives it; the instances of a group
+compete for it; a crashed instance's events go to another one; nothing is lost.
+"""
+
+from broker_core.broker import Broker
+from broker_core.clock import Clock, ManualClock
+from broker_core.codec import DecodeError
+from broker_core.delivery import Delivery
+from broker_core.errors import (
+    BrokerError,
+    EventTooLarge,
+    InvalidName,
+    LeaseLost,
+    TransportError,
+    UnknownTransport,
+)
+from broker_core.events import Event, UnknownEvent
+from broker_core.hooks import hookimpl
+from broker_core.retry import RetryPolicy
+from broker_core.settings import BrokerOptions, BrokerSettings
+from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, Transport
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "BrokerOptions",
+    "BrokerSettings",
+    "Clock",
+    "DeadLetter",
+    "DecodeError",
+    "Delivery",
+    "Event",
+    "EventTooLarge",
+    "InvalidName",
+    "LeaseLost",
+    "ManualClock",
+    "Message",
+    "QueueStats",
+    "Receipt",
+    "RetryPolicy",
+    "Transport",
+    "TransportError",
+    "UnknownEvent",
+    "UnknownTransport",
+    "hookimpl",
+]

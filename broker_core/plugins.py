@@ -14,7 +14,7 @@ from broker_core.errors import UnknownTransport
 from broker_core.hooks import TransportInfo
 from broker_core.transport import Transport
 
-__all__ = ["installed_transports", "make_transport", "plugin_manager"]
+__all__ = ["installed_transports", "make_transport", "plugin_manager", "redact"]
 
 
 @functools.cache
@@ -43,12 +43,23 @@ def make_transport(
     Raises UnknownTransport, listing the installed schemes, when no plugin serves it.
     """
     pm = pm or plugin_manager()
-    transport: Transport | None = pm.hook.broker_make_transport(url=url, options=dict(options or {}))
+    transport: Transport | None = pm.hook.broker_make_transport(
+        url=url, options=dict(options or {})
+    )
     if transport is None:
         scheme = urlsplit(url).scheme or "(none)"
         schemes = sorted(s for info in installed_transports(pm) for s in info.schemes)
         raise UnknownTransport(
-            f"no transport for scheme {scheme!r} in {url!r}; installed schemes: "
+            f"no transport for scheme {scheme!r} in {redact(url)!r}; installed schemes: "
             + (", ".join(f"{s}://" for s in schemes) or "none")
         )
     return transport
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,299 @@
+"""The Broker facade: what a service calls to publish, subscribe and consume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from broker_core.codec import encode
+from broker_core.consumer import Consumer
+from broker_core.errors import EventTooLarge
+from broker_core.events import Event
+from broker_core.handlers import Handler, Route, Router
+from broker_core.names import validate_group, validate_topic
+from broker_core.plugins import make_transport
+from broker_core.retry import RetryPolicy
+from broker_core.settings import BrokerOptions, BrokerSettings
+from broker_core.transport import DeadLetter, QueueStats, Transport
+
+__all__ = ["Broker"]
+
+H = TypeVar("H", bound=Handler)
+
+
+class Broker:
+    """An event broker inside one service instance.
+
+    Publish events to topics; as a member of a ``group`` (the subscribing service),
+    subscribe to topics and handle their events, competing with the group's other
+    instances. Use it as an async context manager, which connects and closes the
+    transport::
+
+        broker = Broker.from_url("memory://", group="billing")
+        async with broker:
+            await broker.subscribe("orders")
+
+            @broker.on(OrderPlaced)
+            async def handle(event: OrderPlaced, delivery: Delivery) -> None: ...
+
+            await broker.publish(OrderPlaced(order_id="1", total=9.5))
+            await broker.run()
+    """
+
+    def __init__(self, transport: Transport, options: BrokerOptions | None = None) -> None:
+        self.options = options or BrokerOptions()
+        if self.options.group is not None:
+            validate_group(self.options.group)
+        self.transport = transport
+        self._retry = self.options.retry_policy()
+        self._router = Router()
+        self._subscribed: set[str] = set()
+        self._consumer: Consumer | None = None
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "memory://",
+        *,
+        transport_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Broker:
+        """A broker on the transport that serves ``url``'s scheme.
+
+        :param options: any :class:`~broker_core.settings.BrokerOptions` field
+            (``group``, ``lease``, ``concurrency``, ``max_attempts``, ``retry``, ...).
+        :param transport_options: passed to the transport plugin (e.g. ``clock``).
+        """
+        return cls._build(BrokerOptions(url=url, **options), transport_options)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BrokerSettings | None = None,
+        *,
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> Broker:
+        """A broker configured from ``BROKER_*`` environment variables (or ``settings``)."""
+        return cls._build(settings or BrokerSettings(), transport_options)
+
+    @classmethod
+    def _build(cls, options: BrokerOptions, transport_options: Mapping[str, Any] | None) -> Broker:
+        return cls(make_transport(options.url, transport_options), options)
+
+    @property
+    def group(self) -> str | None:
+        """The group this broker consumes for, if any."""
+        return self.options.group
+
+    def _require_group(self, group: str | None = None) -> str:
+        group = group or self.options.group
+        if group is None:
+            raise ValueError("this needs a group: Broker.from_url(url, group='my-service')")
+        return validate_group(group)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect the transport (``async with broker`` does it for you)."""
+        await self.transport.connect()
+
+    async def close(self) -> None:
+        """Stop consuming and close the transport."""
+        self.stop()
+        await self.transport.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, event: Event, *, topic: str | None = None) -> int:
+        """Publish ``event`` to ``topic`` (default: its class's ``topic``).
+
+        Returns how many groups it reached; 0 when nobody subscribed (not an error).
+        Raises EventTooLarge, before anything is stored, if it exceeds
+        ``max_event_bytes``.
+        """
+        name = self._topic_of(event, topic)
+        return await self.transport.publish(name, [(event.id, self._encode(event, name))])
+
+    async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
+        """Publish several events, one transport call per topic, all topics at once.
+
+        Events of one topic keep their order. Returns the number of (event, group)
+        copies enqueued. Nothing is published if any event is invalid or too large.
+        """
+        batches: dict[str, list[tuple[str, bytes]]] = {}
+        for event in events:
+            name = self._topic_of(event, topic)
+            batches.setdefault(name, []).append((event.id, self._encode(event, name)))
+        reached = await asyncio.gather(
+            *(self.transport.publish(name, batch) for name, batch in batches.items())
+        )
+        return sum(
+            groups * len(batch) for groups, batch in zip(reached, batches.values(), strict=True)
+        )
+
+    @staticmethod
+    def _topic_of(event: Event, topic: str | None) -> str:
+        if not isinstance(event, Event):
+            raise TypeError(f"publish takes Event instances, got {type(event).__name__}")
+        name = topic or event.topic
+        if name is None:
+            raise ValueError(
+                f"{type(event).__name__} has no topic: set `topic: ClassVar[str]` on the class "
+                "or pass publish(event, topic=...)"
+            )
+        return validate_topic(name)
+
+    def _encode(self, event: Event, topic: str) -> bytes:
+        body = encode(event, topic)
+        if len(body) > self.options.max_event_bytes:
+            raise EventTooLarge(
+                f"event {event.id} ({event.type_name}) is {len(body)} bytes encoded; "
+                f"the limit is max_event_bytes={self.options.max_event_bytes}"
+            )
+        return body
+
+    # -- subscribing and handling --------------------------------------------------------
+
+    async def subscribe(self, *topics: str) -> None:
+        """Subscribe this broker's group to ``topics`` (durably: it outlives the process)."""
+        group = self._require_group()
+        for topic in topics:
+            await self.transport.subscribe(validate_topic(topic), group)
+            self._subscribed.add(topic)
+
+    def on(
+        self,
+        target: type[Event] | str,
+        *,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as the handler of an event class or a topic.
+
+        ``broker.on(OrderPlaced)`` handles OrderPlaced events on ``OrderPlaced.topic``;
+        ``broker.on("orders")`` handles every event on ``orders`` that has no handler
+        of its own type, unknown types included (as :class:`UnknownEvent`). The
+        handler takes ``(event)`` or ``(event, delivery)``; it may be a coroutine
+        function or a plain function (run in a worker thread). Returning acks the
+        event; raising retries it by ``retry`` (default: the broker's), at most
+        ``max_attempts`` deliveries in all, then dead-letters it.
+        """
+        if isinstance(target, str):
+            topic, event_type = validate_topic(target), None
+        elif isinstance(target, type) and issubclass(target, Event):
+            if target.topic is None:
+                raise ValueError(f"{target.__name__} has no topic; use broker.on('topic') instead")
+            topic, event_type = validate_topic(target.topic), target
+        else:
+            raise TypeError(f"on() takes an Event subclass or a topic name, got {target!r}")
+        policy = retry or self._retry
+        if max_attempts is not None:
+            policy = policy.model_copy(update={"max_attempts": max_attempts})
+
+        def register(func: H) -> H:
+            self._router.add(Route.build(topic, event_type, func, policy))
+            return func
+
+        return register
+
+    async def _consumer_topics(self) -> tuple[Consumer, list[str]]:
+        group = self._require_group()
+        topics = self._router.topics()
+        if not topics:
+            raise RuntimeError("no handlers registered: decorate one with @broker.on(...) first")
+        # Consuming a topic implies a durable subscription to it.
+        await self.subscribe(*(t for t in topics if t not in self._subscribed))
+        if self._consumer is None:
+            self._consumer = Consumer(self.transport, group, self._router, self.options)
+        return self._consumer, topics
+
+    async def pick(self) -> bool:
+        """Claim at most one event, run its handler and settle it; False if none was ready."""
+        consumer, topics = await self._consumer_topics()
+        return await consumer.pick(topics)
+
+    async def run(self) -> None:
+        """Consume events until :meth:`stop`, :meth:`abort` or cancellation.
+
+        On stop, no new events are claimed and running handlers get
+        ``shutdown_grace`` seconds to finish; those still running are cancelled and
+        their events given back at once for other consumers.
+        """
+        consumer, topics = await self._consumer_topics()
+        await consumer.run(topics)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish gracefully; returns at once."""
+        if self._consumer is not None:
+            self._consumer.stop()
+
+    def abort(self) -> None:
+        """End :meth:`run` as if the process had crashed, settling nothing.
+
+        The events it held return to other consumers when their leases expire; meant
+        for tests and demonstrations of crash recovery.
+        """
+        if self._consumer is not None:
+            self._consumer.abort()
+
+    # -- operating -----------------------------------------------------------------------
+
+    async def stats(self, topic: str | None = None) -> list[QueueStats]:
+        """Per topic and group: ready, leased, delayed and dead counts.
+
+        All topics with subscribers, or just ``topic``.
+        """
+        topics = [validate_topic(topic)] if topic is not None else await self.transport.topics()
+        result = []
+        for name in topics:
+            for group in await self.transport.groups(name):
+                result.append(await self.transport.stats(name, group))
+        return result
+
+    async def dead_letters(
+        self, topic: str, *, group: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Dead events of ``topic`` for this broker's group (or ``group``), oldest first."""
+        return await self.transport.dead_letters(
+            validate_topic(topic), self._require_group(group), limit=limit
+        )
+
+    async def replay_dead(
+        self,
+        topic: str,
+        event_ids: Sequence[str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> int:
+        """Give dead events (all, or ``event_ids``) another full set of attempts."""
+        return await self.transport.replay_dead(
+            validate_topic(topic), self._require_group(group), event_ids
+        )
+
+    async def purge_dead(
+        self,
+        topic: str,
+        event_ids: Sequence[str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> int:
+        """Delete dead events (all, or ``event_ids``) for good."""
+        return await self.transport.purge_dead(
+            validate_topic(topic), self._require_group(group), event_ids
+        )

@@ -1,0 +1,178 @@
+"""The ``broker`` command line: the demo, installed plugins, and operator tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from broker_core.broker import Broker
+from broker_core.demo import run_demo
+from broker_core.errors import BrokerError
+from broker_core.plugins import installed_transports
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="An embedded event broker for Python microservices.", no_args_is_help=True)
+console = Console()
+T = TypeVar("T")
+
+Url = Annotated[str, typer.Option("--url", envvar="BROKER_URL", help="Transport URL.")]
+TopicArg = Annotated[str, typer.Option("--topic", help="Topic name.")]
+GroupArg = Annotated[str, typer.Option("--group", help="Group (subscribing service) name.")]
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(make())
+    except BrokerError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def demo(
+    url: Url = "memory://",
+    events: Annotated[int, typer.Option(min=10, help="Events to publish.")] = 1000,
+) -> None:
+    """Two groups, two consumers each, a crash, retries and a poison event; counts losses."""
+    logging.basicConfig(level=logging.CRITICAL)
+    with Progress(
+        TextColumn("[bold]settling events"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("demo", total=events * 2)
+        report = _run(
+            lambda: run_demo(
+                url, events, progress=lambda done, total: bar.update(task, completed=done)
+            )
+        )
+    table = Table(title=f"broker demo on {url} ({report.crashed} crashed mid-run)")
+    for column in ("group", "published", "delivered", "redelivered", "dead", "lost", "events/s"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for group in report.groups:
+        table.add_row(
+            group.group,
+            str(group.published),
+            str(group.delivered),
+            str(group.redelivered),
+            str(group.dead),
+            f"[{'red' if group.lost else 'green'}]{group.lost}",
+            f"{group.events_per_second:,.0f}",
+        )
+    console.print(table)
+    if report.lost:
+        console.print(f"[red]{report.lost} events lost[/red]")
+        raise typer.Exit(1)
+    console.print("[green]nothing lost[/green]")
+
+
+@app.command()
+def plugins() -> None:
+    """List the installed transports and the URL schemes they serve."""
+    table = Table(title="installed transports")
+    table.add_column("name")
+    table.add_column("schemes")
+    table.add_column("description")
+    for info in installed_transports():
+        table.add_row(info.name, ", ".join(f"{s}://" for s in info.schemes), info.description)
+    console.print(table)
+
+
+@app.command()
+def stats(
+    url: Url = "memory://",
+    topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
+) -> None:
+    """Ready, leased, delayed and dead events per topic and group."""
+
+    async def collect() -> None:
+        async with Broker.from_url(url) as broker:
+            rows = await broker.stats(topic)
+        table = Table(title=f"queues on {url}")
+        for column in ("topic", "group", "ready", "leased", "delayed", "dead"):
+            table.add_column(column, justify="left" if column in ("topic", "group") else "right")
+        for row in rows:
+            table.add_row(
+                row.topic,
+                row.group,
+                str(row.ready),
+                str(row.leased),
+                str(row.delayed),
+                str(row.dead),
+            )
+        console.print(table)
+
+    _run(collect)
+
+
+@app.command()
+def dead(
+    topic: TopicArg,
+    group: GroupArg,
+    url: Url = "memory://",
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+) -> None:
+    """List dead events of a topic and group, with why they died."""
+
+    async def collect() -> None:
+        async with Broker.from_url(url, group=group) as broker:
+            letters = await broker.dead_letters(topic, limit=limit)
+        table = Table(title=f"dead letters of {topic}/{group}")
+        for column in ("event id", "reason", "attempts", "last error"):
+            table.add_column(column)
+        for letter in letters:
+            table.add_row(letter.event_id, letter.reason, str(letter.attempts), letter.error or "")
+        console.print(table)
+
+    _run(collect)
+
+
+@app.command()
+def replay(
+    topic: TopicArg,
+    group: GroupArg,
+    url: Url = "memory://",
+    event_id: Annotated[
+        list[str] | None, typer.Option("--id", help="Only these events (repeatable).")
+    ] = None,
+) -> None:
+    """Give dead events another full set of attempts."""
+
+    async def act() -> int:
+        async with Broker.from_url(url, group=group) as broker:
+            return await broker.replay_dead(topic, event_id)
+
+    console.print(f"replayed {_run(act)} events")
+
+
+@app.command()
+def purge(
+    topic: TopicArg,
+    group: GroupArg,
+    url: Url = "memory://",
+    event_id: Annotated[
+        list[str] | None, typer.Option("--id", help="Only these events (repeatable).")
+    ] = None,
+) -> None:
+    """Delete dead events for good."""
+
+    async def act() -> int:
+        async with Broker.from_url(url, group=group) as broker:
+            return await broker.purge_dead(topic, event_id)
+
+    console.print(f"purged {_run(act)} events")
+
+
+def main() -> None:
+    """Entry point of the ``broker`` command."""
+    app()

@@ -1,0 +1,83 @@
+"""A delivery: one attempt to handle one event, as its handler sees it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from broker_core.errors import LeaseLost
+from broker_core.events import Event
+from broker_core.transport import Message, Receipt
+
+if TYPE_CHECKING:
+    from broker_core.transport import Transport
+
+__all__ = ["Delivery"]
+
+E = TypeVar("E", bound=Event)
+
+
+class Delivery(Generic[E]):
+    """One delivery of ``event`` to this consumer, under a lease.
+
+    The broker renews the lease while the handler runs; a handler that expects to run
+    much longer than one lease may also call :meth:`extend`. If the lease is lost
+    (renewal failed, or it expired and another consumer took the event),
+    :attr:`lease_lost` turns True, :meth:`extend` raises :class:`LeaseLost`, and the
+    handler's eventual result changes nothing: the event's fate belongs to the new holder.
+    """
+
+    __slots__ = ("_lease_lost", "_message", "_transport", "event")
+
+    def __init__(self, event: E, message: Message, transport: Transport) -> None:
+        self.event: E = event
+        self._message = message
+        self._transport = transport
+        self._lease_lost = False
+
+    @property
+    def topic(self) -> str:
+        """The topic the event was published to."""
+        return self._message.topic
+
+    @property
+    def group(self) -> str:
+        """The group this delivery is for."""
+        return self._message.group
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery of this event to this group, 2 for the first retry, ..."""
+        return self._message.attempt
+
+    @property
+    def event_id(self) -> str:
+        """The event's id."""
+        return self._message.event_id
+
+    @property
+    def receipt(self) -> Receipt:
+        """The fencing token of this delivery."""
+        return self._message.receipt
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether this delivery no longer holds the event's lease."""
+        return self._lease_lost
+
+    def mark_lease_lost(self) -> None:
+        """Record that the transport refused this delivery's receipt."""
+        self._lease_lost = True
+
+    async def extend(self, seconds: float) -> None:
+        """Make the lease last ``seconds`` from now; raises LeaseLost if it is gone."""
+        if seconds <= 0:
+            raise ValueError("a lease extension must be positive")
+        if self._lease_lost or not (await self._transport.extend([self.receipt], seconds))[0]:
+            self._lease_lost = True
+            raise LeaseLost(f"lease on event {self.event_id} ({self.topic}/{self.group}) is lost")
+
+    def __repr__(self) -> str:
+        return (
+            f"Delivery(topic={self.topic!r}, group={self.group!r}, "
+            f"event_id={self.event_id!r}, attempt={self.attempt})"
+        )

@@ -1,0 +1,118 @@
+"""Handler registration and routing: which function handles which event."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker_core.delivery import Delivery
+from broker_core.events import Event
+from broker_core.retry import RetryPolicy
+
+__all__ = ["Handler", "Route", "Router"]
+
+Handler = Callable[..., Any]
+"""``f(event)`` or ``f(event, delivery)``, a coroutine function or a plain function."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One registered handler and what it handles."""
+
+    topic: str
+    event_type: type[Event] | None
+    """The event class handled, or None for every event of the topic."""
+    func: Handler
+    retry: RetryPolicy
+    invoke: Callable[[Event, Delivery[Any]], Awaitable[Any]]
+    """Calls ``func`` with the arguments it takes; plain functions run in a thread."""
+
+    @classmethod
+    def build(
+        cls, topic: str, event_type: type[Event] | None, func: Handler, retry: RetryPolicy
+    ) -> Route:
+        """Check ``func``'s signature and prepare how to call it."""
+        if not callable(func):
+            raise TypeError(f"handler must be callable, got {func!r}")
+        pass_delivery = _takes_delivery(func)
+        if inspect.iscoroutinefunction(func):
+
+            async def invoke(event: Event, delivery: Delivery[Any]) -> Any:
+                return await (func(event, delivery) if pass_delivery else func(event))
+
+        else:
+
+            async def invoke(event: Event, delivery: Delivery[Any]) -> Any:
+                # A plain function may block; a worker thread keeps the event loop (and
+                # with it lease renewal of every other delivery) running meanwhile.
+                call = (
+                    functools.partial(func, event, delivery)
+                    if pass_delivery
+                    else (functools.partial(func, event))
+                )
+                return await asyncio.to_thread(call)
+
+        return cls(topic, event_type, func, retry, invoke)
+
+
+def _takes_delivery(func: Handler) -> bool:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) or len(positional) >= 2:
+        return True
+    if len(positional) == 1:
+        return False
+    raise TypeError(f"handler {func!r} must take (event) or (event, delivery)")
+
+
+class Router:
+    """The handlers of one broker, by topic and event type."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[tuple[str, str], Route] = {}
+        self._by_topic: dict[str, Route] = {}
+        self._types: dict[str, type[Event]] = {}
+
+    def add(self, route: Route) -> None:
+        """Register ``route``; a second handler for the same topic and type is an error."""
+        if route.event_type is None:
+            if route.topic in self._by_topic:
+                raise ValueError(f"topic {route.topic!r} already has a handler for every event")
+            self._by_topic[route.topic] = route
+            return
+        key = (route.topic, route.event_type.event_type)
+        if key in self._by_type:
+            raise ValueError(f"{key[1]} on topic {route.topic!r} already has a handler")
+        self._by_type[key] = route
+        self._types[route.event_type.event_type] = route.event_type
+
+    def route(self, topic: str, event: Event) -> Route | None:
+        """The handler for ``event`` on ``topic``: its type's, else the topic's, else None."""
+        return self._by_type.get((topic, event.type_name)) or self._by_topic.get(topic)
+
+    @property
+    def types(self) -> Mapping[str, type[Event]]:
+        """The event classes handlers asked for, by wire type name (used for decoding)."""
+        return self._types
+
+    def topics(self) -> list[str]:
+        """Every topic with at least one handler, sorted."""
+        return sorted({topic for topic, _ in self._by_type} | set(self._by_topic))
+
+    def max_attempts(self, topics: Iterable[str]) -> int:
+        """The largest ``max_attempts`` among the handlers of ``topics``."""
+        topics = set(topics)
+        routes = [r for (t, _), r in self._by_type.items() if t in topics]
+        routes += [r for t, r in self._by_topic.items() if t in topics]
+        return max((r.retry.max_attempts for r in routes), default=1)

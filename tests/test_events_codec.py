@@ -1,0 +1,120 @@
+"""The event model and the wire format."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker_core import DecodeError, Event, UnknownEvent
+from broker_core.codec import FORMAT_VERSION, decode, encode
+from broker_core.events import new_event_id
+
+
+class Shipped(Event):
+    topic: ClassVar[str] = "shipping"
+    parcel: str
+    weight: float
+    tags: list[str] = []
+
+
+class Renamed(Event):
+    event_type: ClassVar[str] = "renamed.v2"
+    value: int
+
+
+def test_envelope_has_the_documented_fields() -> None:
+    event = Shipped(parcel="p1", weight=1.5, headers={"trace": "t"})
+    envelope = json.loads(encode(event, "shipping"))
+    assert envelope == {
+        "v": FORMAT_VERSION,
+        "id": event.id,
+        "type": "Shipped",
+        "topic": "shipping",
+        "occurred_at": event.occurred_at.isoformat(),
+        "headers": {"trace": "t"},
+        "data": {"parcel": "p1", "weight": 1.5, "tags": []},
+    }
+
+
+def test_event_type_can_be_overridden() -> None:
+    assert json.loads(encode(Renamed(value=1), "t"))["type"] == "renamed.v2"
+    assert isinstance(decode(encode(Renamed(value=1), "t")), Renamed)
+
+
+@given(
+    parcel=st.text(max_size=50),
+    weight=st.floats(allow_nan=False, allow_infinity=False),
+    tags=st.lists(st.text(max_size=10), max_size=5),
+    headers=st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=4),
+)
+def test_round_trip(parcel: str, weight: float, tags: list[str], headers: dict[str, str]) -> None:
+    event = Shipped(parcel=parcel, weight=weight, tags=tags, headers=headers)
+    assert decode(encode(event, "shipping")) == event
+
+
+def test_unknown_type_decodes_as_unknown_event() -> None:
+    body = json.dumps(
+        {
+            "v": 1,
+            "id": "x1",
+            "type": "NobodyKnowsMe",
+            "topic": "t",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "headers": {},
+            "data": {"a": [1, 2]},
+        }
+    ).encode()
+    event = decode(body)
+    assert isinstance(event, UnknownEvent)
+    assert (event.type, event.data, event.id, event.type_name) == (
+        "NobodyKnowsMe",
+        {"a": [1, 2]},
+        "x1",
+        "NobodyKnowsMe",
+    )
+    # Re-publishing an unknown event keeps its wire type and data.
+    assert json.loads(encode(event, "t"))["type"] == "NobodyKnowsMe"
+    assert json.loads(encode(event, "t"))["data"] == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not an event envelope"),
+        (b"{}", "not an event envelope"),
+        (b"\xff\xfe", "not an event envelope"),
+        (
+            b'{"v":2,"id":"a","type":"Shipped","topic":"t","occurred_at":"2026-01-01T00:00:00Z",'
+            b'"headers":{},"data":{}}',
+            "unsupported envelope version 2",
+        ),
+        (
+            b'{"v":1,"id":"a","type":"Shipped","topic":"t","occurred_at":"2026-01-01T00:00:00Z",'
+            b'"headers":{},"data":{"parcel":"p","weight":"heavy"}}',
+            "data does not fit Shipped: weight",
+        ),
+    ],
+)
+def test_undecodable_bodies_say_why(body: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode(body)
+
+
+def test_ids_are_unique_and_time_ordered() -> None:
+    ids = [new_event_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
+def test_events_are_immutable_and_strict() -> None:
+    event = Shipped(parcel="p", weight=1)
+    with pytest.raises(ValueError):
+        event.parcel = "q"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="extra"):
+        Shipped(parcel="p", weight=1, colour="red")  # type: ignore[call-arg]
