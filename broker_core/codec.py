@@ -63,11 +63,23 @@ def decode(body: bytes, types: Mapping[str, type[Event]] | None = None) -> Event
     if envelope.v != FORMAT_VERSION:
         raise DecodeError(f"unsupported envelope version {envelope.v} (expected {FORMAT_VERSION})")
     cls = (types or {}).get(envelope.type) or event_class(envelope.type)
-    base = {"id": envelope.id, "occurred_at": envelope.occurred_at, "headers": envelope.headers}
     try:
         if cls is None or cls is UnknownEvent:
-            return UnknownEvent(type=envelope.type, data=envelope.data, **base)
-        return cls.model_validate({**envelope.data, **base})
+            return UnknownEvent(
+                id=envelope.id,
+                occurred_at=envelope.occurred_at,
+                headers=envelope.headers,
+                type=envelope.type,
+                data=envelope.data,
+            )
+        return cls.model_validate(
+            {
+                **envelope.data,
+                "id": envelope.id,
+                "occurred_at": envelope.occurred_at,
+                "headers": envelope.headers,
+            }
+        )
     except ValidationError as exc:
         raise DecodeError(f"data does not fit {envelope.type}: {_summary(exc)}") from exc
 

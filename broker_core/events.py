@@ -92,11 +92,12 @@ class Event(BaseModel):
 
     def payload(self) -> dict[str, Any]:
         """The event's own fields as JSON-compatible data (the envelope's ``data``)."""
-        return self.model_dump(mode="json", exclude=ENVELOPE_FIELDS)
+        return self.model_dump(mode="json", exclude=_EXCLUDE)
 
 
 ENVELOPE_FIELDS: frozenset[str] = frozenset({"id", "occurred_at", "headers"})
 """Fields of every Event that travel in the envelope rather than in ``data``."""
+_EXCLUDE = set(ENVELOPE_FIELDS)
 
 
 class UnknownEvent(Event):

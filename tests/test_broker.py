@@ -323,7 +323,7 @@ async def test_publish_many_is_one_transport_call_per_topic(make: Callable[..., 
     with pytest.raises(ValueError, match="has no topic"):
         await broker.publish_many(events)
     assert calls == []
-    reached = await broker.publish_many(events[:5] + [OrderCancelled(order_id="1")])
+    reached = await broker.publish_many([*events[:5], OrderCancelled(order_id="1")])
     assert reached == 6
     assert calls == [("orders", 6)]
     order: list[str] = []

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 import pytest
+from pydantic import Field
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +20,7 @@ class Shipped(Event):
     topic: ClassVar[str] = "shipping"
     parcel: str
     weight: float
-    tags: list[str] = []
+    tags: list[str] = Field(default_factory=list)
 
 
 class Renamed(Event):
