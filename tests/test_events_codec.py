@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 import pytest
-from pydantic import Field
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import Field
 
 from broker_core import DecodeError, Event, UnknownEvent
 from broker_core.codec import FORMAT_VERSION, decode, encode
