@@ -5,7 +5,7 @@ delivery state machine of the design brief::
 
     publish -> READY -claim-> LEASED -ack-> DONE
     LEASED -expiry / nack(0)-> READY (front)      LEASED -nack(delay)-> DELAYED -due-> READY
-    LEASED / READY -attempts exhausted, dead()-> DEAD -replay-> READY
+    LEASED / READY -attempts exhausted, kill()-> DEAD -replay-> READY
 
 Only plain data crosses this boundary: names, event ids, bytes, floats and the frozen
 dataclasses below. The core never imports a transport; transports are found through the

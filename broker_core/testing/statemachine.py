@@ -1,0 +1,371 @@
+"""A hypothesis state machine that holds a transport to the pure model, step by step.
+
+Rules publish (batches, with event ids reused so idempotent publish and the lifetime of
+bodies are exercised), subscribe, claim, settle (ack, nack with and without delay,
+extend, kill), replay and purge dead letters, move the clock, and crash consumers (forget
+their receipts). There are few rules, each with many choices, because hypothesis enables
+a random subset of rules per example. Settling picks receipts from those a consumer
+still holds *or* from every receipt ever handed out, so stale receipts are used on
+purpose. After every step the seven invariants of the brief are checked against the
+model:
+
+1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
+   dead letters equal the model's, which places every published copy in one state;
+2. one lease at a time: a claim only hands out events the model has READY;
+3. fencing: settling with a stale receipt returns False and changes no count;
+4. progress: a claim returning fewer than ``max_count`` leaves nothing READY; expiries and
+   due delays are READY at the next look;
+5. order: claims take the front of the queue, first deliveries in publish order behind
+   redeliveries (see :mod:`broker_core.testing.model`);
+6. bounded attempts: attempt numbers match the model and never pass ``max_attempts``;
+7. isolation: every group is checked on its own after every step.
+
+Time moves in whole seconds from a whole-second start, and leases and delays end in
+``.5``, so no deadline ever coincides with a clock reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import hypothesis
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from broker_core.clock import ManualClock
+from broker_core.testing.harness import TransportFactory
+from broker_core.testing.model import DeliveryModel
+from broker_core.transport import Message, Receipt, Transport
+
+__all__ = ["DEFAULT_SETTINGS", "TransportStateMachine", "run_transport_state_machine"]
+
+DEFAULT_SETTINGS = hypothesis.settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+"""Sizes that keep a run to seconds on the memory transport; pass others to shrink or grow."""
+
+TOPICS = ("orders", "payments")
+GROUPS = ("billing", "shipping", "audit")
+EVENT_IDS = tuple(f"e{i}" for i in range(8))
+"""A small pool, so that ids are often republished while held, and after being done."""
+LEASES = (1.5, 4.5, 10.5, 30.5)
+DELAYS = (0.0, 0.5, 2.5)
+ERRORS = (None, "ValueError: a", "KeyError: b")
+LATE = st.sampled_from([0, 0, 0, 0, 2, 5])
+"""Seconds the clock moves just before a settling call."""
+PICK = st.integers(0, 3)
+"""Which receipt, counting from the newest: recent ones are the likeliest to be live."""
+FROM_SEEN = st.sampled_from([False, False, False, True])
+"""Whether a settling call uses any receipt ever seen (often stale) or a held one."""
+TIME_TOLERANCE = 1e-3
+"""Stores may keep times in milliseconds."""
+
+_T = TypeVar("_T")
+
+
+class TransportStateMachine(RuleBasedStateMachine):
+    """Drives one transport and a :class:`DeliveryModel` side by side.
+
+    Use :meth:`bind` to say which transport. Each instance runs every transport call on
+    its own event loop, so run it from a synchronous test (no loop running in the thread).
+    """
+
+    @classmethod
+    def bind(cls, factory: TransportFactory) -> type[TransportStateMachine]:
+        """A subclass that tests transports from ``factory``.
+
+        Its ``TestCase`` attribute is a unittest test case, for runners other than pytest.
+        """
+
+        def make_transport(self: TransportStateMachine, clock: ManualClock) -> Transport:
+            return factory(clock)
+
+        return type(f"{cls.__name__}Bound", (cls,), {"make_transport": make_transport})
+
+    def make_transport(self, clock: ManualClock) -> Transport:
+        """Build the transport under test (unconnected, empty store); see :meth:`bind`."""
+        raise NotImplementedError("use TransportStateMachine.bind(factory)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = ManualClock(1_000_000.0)
+        self.transport = self.make_transport(self.clock)
+        self.model = DeliveryModel()
+        self.held: list[Receipt] = []
+        """Receipts a running consumer still holds."""
+        self.seen: list[Receipt] = []
+        """Every receipt ever handed out: most are stale sooner or later."""
+        self.publishes = 0
+        self.run(self.transport.connect())
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run one transport call to completion on this machine's loop."""
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        """Close the transport and the loop."""
+        try:
+            self.run(self.transport.close())
+        finally:
+            self.loop.close()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _pick(self, index: int, from_seen: bool) -> Receipt:
+        """A held receipt, or any receipt ever seen (often stale)."""
+        if from_seen or not self.held:
+            return self.seen[-1 - index % len(self.seen)]
+        return self.held[-1 - index % len(self.held)]
+
+    # -- rules ----------------------------------------------------------------------------
+
+    @initialize()
+    def first_subscriptions(self) -> None:
+        """Start with two groups on one topic: claims have a group, and fan-out is the norm."""
+        self.subscribe(TOPICS[0], GROUPS[0])
+        self.subscribe(TOPICS[0], GROUPS[1])
+
+    @precondition(lambda self: len(self.model.pairs()) < len(TOPICS) * len(GROUPS))
+    @rule(topic=st.sampled_from(TOPICS), group=st.sampled_from(GROUPS))
+    def subscribe(self, topic: str, group: str) -> None:
+        """A group subscribes; earlier events never reach it."""
+        self.run(self.transport.subscribe(topic, group))
+        self.model.subscribe(topic, group)
+
+    @rule(
+        topic=st.sampled_from(TOPICS),
+        ids=st.lists(st.sampled_from(EVENT_IDS), min_size=1, max_size=4),
+    )
+    def publish(self, topic: str, ids: list[str]) -> None:
+        """Publish a batch; bodies are unique per publish to tell incarnations apart."""
+        self.publishes += 1
+        events = [(i, f"{i}#{self.publishes}.{n}".encode()) for n, i in enumerate(ids)]
+        reached = self.run(self.transport.publish(topic, events))
+        expected = self.model.publish(topic, events)
+        assert reached == expected, f"publish reached {reached} groups, model says {expected}"
+
+    @rule(
+        pair=st.integers(0, 100),
+        all_topics=st.booleans(),
+        max_count=st.integers(1, 3),
+        lease=st.sampled_from(LEASES),
+        max_attempts=st.integers(1, 4),
+    )
+    def claim(
+        self, pair: int, all_topics: bool, max_count: int, lease: float, max_attempts: int
+    ) -> None:
+        """Claim, then hold the transport's answer against the model (invariants 2, 4-6).
+
+        The group is a subscribed one; with ``all_topics`` it claims from every topic,
+        subscribed or not.
+        """
+        pairs = self.model.pairs()
+        topic, group = pairs[pair % len(pairs)]
+        topics = TOPICS if all_topics else (topic,)
+        now = self.clock.now()
+        for topic in topics:
+            self.model.reap(topic, group, now)
+        dead_before = {t: self._dead_ids(t, group) for t in topics}
+        msgs = self.run(
+            self.transport.claim(
+                group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+            )
+        )
+        assert len(msgs) <= max_count, f"claim returned {len(msgs)} > max_count={max_count}"
+        problems: list[str] = []
+        for topic in topics:
+            mine = [m for m in msgs if m.topic == topic]
+            problems += self._check_messages(mine, group, now + lease)
+            died = [i for i in self._dead_ids(topic, group) if i not in dead_before[topic]]
+            leased = [(m.event_id, m.receipt, m.lease_deadline) for m in mine]
+            problems += self.model.take(
+                topic, group, leased, died, now=now, max_attempts=max_attempts
+            )
+        strays = [m for m in msgs if m.topic not in topics]
+        assert not strays, f"claim returned events of topics not asked for: {strays}"
+        assert not problems, "; ".join(problems)
+        if len(msgs) < max_count:
+            for topic in topics:
+                g = self.model.group(topic, group)
+                left = g.ready_ids() if g else set()
+                assert not left, (
+                    f"{topic}/{group}: claim returned {len(msgs)} < max_count={max_count} "
+                    f"while {sorted(left)} stay READY (progress, invariant 4)"
+                )
+        for m in msgs:
+            self.held.append(m.receipt)
+            self.seen.append(m.receipt)
+
+    def _check_messages(self, msgs: list[Message], group: str, deadline: float) -> list[str]:
+        problems = []
+        for m in msgs:
+            g = self.model.group(m.topic, group)
+            c = g.copies.get(m.event_id) if g else None
+            if c is None:
+                problems.append(f"{m.topic}/{group}: claimed {m.event_id}, which it does not hold")
+                continue
+            if m.body != c.body:
+                problems.append(f"{m.event_id}: body {m.body!r}, published {c.body!r}")
+            if m.attempt != c.attempts + 1:
+                problems.append(
+                    f"{m.topic}/{group}: {m.event_id} attempt {m.attempt}, "
+                    f"model says {c.attempts + 1} (invariant 6)"
+                )
+            if m.group != group or abs(m.lease_deadline - deadline) > TIME_TOLERANCE:
+                problems.append(f"{m.event_id}: bad receipt group or lease deadline: {m}")
+        return problems
+
+    def _dead_ids(self, topic: str, group: str) -> list[str]:
+        return [d.event_id for d in self.run(self.transport.dead_letters(topic, group, limit=1000))]
+
+    @precondition(lambda self: bool(self.seen))
+    @rule(
+        action=st.sampled_from(["ack", "ack", "nack", "extend", "kill"]),
+        picks=st.lists(PICK, min_size=1, max_size=3),
+        from_seen=FROM_SEEN,
+        late=LATE,
+        delay=st.sampled_from(DELAYS),
+        lease=st.sampled_from(LEASES),
+        reason=st.sampled_from(["handler", "undecodable"]),
+        error=st.sampled_from(ERRORS),
+    )
+    def settle(
+        self,
+        action: str,
+        picks: list[int],
+        from_seen: bool,
+        late: int,
+        delay: float,
+        lease: float,
+        reason: str,
+        error: str | None,
+    ) -> None:
+        """A consumer acks or extends a batch of receipts, or nacks or kills one.
+
+        The clock first moves ``late`` seconds with no look at the store in between, so a
+        lease may have expired without anyone having noticed: its receipt is stale all
+        the same. Stale receipts must get False and change nothing (invariant 3).
+        """
+        self.clock.advance(late)
+        if action in ("nack", "kill"):
+            picks = picks[:1]
+        receipts = list(dict.fromkeys(self._pick(i, from_seen) for i in picks))
+        now = self.clock.now()
+        if action == "ack":
+            got = self.run(self.transport.ack(receipts))
+            expected = [self.model.ack(r, now) for r in receipts]
+        elif action == "extend":
+            got = self.run(self.transport.extend(receipts, lease))
+            expected = [self.model.extend(r, now, lease) for r in receipts]
+        elif action == "nack":
+            got = [self.run(self.transport.nack(receipts[0], delay=delay, error=error))]
+            expected = [self.model.nack(receipts[0], now, delay, error)]
+        else:
+            got = [self.run(self.transport.kill(receipts[0], reason=reason, error=error))]
+            expected = [self.model.kill(receipts[0], now, reason, error)]
+        assert got == expected, f"{action} returned {got}, model says {expected} for {receipts}"
+        for r, live in zip(receipts, expected, strict=True):
+            if r in self.held:
+                self.held.remove(r)
+            if action == "extend" and live:
+                self.held.append(r)
+
+    @rule(seconds=st.integers(0, 3))
+    def advance(self, seconds: int) -> None:
+        """Move time; leases expire and delays fall due."""
+        self.clock.advance(seconds)
+
+    @precondition(lambda self: bool(self.held))
+    @rule(keep=st.integers(0, 3))
+    def crash(self, keep: int) -> None:
+        """A consumer dies: its receipts are forgotten and only expiry brings the events back."""
+        del self.held[keep:]
+
+    @precondition(lambda self: self.model.any_dead())
+    @rule(
+        replay=st.booleans(),
+        pair=st.integers(0, 100),
+        ids=st.none() | st.lists(st.sampled_from(EVENT_IDS), max_size=3),
+    )
+    def dead_letter_admin(self, replay: bool, pair: int, ids: list[str] | None) -> None:
+        """An operator replays dead letters (to READY, attempts reset) or purges them."""
+        with_dead = [(t, g) for t, g in self.model.pairs() if self.model.dead_ids(t, g)]
+        topic, group = with_dead[pair % len(with_dead)]
+        if replay:
+            got = self.run(self.transport.replay_dead(topic, group, ids))
+            expected = self.model.replay(topic, group, ids)
+        else:
+            got = self.run(self.transport.purge_dead(topic, group, ids))
+            expected = self.model.purge(topic, group, ids)
+        verb = "replay_dead" if replay else "purge_dead"
+        assert got == expected, f"{verb}({topic}, {group}, {ids}) = {got}, model says {expected}"
+
+    @rule(group=st.sampled_from(GROUPS), topics=st.sampled_from([TOPICS[:1], TOPICS]))
+    def wait_with_work(self, group: str, topics: Sequence[str]) -> None:
+        """A waiter with READY work (by the model) must not sleep."""
+        now = self.clock.now()
+        ready = False
+        for topic in topics:
+            self.model.reap(topic, group, now)
+            g = self.model.group(topic, group)
+            ready = ready or bool(g and g.ready_ids())
+        if ready:
+            woke = self.run(asyncio.wait_for(self.transport.wait(group, topics, 0.5), 2.0))
+            assert woke, f"wait() slept while {group} had READY work in {topics}"
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def every_copy_in_one_state(self) -> None:
+        """Invariants 1, 3 and 7: each group's counts and dead letters match the model."""
+        now = self.clock.now()
+        assert self.run(self.transport.topics()) == sorted(self.model.topics)
+        for topic, groups in self.model.topics.items():
+            assert self.run(self.transport.groups(topic)) == sorted(groups)
+        for topic, group in self.model.pairs():
+            self.model.reap(topic, group, now)
+            g = self.model.group(topic, group)
+            assert g is not None
+            stats = self.run(self.transport.stats(topic, group))
+            got = (stats.ready, stats.leased, stats.delayed, stats.dead)
+            assert got == g.counts(), (
+                f"{topic}/{group}: (ready, leased, delayed, dead) = {got}, model says {g.counts()}"
+            )
+            dead = self.run(self.transport.dead_letters(topic, group, limit=1000))
+            assert [d.event_id for d in dead] == g.dead, (
+                f"{topic}/{group}: dead letters {[d.event_id for d in dead]}, model {g.dead}"
+            )
+            for d in dead:
+                c = g.copies[d.event_id]
+                want = (c.body, c.reason, c.error, c.attempts)
+                assert (d.body, d.reason, d.error, d.attempts) == want, (
+                    f"{topic}/{group}: dead letter {d} differs from the model's {want}"
+                )
+                assert abs(d.died_at - c.died_at) <= TIME_TOLERANCE, f"died_at of {d}"
+
+
+def run_transport_state_machine(
+    factory: TransportFactory, *, settings: hypothesis.settings | None = None
+) -> None:
+    """Run :class:`TransportStateMachine` on transports from ``factory``; raise on a violation.
+
+    Call it from a synchronous test. ``settings`` replaces :data:`DEFAULT_SETTINGS`
+    (e.g. ``hypothesis.settings(DEFAULT_SETTINGS, max_examples=20)`` for a slow store).
+    """
+    run_state_machine_as_test(
+        TransportStateMachine.bind(factory), settings=settings or DEFAULT_SETTINGS
+    )

@@ -1,0 +1,659 @@
+"""The in-memory transport: the executable reference of the delivery state machine.
+
+One :class:`MemoryStore` holds every topic, group and event; :class:`MemoryTransport` is
+the :class:`~broker_core.transport.Transport` view of a store. Several transports (and so
+several brokers, groups and consumers in one process) share a store, and
+``memory://name`` URLs name process-wide stores through :func:`named_store`.
+
+Choices the protocol leaves open, made here and relied on by nobody else:
+
+- Expired leases and due DELAYED events both go back to the FRONT of READY (brief,
+  invariant 5: redeliveries go to the front). When several become READY at once, the one
+  that expired or fell due first comes out first.
+- ``replay_dead`` appends to the back of READY in the order the events died.
+- A nack or kill without ``error`` keeps the last error recorded for the event, so a dead
+  letter carries the last error seen.
+- ``claim`` takes from ``topics`` in the given order; a caller wanting fairness across
+  topics rotates the list.
+
+Cost per event is O(1) except lease and delay bookkeeping, which are O(log n) heap
+operations; nothing runs per event in the background. Expired leases are found lazily,
+by ``claim``, ``stats`` and ``wait``, from a heap of deadlines whose stale entries (acked
+or extended leases) are skipped and compacted away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import math
+import threading
+import uuid
+from collections import deque
+from collections.abc import Collection, Sequence
+from heapq import heapify, heappop, heappush
+from itertools import islice
+
+from broker_core.clock import Clock, MonotonicClock
+from broker_core.names import validate_group, validate_topic
+from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
+
+__all__ = ["MemoryStore", "MemoryTransport", "forget_store", "named_store"]
+
+
+class _State(enum.Enum):
+    READY = 1
+    LEASED = 2
+    DELAYED = 3
+    DEAD = 4
+
+
+class _Copy:
+    """One group's copy of one event; it exists until the copy is DONE (then it is dropped)."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "deadline",
+        "died_at",
+        "error",
+        "event_id",
+        "heap_key",
+        "reason",
+        "state",
+        "token",
+    )
+
+    def __init__(self, event_id: str, body: bytes) -> None:
+        self.event_id = event_id
+        self.body = body  # the same bytes object for every group: stored once per topic
+        self.state = _State.READY
+        self.attempts = 0
+        self.token = ""
+        self.deadline = 0.0  # lease deadline while LEASED
+        # Identifies this copy's one valid entry in a lease or delay heap; older entries
+        # (from an earlier lease, or before an extend) carry another key and are skipped.
+        self.heap_key = 0
+        self.error: str | None = None
+        self.reason = ""
+        self.died_at = 0.0
+
+
+# (time, heap key, copy): heap keys are unique, so copies themselves are never compared.
+_HeapItem = tuple[float, int, _Copy]
+
+# Rebuild a lease heap once stale entries outnumber live leases this many times over.
+_COMPACT_FACTOR = 4
+_COMPACT_MIN = 256
+
+
+class _Queue:
+    """The state machine of one (topic, group)."""
+
+    __slots__ = ("copies", "dead", "delayed", "lease_heap", "leased", "ready")
+
+    def __init__(self) -> None:
+        self.copies: dict[str, _Copy] = {}  # every copy not DONE, by event id
+        self.ready: deque[_Copy] = deque()
+        self.leased = 0
+        self.lease_heap: list[_HeapItem] = []  # may hold stale entries
+        self.delayed: list[_HeapItem] = []  # exact: a DELAYED copy only leaves when due
+        self.dead: dict[str, _Copy] = {}  # insertion order is death order
+
+    def next_due(self) -> float:
+        """The earliest lease deadline or due time, after dropping stale heap tops."""
+        heap = self.lease_heap
+        while heap and heap[0][2].heap_key != heap[0][1]:
+            heappop(heap)
+        first = heap[0][0] if heap else math.inf
+        return min(first, self.delayed[0][0]) if self.delayed else first
+
+
+class _Topic:
+    __slots__ = ("groups", "held")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, _Queue] = {}
+        # How many groups still hold each event id (not DONE): the id is skipped by
+        # publish, and its body kept, while this is above zero.
+        self.held: dict[str, int] = {}
+
+
+class _Waiter:
+    __slots__ = ("future", "loop", "topics", "wake_at")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[bool],
+        topics: frozenset[str],
+        wake_at: float,
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.topics = topics
+        self.wake_at = wake_at  # store-clock time the waiter will wake at by itself
+
+    def wake(self, work: bool) -> None:
+        # The waiter may sit on another thread's loop; a loop that has closed since has
+        # nobody left to wake.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, self.future, work)
+
+
+def _resolve(future: asyncio.Future[bool], work: bool) -> None:
+    if not future.done():
+        future.set_result(work)
+
+
+class MemoryStore:
+    """Every topic, group and event of one in-memory broker world, read against ``clock``.
+
+    All methods are synchronous and each is one atomic transition (a lock makes that hold
+    across threads too). :class:`MemoryTransport` exposes them as the Transport protocol.
+    The store keeps no asyncio objects, so it outlives event loops.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
+        self._topics: dict[str, _Topic] = {}
+        self._lock = threading.Lock()
+        self._keys = itertools.count(1)
+        # Tokens must not collide with another store's, whose receipts could be presented.
+        self._token_prefix = uuid.uuid4().hex[:8] + ":"
+        self._waiters: dict[str, set[_Waiter]] = {}
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    def subscribe(self, topic: str, group: str) -> None:
+        """See :meth:`broker_core.transport.Transport.subscribe`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None:
+                t = self._topics[topic] = _Topic()
+            if group not in t.groups:
+                t.groups[group] = _Queue()
+
+    def groups(self, topic: str) -> list[str]:
+        """See :meth:`broker_core.transport.Transport.groups`."""
+        validate_topic(topic)
+        with self._lock:
+            t = self._topics.get(topic)
+            return sorted(t.groups) if t else []
+
+    def topics(self) -> list[str]:
+        """See :meth:`broker_core.transport.Transport.topics`."""
+        with self._lock:
+            return sorted(name for name, t in self._topics.items() if t.groups)
+
+    # -- publish and claim --------------------------------------------------------------
+
+    def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+        """See :meth:`broker_core.transport.Transport.publish`."""
+        validate_topic(topic)
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None or not t.groups:
+                return 0
+            queues = list(t.groups.items())
+            n = len(queues)
+            held = t.held
+            added = False
+            for event_id, body in events:
+                if event_id in held:
+                    continue
+                held[event_id] = n
+                added = True
+                for _, q in queues:
+                    c = _Copy(event_id, body)
+                    q.copies[event_id] = c
+                    q.ready.append(c)
+            if added:
+                for group, _ in queues:
+                    self._notify(group, topic, work=True)
+            return n
+
+    def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        """See :meth:`broker_core.transport.Transport.claim`."""
+        validate_group(group)
+        for topic in topics:
+            validate_topic(topic)
+        out: list[Message] = []
+        with self._lock:
+            now = self.clock.now()
+            deadline = now + lease
+            for topic in topics:
+                if len(out) >= max_count:
+                    break
+                q = self._queue(topic, group)
+                if q is None:
+                    continue
+                self._reap(q, now)
+                ready = q.ready
+                taken = len(out)
+                while ready and len(out) < max_count:
+                    c = ready.popleft()
+                    if c.attempts >= max_attempts:
+                        self._kill(q, c, "max_attempts", None, now)
+                        continue
+                    key = next(self._keys)
+                    c.state = _State.LEASED
+                    c.attempts += 1
+                    c.token = self._token_prefix + str(key)
+                    c.deadline = deadline
+                    c.heap_key = key
+                    heappush(q.lease_heap, (deadline, key, c))
+                    q.leased += 1
+                    receipt = Receipt(topic, group, c.event_id, c.token)
+                    out.append(Message(receipt, c.body, c.attempts, deadline))
+                if len(out) > taken:
+                    self._notify(group, topic, work=False, at=deadline)
+        return out
+
+    # -- settling a delivery ----------------------------------------------------------------
+
+    def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.ack`."""
+        results: list[bool] = []
+        with self._lock:
+            now = self.clock.now()
+            for r in receipts:
+                found = self._live(r, now)
+                if found is None:
+                    results.append(False)
+                    continue
+                q, c = found
+                self._unlease(q, c)
+                self._done(r.topic, q, c)
+                results.append(True)
+        return results
+
+    def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
+        """See :meth:`broker_core.transport.Transport.nack`."""
+        with self._lock:
+            now = self.clock.now()
+            found = self._live(receipt, now)
+            if found is None:
+                return False
+            q, c = found
+            self._unlease(q, c)
+            if error is not None:
+                c.error = error
+            if delay > 0:
+                c.state = _State.DELAYED
+                c.heap_key = key = next(self._keys)
+                heappush(q.delayed, (now + delay, key, c))
+                self._notify(receipt.group, receipt.topic, work=False, at=now + delay)
+            else:
+                c.state = _State.READY
+                q.ready.appendleft(c)
+                self._notify(receipt.group, receipt.topic, work=True)
+            return True
+
+    def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.extend`."""
+        results: list[bool] = []
+        with self._lock:
+            now = self.clock.now()
+            deadline = now + lease
+            for r in receipts:
+                found = self._live(r, now)
+                if found is None:
+                    results.append(False)
+                    continue
+                q, c = found
+                c.deadline = deadline
+                c.heap_key = key = next(self._keys)
+                heappush(q.lease_heap, (deadline, key, c))
+                self._compact(q)
+                self._notify(r.group, r.topic, work=False, at=deadline)
+                results.append(True)
+        return results
+
+    def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
+        """See :meth:`broker_core.transport.Transport.kill`."""
+        with self._lock:
+            now = self.clock.now()
+            found = self._live(receipt, now)
+            if found is None:
+                return False
+            q, c = found
+            self._unlease(q, c)
+            self._kill(q, c, reason, error, now)
+            return True
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """See :meth:`broker_core.transport.Transport.dead_letters`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            q = self._queue(topic, group)
+            if q is None:
+                return []
+            return [
+                DeadLetter(
+                    topic, group, c.event_id, c.body, c.reason, c.error, c.attempts, c.died_at
+                )
+                for c in islice(q.dead.values(), max(limit, 0))
+            ]
+
+    def replay_dead(self, topic: str, group: str, event_ids: Sequence[str] | None = None) -> int:
+        """See :meth:`broker_core.transport.Transport.replay_dead`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            q = self._queue(topic, group)
+            if q is None:
+                return 0
+            chosen = self._chosen_dead(q, event_ids)
+            for c in chosen:
+                del q.dead[c.event_id]
+                c.state = _State.READY
+                c.attempts = 0
+                c.error = None
+                c.reason = ""
+                q.ready.append(c)
+            if chosen:
+                self._notify(group, topic, work=True)
+            return len(chosen)
+
+    def purge_dead(self, topic: str, group: str, event_ids: Sequence[str] | None = None) -> int:
+        """See :meth:`broker_core.transport.Transport.purge_dead`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            q = self._queue(topic, group)
+            if q is None:
+                return 0
+            chosen = self._chosen_dead(q, event_ids)
+            for c in chosen:
+                del q.dead[c.event_id]
+                self._done(topic, q, c)
+            return len(chosen)
+
+    # -- observing ------------------------------------------------------------------------
+
+    def stats(self, topic: str, group: str) -> QueueStats:
+        """See :meth:`broker_core.transport.Transport.stats`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            q = self._queue(topic, group)
+            if q is None:
+                return QueueStats(topic, group, 0, 0, 0, 0)
+            self._reap(q, self.clock.now())
+            return QueueStats(topic, group, len(q.ready), q.leased, len(q.delayed), len(q.dead))
+
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        """See :meth:`broker_core.transport.Transport.wait`.
+
+        Each call parks on a future of the running loop, so the store never holds an
+        asyncio object beyond the call. Publishes, immediate nacks and replays wake it
+        with True. A new lease or delay that ends before the waiter would wake by itself
+        wakes it to recompute its sleep, which never passes the next expiry or due time.
+        """
+        validate_group(group)
+        for topic in topics:
+            validate_topic(topic)
+        wanted = frozenset(topics)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            with self._lock:
+                now = self.clock.now()
+                next_due = math.inf
+                for topic in wanted:
+                    q = self._queue(topic, group)
+                    if q is None:
+                        continue
+                    self._reap(q, now)
+                    if q.ready:
+                        return True
+                    next_due = min(next_due, q.next_due())
+                remaining = give_up - loop.time()
+                if remaining <= 0:
+                    return False
+                until_due = next_due - now
+                waiter = _Waiter(loop, loop.create_future(), wanted, next_due)
+                self._waiters.setdefault(group, set()).add(waiter)
+            try:
+                work = await asyncio.wait_for(waiter.future, min(remaining, until_due))
+            except TimeoutError:
+                # Woken by a lease expiry or a due retry: there may be work now.
+                return until_due <= remaining
+            finally:
+                with self._lock:
+                    self._waiters.get(group, set()).discard(waiter)
+            if work:
+                return True
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _queue(self, topic: str, group: str) -> _Queue | None:
+        t = self._topics.get(topic)
+        return t.groups.get(group) if t else None
+
+    def _live(self, receipt: Receipt, now: float) -> tuple[_Queue, _Copy] | None:
+        """The queue and copy a receipt leases, or None if the receipt is stale.
+
+        Expired counts as stale even before anyone reclaims the event: past its deadline
+        the lease belongs to nobody.
+        """
+        q = self._queue(receipt.topic, receipt.group)
+        if q is None:
+            return None
+        c = q.copies.get(receipt.event_id)
+        if (
+            c is None
+            or c.state is not _State.LEASED
+            or c.token != receipt.token
+            or now >= c.deadline
+        ):
+            return None
+        return q, c
+
+    def _unlease(self, q: _Queue, c: _Copy) -> None:
+        q.leased -= 1
+        c.heap_key = 0  # its lease heap entries are stale from now on
+        self._compact(q)
+
+    def _compact(self, q: _Queue) -> None:
+        # Acked and extended leases leave stale heap entries until their deadline; with
+        # long leases and fast acks that would grow without bound, so rebuild now and then.
+        heap = q.lease_heap
+        if len(heap) > _COMPACT_MIN and len(heap) > _COMPACT_FACTOR * q.leased:
+            heap[:] = [item for item in heap if item[2].heap_key == item[1]]
+            heapify(heap)
+
+    def _reap(self, q: _Queue, now: float) -> None:
+        """Expired leases and due delayed copies go back to the front of READY."""
+        leases, delayed = q.lease_heap, q.delayed
+        if not (leases and leases[0][0] <= now) and not (delayed and delayed[0][0] <= now):
+            return
+        back: list[_HeapItem] = []
+        while leases and leases[0][0] <= now:
+            item = heappop(leases)
+            c = item[2]
+            if c.heap_key == item[1]:
+                c.state = _State.READY
+                c.heap_key = 0
+                q.leased -= 1
+                back.append(item)
+        while delayed and delayed[0][0] <= now:
+            item = heappop(delayed)
+            item[2].state = _State.READY
+            item[2].heap_key = 0
+            back.append(item)
+        back.sort()  # the first to expire or fall due comes out first
+        q.ready.extendleft(item[2] for item in reversed(back))
+
+    def _kill(self, q: _Queue, c: _Copy, reason: str, error: str | None, now: float) -> None:
+        c.state = _State.DEAD
+        c.reason = reason
+        if error is not None:
+            c.error = error
+        c.died_at = now
+        q.dead[c.event_id] = c
+
+    def _done(self, topic: str, q: _Queue, c: _Copy) -> None:
+        del q.copies[c.event_id]
+        held = self._topics[topic].held
+        left = held[c.event_id] - 1
+        if left:
+            held[c.event_id] = left
+        else:
+            del held[c.event_id]  # every group is done: the id may be published anew
+
+    @staticmethod
+    def _chosen_dead(q: _Queue, event_ids: Collection[str] | None) -> list[_Copy]:
+        if event_ids is None:
+            return list(q.dead.values())
+        wanted = set(event_ids)
+        return [c for c in q.dead.values() if c.event_id in wanted]
+
+    def _notify(self, group: str, topic: str, *, work: bool, at: float = math.inf) -> None:
+        """Wake ``group``'s waiters on ``topic``: for work, or to wake earlier than planned."""
+        waiters = self._waiters.get(group)
+        if not waiters:
+            return
+        woken = [w for w in waiters if topic in w.topics and (work or at < w.wake_at)]
+        for w in woken:
+            waiters.discard(w)
+            w.wake(work)
+
+
+class MemoryTransport:
+    """The :class:`~broker_core.transport.Transport` of a :class:`MemoryStore`.
+
+    ``MemoryTransport(clock=c)`` works on a fresh private store reading ``c``;
+    ``MemoryTransport(store=s)`` on a shared one (see :func:`named_store`). State lives in
+    the store, so ``close`` loses nothing and other transports of the store see it all.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, store: MemoryStore | None = None) -> None:
+        if store is None:
+            store = MemoryStore(clock)
+        elif clock is not None and clock is not store.clock:
+            raise ValueError("clock differs from the clock of the given store")
+        self.store = store
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release; the store keeps its state."""
+
+    async def subscribe(self, topic: str, group: str) -> None:
+        """See :meth:`broker_core.transport.Transport.subscribe`."""
+        self.store.subscribe(topic, group)
+
+    async def groups(self, topic: str) -> list[str]:
+        """See :meth:`broker_core.transport.Transport.groups`."""
+        return self.store.groups(topic)
+
+    async def topics(self) -> list[str]:
+        """See :meth:`broker_core.transport.Transport.topics`."""
+        return self.store.topics()
+
+    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+        """See :meth:`broker_core.transport.Transport.publish`."""
+        return self.store.publish(topic, events)
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        """See :meth:`broker_core.transport.Transport.claim`."""
+        return self.store.claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        """See :meth:`MemoryStore.wait`."""
+        return await self.store.wait(group, topics, timeout)
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.ack`."""
+        return self.store.ack(receipts)
+
+    async def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
+        """See :meth:`broker_core.transport.Transport.nack`."""
+        return self.store.nack(receipt, delay=delay, error=error)
+
+    async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.extend`."""
+        return self.store.extend(receipts, lease)
+
+    async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
+        """See :meth:`broker_core.transport.Transport.kill`."""
+        return self.store.kill(receipt, reason=reason, error=error)
+
+    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """See :meth:`broker_core.transport.Transport.dead_letters`."""
+        return self.store.dead_letters(topic, group, limit=limit)
+
+    async def replay_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """See :meth:`broker_core.transport.Transport.replay_dead`."""
+        return self.store.replay_dead(topic, group, event_ids)
+
+    async def purge_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """See :meth:`broker_core.transport.Transport.purge_dead`."""
+        return self.store.purge_dead(topic, group, event_ids)
+
+    async def stats(self, topic: str, group: str) -> QueueStats:
+        """See :meth:`broker_core.transport.Transport.stats`."""
+        return self.store.stats(topic, group)
+
+
+_stores: dict[str, MemoryStore] = {}
+_stores_lock = threading.Lock()
+
+
+def named_store(name: str = "", clock: Clock | None = None) -> MemoryStore:
+    """The process-wide store called ``name`` (``""``: the default store), made on first use.
+
+    ``clock`` applies when the store is made; passing a different clock for an existing
+    store raises ValueError rather than silently mixing two clocks' deadlines.
+    """
+    with _stores_lock:
+        store = _stores.get(name)
+        if store is None:
+            store = _stores[name] = MemoryStore(clock)
+        elif clock is not None and clock is not store.clock:
+            raise ValueError(
+                f"memory store {name!r} already exists with another clock; "
+                "use a fresh store name (or MemoryTransport(clock=...)) per test"
+            )
+        return store
+
+
+def forget_store(name: str = "") -> None:
+    """Drop the process-wide store called ``name``; the next use makes a fresh one.
+
+    Transports already holding the store keep working on it.
+    """
+    with _stores_lock:
+        _stores.pop(name, None)

@@ -1,0 +1,239 @@
+"""The conformance suite and the state machine catch deliberately broken transports.
+
+Each broken store below gets one rule of the brief wrong. For each, the hypothesis state
+machine must raise, and a test class subclassing ``TransportConformance`` (run in a
+nested pytest session, in strict asyncio mode) must report the expected failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import hypothesis
+import pytest
+from hypothesis import Phase
+
+from broker_core.testing import DEFAULT_SETTINGS, TransportFactory, run_transport_state_machine
+from broker_core.transport import Message, Receipt
+from broker_memory import MemoryStore, MemoryTransport
+from broker_memory.transport import _Copy, _Queue, _State
+
+pytest_plugins = ["pytester"]
+
+
+class AcksStaleReceipts(MemoryStore):
+    """No fencing: any receipt for a leased event is taken, expired or reclaimed."""
+
+    def _live(self, receipt: Receipt, now: float) -> tuple[_Queue, _Copy] | None:
+        q = self._queue(receipt.topic, receipt.group)
+        c = q.copies.get(receipt.event_id) if q else None
+        if q is None or c is None or c.state is not _State.LEASED:
+            return None
+        return q, c
+
+
+class DropsRedeliveries(MemoryStore):
+    """An expired lease loses the event instead of putting it back."""
+
+    def _reap(self, q: _Queue, now: float) -> None:
+        before = len(q.ready)
+        super()._reap(q, now)
+        for _ in range(len(q.ready) - before):
+            c = q.ready.popleft()
+            if c.attempts:  # a redelivery: drop it
+                del q.copies[c.event_id]
+            else:
+                q.ready.appendleft(c)
+                break
+
+
+class RedeliversAtTheBack(MemoryStore):
+    """Expired leases and due retries rejoin the back of the queue."""
+
+    def _reap(self, q: _Queue, now: float) -> None:
+        before = len(q.ready)
+        super()._reap(q, now)
+        q.ready.rotate(before - len(q.ready))
+
+
+class CountsNoAttempts(MemoryStore):
+    """A claim does not count the attempt, so nothing ever runs out of attempts."""
+
+    def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        msgs = super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+        for m in msgs:
+            q = self._queue(m.topic, group)
+            assert q is not None
+            q.copies[m.event_id].attempts -= 1
+        return msgs
+
+
+class DeliversEarlierEvents(MemoryStore):
+    """A group that subscribes late receives the events its topic still holds."""
+
+    def subscribe(self, topic: str, group: str) -> None:
+        is_new = group not in self.groups(topic)
+        super().subscribe(topic, group)
+        t = self._topics[topic]
+        if not is_new:
+            return
+        for event_id in t.held:
+            body = next(q.copies[event_id].body for q in t.groups.values() if event_id in q.copies)
+            copy = _Copy(event_id, body)
+            t.groups[group].copies[event_id] = copy
+            t.groups[group].ready.append(copy)
+            t.held[event_id] += 1
+
+
+class AckLeaksAcrossGroups(MemoryStore):
+    """An ack also finishes the other groups' READY copies of the event."""
+
+    def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        results = super().ack(receipts)
+        for r, ok in zip(receipts, results, strict=True):
+            if not ok:
+                continue
+            for q in self._topics[r.topic].groups.values():
+                c = q.copies.get(r.event_id)
+                if c is not None and c.state is _State.READY:
+                    q.ready.remove(c)
+                    self._done(r.topic, q, c)
+        return results
+
+
+class IgnoresDelays(MemoryStore):
+    """A nack with a delay returns the event at once."""
+
+    def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
+        return super().nack(receipt, error=error)
+
+
+class DeliversTwice(MemoryStore):
+    """A claim leaves the event READY as well: two consumers can lease it at once."""
+
+    def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        msgs = super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+        for m in msgs:
+            q = self._queue(m.topic, group)
+            assert q is not None
+            q.ready.appendleft(q.copies[m.event_id])
+        return msgs
+
+
+BROKEN: dict[type[MemoryStore], str] = {
+    AcksStaleReceipts: "test_expired_receipt_is_stale_before_anyone_reclaims",
+    DropsRedeliveries: "test_expired_lease_returns_to_front_with_attempt_counted",
+    RedeliversAtTheBack: "test_expired_lease_returns_to_front_with_attempt_counted",
+    CountsNoAttempts: "test_max_attempts_reached_through_expiries",
+    DeliversEarlierEvents: "test_events_before_subscription_do_not_reach_group",
+    AckLeaksAcrossGroups: "test_fan_out_gives_each_group_its_own_copy",
+    IgnoresDelays: "test_nack_with_delay_waits_until_due",
+    DeliversTwice: "test_competing_consumers_get_different_events",
+}
+"""Each broken store, and one conformance test that must fail on it."""
+
+
+def _factory(store: type[MemoryStore]) -> TransportFactory:
+    return lambda clock: MemoryTransport(store=store(clock))
+
+
+# Deterministic and bounded: no shrinking, no example database.
+HUNT = hypothesis.settings(
+    DEFAULT_SETTINGS,
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    print_blob=False,
+)
+
+
+def test_the_reference_passes_the_hunting_settings() -> None:
+    run_transport_state_machine(_factory(MemoryStore), settings=HUNT)
+
+
+@pytest.mark.parametrize("store", list(BROKEN), ids=lambda s: s.__name__)
+def test_state_machine_catches(store: type[MemoryStore]) -> None:
+    with pytest.raises(AssertionError):
+        run_transport_state_machine(_factory(store), settings=HUNT)
+
+
+class _FactoryPlugin:
+    """Gives the nested session's conformance class its transport factory."""
+
+    def __init__(self, factory: TransportFactory) -> None:
+        self.factory = factory
+
+    @pytest.fixture
+    def broken_factory(self) -> TransportFactory:
+        return self.factory
+
+
+CONFORMANCE_ON_BROKEN = """
+import pytest
+from broker_core.testing import TransportConformance
+
+class TestBroken(TransportConformance):
+    @pytest.fixture
+    def transport_factory(self, broken_factory):
+        return broken_factory
+"""
+
+
+@pytest.mark.parametrize("store", list(BROKEN), ids=lambda s: s.__name__)
+def test_conformance_suite_catches(pytester: pytest.Pytester, store: type[MemoryStore]) -> None:
+    pytester.makepyfile(test_broken=CONFORMANCE_ON_BROKEN)
+    # The state machine has its own test above; strict mode proves the suite marks its tests.
+    rec = pytester.inline_run(
+        "-k",
+        "not test_state_machine",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_mode=strict",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        plugins=[_FactoryPlugin(_factory(store))],
+    )
+    passed, skipped, failed = rec.listoutcomes()
+    assert passed and not skipped
+    failed_names = {r.nodeid.rsplit("::", 1)[-1].split("[")[0] for r in failed}
+    assert BROKEN[store] in failed_names, sorted(failed_names)
+
+
+def test_conformance_suite_passes_on_the_reference(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_broken=CONFORMANCE_ON_BROKEN)
+    rec = pytester.inline_run(
+        "-k",
+        "not test_state_machine",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_mode=strict",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+        plugins=[_FactoryPlugin(_factory(MemoryStore))],
+    )
+    passed, skipped, failed = rec.listoutcomes()
+    assert not failed and not skipped
+    assert len(passed) > 100
