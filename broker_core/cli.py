@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -15,7 +18,7 @@ from rich.table import Table
 from broker_core.broker import Broker
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
-from broker_core.plugins import installed_transports
+from broker_core.plugins import installed_transports, redact
 
 __all__ = ["app", "main"]
 
@@ -56,7 +59,7 @@ def demo(
                 url, events, progress=lambda done, total: bar.update(task, completed=done)
             )
         )
-    table = Table(title=f"broker demo on {url} ({report.crashed} crashed mid-run)")
+    table = Table(title=f"broker demo on {redact(url)} ({report.crashed} crashed mid-run)")
     for column in ("group", "published", "delivered", "redelivered", "dead", "lost", "events/s"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for group in report.groups:
@@ -74,6 +77,50 @@ def demo(
         console.print(f"[red]{report.lost} events lost[/red]")
         raise typer.Exit(1)
     console.print("[green]nothing lost[/green]")
+
+
+@app.command()
+def run(
+    target: Annotated[
+        str,
+        typer.Argument(help="Where your broker is: 'package.module:name'.", metavar="MODULE:NAME"),
+    ],
+) -> None:
+    """Run the handlers of your service's broker until SIGTERM or Ctrl-C, then stop gracefully.
+
+    NAME is a Broker, or a function returning one, with its handlers registered.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    broker = _load_broker(target)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, broker.stop)
+        async with broker:
+            console.print(f"running group {broker.group!r} on {redact(broker.options.url)}")
+            await broker.run()
+        console.print("stopped")
+
+    _run(serve)
+
+
+def _load_broker(target: str) -> Broker:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise typer.BadParameter("expected 'package.module:name'", param_hint="MODULE:NAME")
+    # Like `python -m`, let modules of the current directory be found.
+    sys.path.insert(0, "")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise typer.BadParameter(f"cannot load {target}: {exc}", param_hint="MODULE:NAME") from exc
+    broker = found() if callable(found) and not isinstance(found, Broker) else found
+    if not isinstance(broker, Broker):
+        raise typer.BadParameter(f"{target} is not a Broker", param_hint="MODULE:NAME")
+    return broker
 
 
 @app.command()
@@ -98,7 +145,7 @@ def stats(
     async def collect() -> None:
         async with Broker.from_url(url) as broker:
             rows = await broker.stats(topic)
-        table = Table(title=f"queues on {url}")
+        table = Table(title=f"queues on {redact(url)}")
         for column in ("topic", "group", "ready", "leased", "delayed", "dead"):
             table.add_column(column, justify="left" if column in ("topic", "group") else "right")
         for row in rows:
