@@ -1,4 +1,4 @@
-"""The Broker facade end to end: publish, subscribe, handle, retry, dead letters, crashes."""
+"""The Broker facade end to end on every transport: publish, handle, retry, dead letters, crashes."""
 
 from __future__ import annotations
 
@@ -41,10 +41,13 @@ class Topicless(Event):
     value: int
 
 
-@pytest.fixture
-def url() -> str:
-    """A fresh, isolated in-memory store."""
-    return f"memory://test-{uuid.uuid4().hex}"
+@pytest.fixture(params=["memory", "redis"])
+def url(request: pytest.FixtureRequest) -> str:
+    """A fresh, isolated store on each transport."""
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    redis_url: str = request.getfixturevalue("redis_url")
+    return f"{redis_url}?key_prefix=test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
