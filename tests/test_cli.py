@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
+from typing import ClassVar
 
-import pytest
 from typer.testing import CliRunner
 
+from broker_core import Broker, Event
 from broker_core.cli import app
 
 runner = CliRunner()
@@ -50,43 +51,47 @@ def test_run_rejects_what_is_not_a_broker() -> None:
     assert "cannot load" in result.output
 
 
-def test_run_handles_events_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
-    # The service module publishes to itself once running, and marks each handled event.
-    (tmp_path / "service.py").write_text(
-        textwrap.dedent(
-            """
-            import asyncio
-            from pathlib import Path
-            from typing import ClassVar
-            from broker_core import Broker, Event
+SERVICE = """
+from pathlib import Path
+from typing import ClassVar
 
-            class Ping(Event):
-                topic: ClassVar[str] = "pings"
-                n: int
+from broker_core import Broker, Event
 
-            broker = Broker.from_url("memory://", group="svc", poll_interval=0.05)
 
-            @broker.on(Ping)
-            async def handle(event: Ping) -> None:
-                Path("handled").write_text(str(event.n))
-                if event.n == 0:
-                    await broker.publish(Ping(n=1))
-                    asyncio.get_running_loop().call_later(
-                        0.01, lambda: Path("ready").write_text("ok"))
+class Ping(Event):
+    topic: ClassVar[str] = "pings"
+    n: int
 
-            async def start() -> None:
-                await broker.publish(Ping(n=0))
 
-            _run = broker.run
-            async def run_and_publish() -> None:
-                await broker.subscribe("pings")
-                asyncio.get_running_loop().create_task(start())
-                await _run()
-            broker.run = run_and_publish
-            """
-        )
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+broker = Broker.from_settings()
+
+
+@broker.on(Ping)
+async def handle(event: Ping) -> None:
+    Path("handled").write_text(str(event.n))
+"""
+
+
+class Ping(Event):
+    topic: ClassVar[str] = "pings"
+    n: int
+
+
+async def _publish_when_subscribed(url: str, process: subprocess.Popen[str]) -> None:
+    async with Broker.from_url(url) as publisher:
+        async with asyncio.timeout(20):
+            while "svc" not in await publisher.transport.groups("pings"):
+                assert process.poll() is None, process.communicate()[0]
+                await asyncio.sleep(0.05)
+        assert await publisher.publish(Ping(n=7)) == 1
+
+
+def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
+    tmp_path: Path, redis_url: str
+) -> None:
+    (tmp_path / "service.py").write_text(SERVICE)
+    url = f"{redis_url}?key_prefix=cli-run"
+    env = {**os.environ, "BROKER_URL": url, "BROKER_GROUP": "svc", "BROKER_POLL_INTERVAL": "0.1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "broker_core", "run", "service:broker"],
         cwd=tmp_path,
@@ -96,10 +101,9 @@ def test_run_handles_events_and_stops_gracefully_on_sigterm(tmp_path: Path) -> N
         text=True,
     )
     try:
+        asyncio.run(_publish_when_subscribed(url, process))
         deadline = time.monotonic() + 20
-        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"exited early: {process.communicate()[0]}")
+        while not (tmp_path / "handled").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=20)
@@ -108,4 +112,4 @@ def test_run_handles_events_and_stops_gracefully_on_sigterm(tmp_path: Path) -> N
             process.kill()
     assert process.returncode == 0, output
     assert "stopped" in output
-    assert (tmp_path / "handled").read_text() == "1"
+    assert (tmp_path / "handled").read_text() == "7"
