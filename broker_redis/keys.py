@@ -1,0 +1,104 @@
+"""Every Redis key the transport uses, built in this one place (see docs/redis-keys.md).
+
+All keys of one topic share the hash tag ``{<topic>}``, so every script, which
+only ever touches one topic, works unchanged on Redis Cluster. The only key outside a
+topic's slot is the registry of topics, which no script touches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from broker_core.names import validate_group, validate_topic
+
+__all__ = ["DEFAULT_PREFIX", "GroupKeys", "Keys", "TopicKeys", "validate_prefix"]
+
+DEFAULT_PREFIX = "broker"
+
+# Colons are allowed so that applications can namespace (``app:prod``); braces are not,
+# since they would move the hash tag.
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it is a safe key prefix, else raise ValueError."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"invalid key prefix {prefix!r}: use 1-64 characters from letters, digits, "
+            "'.', '_', ':' and '-', starting with a letter or digit"
+        )
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class TopicKeys:
+    """The keys one topic owns, shared by all of its groups."""
+
+    msg: str
+    """HASH event id -> body, stored once for all groups."""
+    refs: str
+    """HASH event id -> number of groups that still hold the event (not acked or purged)."""
+    groups: str
+    """SET of subscribed group names."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKeys:
+    """The keys of one (topic, group): its copy of the delivery state machine."""
+
+    ready: str
+    """LIST of event ids, next to claim at the head."""
+    leased: str
+    """ZSET event id -> lease deadline (seconds on the transport's clock)."""
+    tokens: str
+    """HASH event id -> token of the live lease (fencing)."""
+    attempts: str
+    """HASH event id -> deliveries so far."""
+    errors: str
+    """HASH event id -> last error reported by nack, carried into the dead letter."""
+    delayed: str
+    """ZSET event id -> due time."""
+    dead: str
+    """LIST of dead event ids, oldest death first."""
+    deadinfo: str
+    """HASH event id -> JSON {reason, error, attempts, died_at}."""
+    marker: str
+    """LIST holding at most one element; waiting consumers BLPOP it to be woken."""
+
+
+class Keys:
+    """Builds key names under one prefix; every name passed in is validated first."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = validate_prefix(prefix)
+
+    @property
+    def topics(self) -> str:
+        """SET of every topic ever subscribed (the registry behind ``topics()``)."""
+        return f"{self.prefix}:topics"
+
+    def _tag(self, topic: str) -> str:
+        return f"{self.prefix}:{{{validate_topic(topic)}}}"
+
+    def topic(self, topic: str) -> TopicKeys:
+        """The keys shared by all groups of ``topic``."""
+        base = self._tag(topic)
+        return TopicKeys(msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups")
+
+    def group(self, topic: str, group: str) -> GroupKeys:
+        """The keys of ``group``'s copy of ``topic``."""
+        base = f"{self._tag(topic)}:g:{validate_group(group)}"
+        return GroupKeys(
+            ready=f"{base}:ready",
+            leased=f"{base}:leased",
+            tokens=f"{base}:tokens",
+            attempts=f"{base}:attempts",
+            errors=f"{base}:errors",
+            delayed=f"{base}:delayed",
+            dead=f"{base}:dead",
+            deadinfo=f"{base}:deadinfo",
+            marker=f"{base}:marker",
+        )

@@ -1,0 +1,33 @@
+"""The ``broker`` entry point of the Redis transport: ``redis://``, ``rediss://``, ``unix://``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from broker_core.hooks import TransportInfo, hookimpl
+from broker_redis.transport import OPTION_NAMES, RedisTransport
+
+__all__ = ["broker_make_transport", "broker_transport_info"]
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+@hookimpl
+def broker_transport_info() -> TransportInfo:
+    """Describe the Redis transport."""
+    return TransportInfo(
+        name="redis",
+        schemes=SCHEMES,
+        description="Redis (redis-py asyncio): shared by any number of processes; "
+        "one Lua script per state transition, leases on the server's clock",
+    )
+
+
+@hookimpl
+def broker_make_transport(url: str, options: Mapping[str, Any]) -> RedisTransport | None:
+    """A RedisTransport for a Redis URL, with the options it knows; None for other schemes."""
+    if urlsplit(url).scheme not in SCHEMES:
+        return None
+    return RedisTransport(url, **{k: v for k, v in options.items() if k in OPTION_NAMES})

@@ -1,0 +1,45 @@
+--- @include "chunks"
+
+-- The dead ids to act on, oldest death first: all of them (mode 'all') or those listed
+-- in ARGV[2..] (mode 'ids'). Each is removed from DEAD and its dead-letter record
+-- deleted; the caller decides where it goes. Walks the list in chunks.
+local function take_dead(dead, deadinfo)
+  local taken = {}
+  if ARGV[1] == 'all' then
+    while true do
+      local ids = redis.call('LRANGE', dead, 0, CHUNK - 1)
+      if #ids == 0 then
+        break
+      end
+      redis.call('LTRIM', dead, #ids, -1)
+      for _, id in ipairs(ids) do
+        taken[#taken + 1] = id
+      end
+    end
+  else
+    local wanted = {}
+    for i = 2, #ARGV do
+      if redis.call('HEXISTS', deadinfo, ARGV[i]) == 1 then
+        wanted[ARGV[i]] = true
+      end
+    end
+    if next(wanted) == nil then
+      return taken
+    end
+    local length = redis.call('LLEN', dead)
+    for first = 0, length - 1, CHUNK do
+      for _, id in ipairs(redis.call('LRANGE', dead, first, first + CHUNK - 1)) do
+        if wanted[id] then
+          taken[#taken + 1] = id
+        end
+      end
+    end
+    for _, id in ipairs(taken) do
+      redis.call('LREM', dead, 1, id)
+    end
+  end
+  if #taken > 0 then
+    call_chunked('HDEL', deadinfo, taken, 1, #taken)
+  end
+  return taken
+end

@@ -1,0 +1,20 @@
+--[[ poll: what a waiting consumer runs when woken or at its periodic sweep.
+
+Applies expired leases and due retries, then, if READY has events, leaves the marker set
+so that the next idle consumer of the group wakes too (one wake-up passes the next on).
+
+KEYS: 1 ready  2 leased  3 tokens  4 delayed  5 marker
+ARGV: 1 now ('' = server TIME)
+Returns: {number of READY events, now, next_due ('' if none)}
+]]
+--- @include "now"
+--- @include "requeue_due"
+
+local ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = now_from(ARGV[1])
+requeue_due(ready, leased, tokens, delayed, marker, now)
+local n = redis.call('LLEN', ready)
+if n > 0 then
+  wake(marker)
+end
+return {n, num(now), next_due(leased, delayed)}

@@ -1,0 +1,17 @@
+--[[ purge_dead: delete dead events for good; a body is freed once no group holds it.
+
+All of them or the listed ids that are dead.
+
+KEYS: 1 msg  2 refs  3 dead  4 deadinfo
+ARGV: 1 'all' or 'ids', then the ids
+Returns: how many were deleted
+]]
+--- @include "dead"
+--- @include "release"
+
+local msg, refs = KEYS[1], KEYS[2]
+local taken = take_dead(KEYS[3], KEYS[4])
+for _, id in ipairs(taken) do
+  release(msg, refs, id)
+end
+return #taken

@@ -1,0 +1,671 @@
+"""``RedisTransport``: the delivery state machine in Redis, one Lua script per transition.
+
+Any number of processes on any number of machines may share one Redis: every
+transition is one atomic script (see ``scripts/`` and docs/redis-keys.md), and lease
+deadlines and due times come from the server's own ``TIME``, so client clocks never
+matter. Tests may pass a :class:`~broker_core.clock.Clock` instead; the scripts then
+read the time from the client.
+
+URL and options
+---------------
+``redis://[[user]:password@]host[:port][/db][?option=value&...]``, ``rediss://`` for TLS
+(``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` in the query) and
+``unix:///path/to/socket[?db=N]``. The options below may be given in the query string or
+as keyword arguments (a keyword argument wins); every other query parameter goes to
+redis-py unchanged.
+
+``key_prefix``
+    Start of every key (default ``"broker"``): two applications with different prefixes
+    share one Redis without seeing each other.
+``max_connections``
+    Size of each connection pool (default 32): one pool for commands, one for the
+    blocking waits of idle consumers.
+``socket_timeout`` / ``socket_connect_timeout``
+    Seconds to wait for an answer / a connection (defaults 10 and 5).
+``max_body_bytes``
+    Largest event body accepted (default 1 MiB); larger ones raise EventTooLarge before
+    anything is written.
+``sweep_interval``
+    Longest an idle consumer blocks without re-checking the store (default 1 s). The
+    re-check requeues leases that expired in consumers that died; it is one script call.
+``clock`` (keyword only)
+    A Clock to read the time from instead of the server's ``TIME`` (tests).
+
+Failures
+--------
+Every Redis failure (unreachable, refused password, TLS error, timeout) raises
+:class:`~broker_core.errors.TransportError` with what went wrong and the URL without its
+password. A call is never re-sent automatically, because a claim or an ack that reached
+the server must not run twice; the next call reconnects. ``publish`` is idempotent, so
+a publisher may simply retry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoScriptError,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from broker_core.clock import Clock
+from broker_core.errors import EventTooLarge, TransportError
+from broker_core.names import validate_group, validate_topic
+from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
+from broker_redis.keys import DEFAULT_PREFIX, Keys
+from broker_redis.scripts import SCRIPT_NAMES, Script, load_script
+
+__all__ = ["DEFAULT_URL", "OPTION_NAMES", "RedisTransport"]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+_T = TypeVar("_T")
+
+# The options this transport reads from the URL query or keywords: parser and default.
+# The rest of the query belongs to redis-py.
+_OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "key_prefix": (str, DEFAULT_PREFIX),
+    "max_connections": (int, 32),
+    "socket_timeout": (float, 10.0),
+    "socket_connect_timeout": (float, 5.0),
+    "max_body_bytes": (int, 1024 * 1024),
+    "sweep_interval": (float, 1.0),
+}
+
+OPTION_NAMES = frozenset({*_OPTIONS, "clock"})
+"""The keyword options of RedisTransport (all but ``clock`` may also be URL parameters)."""
+
+# A NOSCRIPT answer means the cache was flushed (SCRIPT FLUSH, restart, failover); the
+# scripts are loaded again and the calls retried. More than this many rounds in one call
+# means something keeps flushing it.
+_NOSCRIPT_ROUNDS = 3
+
+# A publish retried this often still sees a different set of groups: subscribers change
+# faster than one round trip.
+_PUBLISH_ROUNDS = 5
+
+
+_Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[_Arg]
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without this transport's options, and those options as strings."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _OPTIONS:
+            ours[name] = value
+        else:
+            theirs.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+
+
+def _redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _text(value: bytes | str) -> str:
+    # surrogateescape (both ways, see _pool) lets a foreign id that is not UTF-8 make the
+    # round trip through a Receipt unchanged instead of breaking the claim.
+    return value.decode(errors="surrogateescape") if isinstance(value, bytes) else value
+
+
+def _flag(value: object) -> bool:
+    return value == 1
+
+
+class RedisTransport:
+    """The :class:`~broker_core.transport.Transport` over Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        key_prefix: str | None = None,
+        max_connections: int | None = None,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        max_body_bytes: int | None = None,
+        sweep_interval: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        redis_url, query = _split_url(url)
+        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL: {_redact(url)!r}")
+        values = {name: default for name, (_, default) in _OPTIONS.items()}
+        for name, text in query.items():
+            try:
+                values[name] = _OPTIONS[name][0](text)
+            except ValueError:
+                raise ValueError(f"invalid {name}={text!r} in Redis URL {_redact(url)!r}") from None
+        keywords = {
+            "key_prefix": key_prefix,
+            "max_connections": max_connections,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "max_body_bytes": max_body_bytes,
+            "sweep_interval": sweep_interval,
+        }
+        values.update({name: value for name, value in keywords.items() if value is not None})
+        for name, value in values.items():
+            if name != "key_prefix" and value <= 0:
+                raise ValueError(f"RedisTransport option {name} must be positive, got {value}")
+
+        self._keys = Keys(values["key_prefix"])
+        self._max_connections = int(values["max_connections"])
+        self._socket_timeout = float(values["socket_timeout"])
+        self._connect_timeout = float(values["socket_connect_timeout"])
+        self._max_body_bytes = int(values["max_body_bytes"])
+        self._sweep_interval = float(values["sweep_interval"])
+        self._url = redis_url
+        self._safe_url = _redact(redis_url)
+        self._password = urlsplit(redis_url).password
+        self._pool(self._socket_timeout)  # checks the URL's redis-py options now
+        self._clock = clock
+        self._redis: Redis | None = None
+        self._blocking: Redis | None = None
+        # The groups this process last saw subscribed to each topic: publish passes them
+        # to its script, which answers with the real set if they changed.
+        self._groups: dict[str, tuple[str, ...]] = {}
+        # (group, topic) -> local time (see _local_now) of the earliest lease deadline or
+        # due retry the scripts reported: a waiter must not sleep past it.
+        self._due: dict[tuple[str, str], float] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisTransport({self._safe_url!r}, key_prefix={self._keys.prefix!r})"
+
+    # -- connections and errors ----------------------------------------------------------
+
+    def _pool(self, socket_timeout: float) -> BlockingConnectionPool:
+        pool = BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            encoding_errors="surrogateescape",
+            # With these "maintenance notifications" on (redis-py's default over RESP3),
+            # the pool stops checking that an idle connection is still open, and the
+            # first call after a Redis restart fails on the dead socket.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        )
+        try:
+            # Building one (unconnected) connection checks the URL's options now, not on
+            # first use deep inside a call.
+            pool.connection_class(**pool.connection_kwargs)
+        except TypeError as exc:
+            raise ValueError(f"invalid option in Redis URL {self._safe_url!r}: {exc}") from None
+        return pool
+
+    async def connect(self) -> None:
+        """Open the connection pools, check the server answers, and load the scripts."""
+        if self._redis is not None:
+            return
+        redis = Redis(connection_pool=self._pool(self._socket_timeout))
+        # A blocking wait lasts up to sweep_interval, so its reads may take that long.
+        blocking = Redis(connection_pool=self._pool(self._sweep_interval + self._socket_timeout))
+        try:
+            await self._guard("connect", redis.ping())
+            await self._load_scripts(redis, [load_script(name) for name in SCRIPT_NAMES])
+        except BaseException:
+            await redis.aclose(close_connection_pool=True)
+            await blocking.aclose(close_connection_pool=True)
+            raise
+        self._redis, self._blocking = redis, blocking
+
+    async def close(self) -> None:
+        """Close both connection pools; what is stored stays in Redis."""
+        clients = (self._redis, self._blocking)
+        self._redis = self._blocking = None
+        for client in clients:
+            if client is not None:
+                await client.aclose(close_connection_pool=True)
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise TransportError("RedisTransport is not connected: call connect() first")
+        return self._redis
+
+    def _blocking_client(self) -> Redis:
+        self._client()
+        assert self._blocking is not None  # set together with _redis
+        return self._blocking
+
+    def _error(self, op: str, exc: BaseException) -> TransportError:
+        """A TransportError saying what failed, without the password."""
+        if isinstance(exc, AuthenticationError | AuthorizationError):
+            what = "Redis refused the credentials (check the user and password in the URL)"
+        elif isinstance(exc, RedisTimeoutError):
+            what = "Redis did not answer in time"
+        elif isinstance(exc, RedisConnectionError | OSError):
+            what = "cannot reach Redis"
+        else:
+            what = "Redis refused the command"
+        detail = str(exc) or type(exc).__name__
+        if self._password:
+            detail = detail.replace(self._password, "***")
+        return TransportError(f"{op} failed: {what} at {self._safe_url}: {detail}")
+
+    async def _guard(self, op: str, awaitable: Awaitable[_T]) -> _T:
+        """Await a Redis call, turning its failures into TransportError."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise self._error(op, exc) from exc
+
+    async def _load_scripts(self, redis: Redis, scripts: Sequence[Script]) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for script in scripts:
+                pipe.script_load(script.source)
+            shas = await self._guard("loading scripts", pipe.execute())
+        for script, sha in zip(scripts, shas, strict=True):
+            if _text(sha) != script.sha:
+                raise TransportError(f"Redis named script {script.name} {sha!r}, not {script.sha}")
+
+    async def _run(self, op: str, calls: Sequence[_Call]) -> list[Any]:
+        """Run script calls in one round trip (EVALSHA), reloading scripts on NOSCRIPT.
+
+        A call answered NOSCRIPT did not run, so only those calls are sent again.
+        """
+        redis = self._client()
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(_NOSCRIPT_ROUNDS):
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    call = calls[i]
+                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                replies = await self._guard(op, pipe.execute(raise_on_error=False))
+            missing = []
+            for i, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise self._error(op, reply) from reply
+                else:
+                    results[i] = reply
+            if not missing:
+                return results
+            await self._load_scripts(redis, list({calls[i].script for i in missing}))
+            pending = missing
+        raise TransportError(f"{op} failed: Redis at {self._safe_url} keeps losing its scripts")
+
+    # -- time --------------------------------------------------------------------------
+
+    def _now_arg(self) -> str:
+        """ARGV[1] of the timed scripts: '' (use the server's TIME) or the injected clock."""
+        return "" if self._clock is None else repr(self._clock.now())
+
+    def _local_now(self) -> float:
+        return time.monotonic() if self._clock is None else self._clock.now()
+
+    def _note_due(self, group: str, topic: str, now: bytes, next_due: bytes) -> None:
+        """Remember when (group, topic) next needs a look, from a script's now/next_due."""
+        if next_due:
+            self._due[(group, topic)] = self._local_now() + float(next_due) - float(now)
+        else:
+            self._due.pop((group, topic), None)
+
+    def _until_due(self, group: str, topics: Sequence[str]) -> float | None:
+        dues = [self._due[(group, t)] for t in topics if (group, t) in self._due]
+        return min(dues) - self._local_now() if dues else None
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> None:
+        """Make ``group`` a durable subscriber of ``topic``; idempotent."""
+        topic, group = validate_topic(topic), validate_group(group)
+        redis = self._client()
+        # The registry first: a crash in between leaves a topic without groups, which
+        # topics() leaves out, rather than a subscription topics() does not list.
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self._keys.topics, topic)
+            pipe.sadd(self._keys.topic(topic).groups, group)
+            await self._guard("subscribe", pipe.execute())
+
+    async def groups(self, topic: str) -> list[str]:
+        """The groups subscribed to ``topic``, sorted."""
+        key = self._keys.topic(validate_topic(topic)).groups
+        members = await self._guard("groups", self._client().smembers(key))
+        return sorted(_text(m) for m in members)
+
+    async def topics(self) -> list[str]:
+        """Every topic with at least one subscribed group, sorted."""
+        redis = self._client()
+        names = sorted(
+            _text(m) for m in await self._guard("topics", redis.smembers(self._keys.topics))
+        )
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.scard(self._keys.topic(name).groups)
+            counts = await self._guard("topics", pipe.execute())
+        return [name for name, count in zip(names, counts, strict=True) if count]
+
+    # -- publish -----------------------------------------------------------------------
+
+    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+        """Append events to every subscribed group's READY queue in one atomic script.
+
+        Ids the topic still holds are skipped. Returns the number of groups.
+        """
+        topic = validate_topic(topic)
+        args: list[_Arg] = []
+        for event_id, body in events:
+            if len(body) > self._max_body_bytes:
+                raise EventTooLarge(
+                    f"event {event_id!r} is {len(body)} bytes; this Redis transport accepts "
+                    f"at most {self._max_body_bytes} (option max_body_bytes)"
+                )
+            args += (event_id, body)
+        topic_keys = self._keys.topic(topic)
+        groups = self._groups.get(topic, ())
+        for _ in range(_PUBLISH_ROUNDS):
+            keys = [topic_keys.msg, topic_keys.refs, topic_keys.groups]
+            for group in groups:
+                group_keys = self._keys.group(topic, group)
+                keys += (group_keys.ready, group_keys.marker)
+            call = _Call(load_script("publish"), keys, [len(groups), *groups, *args])
+            [reply] = await self._run("publish", [call])
+            if isinstance(reply, int):
+                self._groups[topic] = groups
+                return reply
+            groups = tuple(sorted(_text(g) for g in reply))
+        raise TransportError(f"publish to {topic!r} failed: its groups kept changing")
+
+    # -- claim and wait ------------------------------------------------------------------
+
+    def _claim_call(
+        self, topic: str, group: str, count: int, lease: float, max_attempts: int
+    ) -> _Call:
+        t, g = self._keys.topic(topic), self._keys.group(topic, group)
+        keys = [
+            t.msg, g.ready, g.leased, g.tokens, g.attempts, g.errors,
+            g.delayed, g.dead, g.deadinfo, g.marker,
+        ]  # fmt: skip
+        args: list[_Arg] = [
+            self._now_arg(),
+            repr(lease),
+            count,
+            max_attempts,
+            secrets.token_hex(12),
+        ]
+        return _Call(load_script("claim"), keys, args)
+
+    def _messages(self, topic: str, group: str, reply: list[Any]) -> list[Message]:
+        now, deadline, next_due, *rows = reply
+        self._note_due(group, topic, now, next_due)
+        lease_deadline = float(deadline)
+        return [
+            Message(
+                receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
+                body=rows[i + 3],
+                attempt=int(rows[i + 2]),
+                lease_deadline=lease_deadline,
+            )
+            for i in range(0, len(rows), 4)
+        ]
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        """Lease up to ``max_count`` READY events of ``group`` from ``topics``.
+
+        One claim script per topic, all in one round trip. ``max_count`` is shared out
+        between the topics; topics that filled their share are asked again for what is
+        left, so one busy topic can still fill the whole claim.
+        """
+        group = validate_group(group)
+        names = list(dict.fromkeys(validate_topic(t) for t in topics))
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, got {lease}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        messages: list[Message] = []
+        remaining, open_topics = max_count, names
+        while remaining > 0 and open_topics:
+            share, extra = divmod(remaining, len(open_topics))
+            quotas = [share + (i < extra) for i in range(len(open_topics))]
+            asked = [(t, q) for t, q in zip(open_topics, quotas, strict=True) if q > 0]
+            calls = [self._claim_call(t, group, q, lease, max_attempts) for t, q in asked]
+            replies = await self._run("claim", calls)
+            still_open = [t for t, q in zip(open_topics, quotas, strict=True) if q == 0]
+            for (topic, quota), reply in zip(asked, replies, strict=True):
+                got = self._messages(topic, group, reply)
+                messages += got
+                remaining -= len(got)
+                if len(got) == quota:
+                    still_open.append(topic)
+            open_topics = still_open
+        return messages
+
+    async def _poll(self, group: str, topics: Sequence[str]) -> int:
+        """Run the poll script on ``topics``: how many events are READY for ``group``."""
+        calls = []
+        for topic in topics:
+            g = self._keys.group(topic, group)
+            keys = [g.ready, g.leased, g.tokens, g.delayed, g.marker]
+            calls.append(_Call(load_script("poll"), keys, [self._now_arg()]))
+        ready = 0
+        for topic, (count, now, next_due) in zip(
+            topics, await self._run("wait", calls), strict=True
+        ):
+            self._note_due(group, topic, now, next_due)
+            ready += count
+        return int(ready)
+
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        """Block on the groups' marker lists (BLPOP) until work may be there, or timeout.
+
+        Publishes, nacks and replays push a marker; a woken waiter passes the wake-up on
+        while READY still has events. The waiter never blocks past the earliest lease
+        deadline or due retry it has heard of, and at most ``sweep_interval`` at a time,
+        after which it runs the poll script, which requeues expired leases of consumers
+        that died.
+        """
+        group = validate_group(group)
+        names = list(dict.fromkeys(validate_topic(t) for t in topics))
+        blocking = self._blocking_client()
+        if not names:
+            await asyncio.sleep(max(timeout, 0.0))
+            return False
+        markers = {self._keys.group(t, group).marker: t for t in names}
+        end = time.monotonic() + max(timeout, 0.0)
+        while True:
+            until_due = self._until_due(group, names)
+            if until_due is not None and until_due <= 0:
+                # Something fell due (a lease, perhaps one since extended, or a retry):
+                # look, rather than wake the caller for nothing; the look also learns
+                # what falls due next.
+                if await self._poll(group, names):
+                    return True
+                continue
+            block = end - time.monotonic()
+            if block <= 0:
+                return False
+            sweep = block > self._sweep_interval
+            block = min(block, self._sweep_interval)
+            if until_due is not None:
+                block = min(block, until_due)
+            # BLPOP's timeout 0 means forever: never pass less than a millisecond.
+            popped = await self._guard(
+                "wait", blocking.blpop(list(markers), timeout=max(block, 0.001))
+            )
+            if popped is not None:
+                if await self._poll(group, [markers[_text(popped[0])]]):
+                    return True
+            elif sweep and await self._poll(group, names):
+                return True
+
+    # -- settling deliveries -------------------------------------------------------------
+
+    def _by_queue(self, receipts: Sequence[Receipt]) -> dict[tuple[str, str], list[int]]:
+        """Receipt positions grouped by (topic, group): one script call per queue."""
+        queues: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(receipts):
+            queues.setdefault((validate_topic(r.topic), validate_group(r.group)), []).append(i)
+        return queues
+
+    async def _settle(
+        self, op: str, receipts: Sequence[Receipt], script: Script, lease: float | None = None
+    ) -> list[bool]:
+        """Ack or extend ``receipts``: one script call per queue, all in one round trip."""
+        queues = self._by_queue(receipts)
+        calls = []
+        for (topic, group), positions in queues.items():
+            t, g = self._keys.topic(topic), self._keys.group(topic, group)
+            if lease is None:
+                keys = [t.msg, t.refs, g.leased, g.tokens, g.attempts, g.errors]
+                args: list[_Arg] = [self._now_arg()]
+            else:
+                keys = [g.leased, g.tokens]
+                args = [self._now_arg(), repr(lease)]
+            for i in positions:
+                args += (receipts[i].event_id, receipts[i].token)
+            calls.append(_Call(script, keys, args))
+        answers = [False] * len(receipts)
+        for positions, reply in zip(queues.values(), await self._run(op, calls), strict=True):
+            for i, flag in zip(positions, reply, strict=True):
+                answers[i] = _flag(flag)
+        return answers
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Mark leased events DONE; False for each stale receipt."""
+        return await self._settle("ack", receipts, load_script("ack"))
+
+    async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        """Set each live lease to expire ``lease`` seconds from now; False where stale."""
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, got {lease}")
+        return await self._settle("extend", receipts, load_script("extend"), lease)
+
+    async def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
+        """Give a leased event back: to the front of READY, or DELAYED for ``delay`` s."""
+        if delay < 0:
+            raise ValueError(f"delay must not be negative, got {delay}")
+        topic, group = validate_topic(receipt.topic), validate_group(receipt.group)
+        g = self._keys.group(topic, group)
+        keys = [g.ready, g.leased, g.tokens, g.errors, g.delayed, g.marker]
+        args: list[_Arg] = [
+            self._now_arg(),
+            repr(delay),
+            receipt.event_id,
+            receipt.token,
+        ]
+        if error is not None:
+            args.append(error)
+        [done] = await self._run("nack", [_Call(load_script("nack"), keys, args)])
+        if _flag(done) and delay > 0:
+            due = self._local_now() + delay
+            self._due[(group, topic)] = min(self._due.get((group, topic), due), due)
+        return _flag(done)
+
+    async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
+        """Move a leased event to DEAD with ``reason``; False (no change) if stale."""
+        g = self._keys.group(validate_topic(receipt.topic), validate_group(receipt.group))
+        keys = [g.leased, g.tokens, g.attempts, g.errors, g.dead, g.deadinfo]
+        args: list[_Arg] = [
+            self._now_arg(),
+            receipt.event_id,
+            receipt.token,
+            reason,
+        ]
+        if error is not None:
+            args.append(error)
+        [done] = await self._run("kill", [_Call(load_script("kill"), keys, args)])
+        return _flag(done)
+
+    # -- dead letters and stats ----------------------------------------------------------
+
+    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead events of (topic, group), oldest death first."""
+        topic, group = validate_topic(topic), validate_group(group)
+        t, g = self._keys.topic(topic), self._keys.group(topic, group)
+        call = _Call(load_script("dead_letters"), [t.msg, g.dead, g.deadinfo], [limit])
+        [rows] = await self._run("dead_letters", [call])
+        letters = []
+        for i in range(0, len(rows), 3):
+            record = json.loads(rows[i + 1])
+            letters.append(
+                DeadLetter(
+                    topic=topic,
+                    group=group,
+                    event_id=_text(rows[i]),
+                    body=rows[i + 2],
+                    reason=record.get("reason", "unknown"),
+                    error=record.get("error"),
+                    attempts=int(record.get("attempts", 0)),
+                    died_at=float(record.get("died_at", 0.0)),
+                )
+            )
+        return letters
+
+    async def replay_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Move dead events (all, or those listed) to the back of READY, attempts reset."""
+        g = self._keys.group(validate_topic(topic), validate_group(group))
+        keys = [g.ready, g.dead, g.deadinfo, g.marker]
+        return await self._for_dead("replay_dead", keys, event_ids)
+
+    async def purge_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None = None
+    ) -> int:
+        """Delete dead events (all, or those listed) for good; returns how many."""
+        t, g = (
+            self._keys.topic(validate_topic(topic)),
+            self._keys.group(topic, validate_group(group)),
+        )
+        keys = [t.msg, t.refs, g.dead, g.deadinfo]
+        return await self._for_dead("purge_dead", keys, event_ids)
+
+    async def _for_dead(self, name: str, keys: list[str], event_ids: Sequence[str] | None) -> int:
+        """Run replay_dead or purge_dead on every dead event, or on those listed."""
+        if event_ids is not None and not event_ids:
+            return 0
+        args = ["all"] if event_ids is None else ["ids", *event_ids]
+        [count] = await self._run(name, [_Call(load_script(name), keys, args)])
+        return int(count)
+
+    async def stats(self, topic: str, group: str) -> QueueStats:
+        """Counts per state, after applying expired leases and due retries."""
+        topic, group = validate_topic(topic), validate_group(group)
+        g = self._keys.group(topic, group)
+        keys = [g.ready, g.leased, g.tokens, g.delayed, g.dead, g.marker]
+        [reply] = await self._run("stats", [_Call(load_script("stats"), keys, [self._now_arg()])])
+        ready, leased, delayed, dead, now, next_due = reply
+        self._note_due(group, topic, now, next_due)
+        return QueueStats(topic, group, int(ready), int(leased), int(delayed), int(dead))

@@ -1,0 +1,67 @@
+"""Shared fixtures: real ``redis-server`` processes started by the tests themselves.
+
+``redis_server`` is one server for the whole session; tests isolate themselves with a
+unique key prefix (``key_prefix``) and the database is flushed after each test that
+used it. ``redis_factory`` starts extra servers with their own configuration (password,
+TLS, append-only file) that a test may stop, kill and restart; they are stopped after
+the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from redis_server import RedisFactory, RedisServer, TlsFiles, redis_server_binary, unique_prefix
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's shared server on a free loopback port."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis-shared"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The shared server's URL; the database is flushed when the test ends."""
+    yield redis_server.url
+    with redis_server.admin() as client:
+        client.flushdb()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix unique to this test."""
+    return unique_prefix()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
+    """Start extra servers: ``redis_factory(args=[...], password=..., tls=...)``."""
+    servers: list[RedisServer] = []
+    names = itertools.count()
+
+    def start(
+        args: Sequence[str] = (), *, password: str | None = None, tls: TlsFiles | None = None
+    ) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{next(names)}", args, password=password, tls=tls)
+        servers.append(server)
+        server.start()
+        return server
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()

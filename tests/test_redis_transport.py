@@ -1,0 +1,532 @@
+"""Redis-specific behaviour of RedisTransport, each on a real redis-server.
+
+What the conformance suite cannot see: the script cache, restarts and durability, planted
+data, credentials and TLS, key prefixes, memory, blocking waits, and big batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis as sync_redis
+from redis_server import RedisFactory, RedisServer, make_tls_files, unique_prefix
+
+from broker_core.broker import Broker
+from broker_core.clock import ManualClock
+from broker_core.errors import EventTooLarge, TransportError
+from broker_core.events import Event
+from broker_core.plugins import installed_transports, make_transport
+from broker_core.transport import QueueStats, Transport
+from broker_redis import plugin
+from broker_redis.keys import Keys
+from broker_redis.transport import RedisTransport
+
+T, G, G2 = "orders", "billing", "shipping"
+
+MakeTransport = Callable[..., Awaitable[RedisTransport]]
+
+
+@pytest_asyncio.fixture
+async def make(redis_url: str) -> AsyncIterator[MakeTransport]:
+    """Build connected transports (own prefix unless given) and close them after the test."""
+    made: list[RedisTransport] = []
+
+    async def build(url: str = redis_url, **options: Any) -> RedisTransport:
+        options.setdefault("key_prefix", unique_prefix())
+        transport = RedisTransport(url, **options)
+        made.append(transport)
+        await transport.connect()
+        return transport
+
+    yield build
+    for transport in made:
+        await transport.close()
+
+
+def keys_of(server: RedisServer, prefix: str) -> set[bytes]:
+    with server.admin() as client:
+        return set(client.scan_iter(match=f"{prefix}:*", count=1000))
+
+
+# -- the script cache ------------------------------------------------------------------
+
+
+async def test_script_flush_mid_run_changes_nothing(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    tr = await make()
+    await tr.subscribe(T, G)
+    with redis_server.admin() as admin:
+        admin.script_flush()
+        assert await tr.publish(T, [(f"e{i}", b"x") for i in range(10)]) == 1
+        admin.script_flush()
+        msgs = await tr.claim(G, [T], max_count=5, lease=30, max_attempts=3)
+        assert [m.event_id for m in msgs] == [f"e{i}" for i in range(5)]
+        admin.script_flush()
+        assert await tr.extend([m.receipt for m in msgs], 30) == [True] * 5
+        admin.script_flush()
+        assert await tr.ack([m.receipt for m in msgs[:2]]) == [True, True]
+        admin.script_flush()
+        assert await tr.nack(msgs[2].receipt, delay=0)
+        admin.script_flush()
+        assert await tr.kill(msgs[3].receipt, reason="handler")
+        admin.script_flush()
+        assert (await tr.stats(T, G)).dead == 1
+        admin.script_flush()
+        assert len(await tr.dead_letters(T, G)) == 1
+        admin.script_flush()
+        assert await tr.replay_dead(T, G) == 1
+        admin.script_flush()
+        assert await tr.wait(G, [T], 1.0) is True
+
+
+# -- the server goes away and comes back -----------------------------------------------
+
+
+async def test_server_restart_raises_transport_error_then_recovers(
+    redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory(password="pa55-word")
+    tr = RedisTransport(server.url, socket_timeout=2, socket_connect_timeout=1)
+    await tr.connect()
+    try:
+        await tr.subscribe(T, G)
+        assert await tr.publish(T, [("e1", b"x")]) == 1
+        server.stop()
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "publish": lambda: tr.publish(T, [("e2", b"y")]),
+            "claim": lambda: tr.claim(G, [T], max_count=1, lease=5, max_attempts=3),
+            "stats": lambda: tr.stats(T, G),
+            "wait": lambda: tr.wait(G, [T], 0.5),
+        }
+        for name, call in calls.items():
+            with pytest.raises(TransportError) as failed:
+                await asyncio.wait_for(call(), 10)
+            message = str(failed.value)
+            assert "cannot reach Redis" in message, (name, message)
+            assert "pa55-word" not in message and "***" in message
+        server.start()  # empty: no persistence, no scripts in the cache
+        await tr.subscribe(T, G)
+        assert await tr.publish(T, [("e3", b"z")]) == 1
+        [m] = await tr.claim(G, [T], max_count=5, lease=5, max_attempts=3)
+        assert (m.event_id, m.body) == ("e3", b"z")
+        assert await tr.ack([m.receipt]) == [True]
+    finally:
+        await tr.close()
+
+
+async def test_published_events_survive_a_crash_with_appendfsync_always(
+    redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory(["--appendonly", "yes", "--appendfsync", "always"])
+    tr = RedisTransport(server.url)
+    await tr.connect()
+    try:
+        await tr.subscribe(T, G)
+        for i in range(50):
+            assert await tr.publish(T, [(f"e{i:02d}", f"body{i}".encode())]) == 1
+        [first] = await tr.claim(G, [T], max_count=1, lease=60, max_attempts=5)
+        assert await tr.ack([first.receipt]) == [True]
+        server.kill()  # SIGKILL: no shutdown, only what was fsynced survives
+        # Let the event loop run, as it would during any real restart, so the client sees
+        # its idle connections drop (this test's kill and start would otherwise block it).
+        await asyncio.sleep(0.1)
+        server.start()
+        msgs = await tr.claim(G, [T], max_count=100, lease=60, max_attempts=5)
+        assert [(m.event_id, m.body) for m in msgs] == [
+            (f"e{i:02d}", f"body{i}".encode()) for i in range(1, 50)
+        ]
+    finally:
+        await tr.close()
+
+
+# -- planted data ----------------------------------------------------------------------
+
+
+async def test_foreign_payloads_are_handed_out_as_bytes(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix)
+    await tr.subscribe(T, G)
+    await tr.publish(T, [("good", b"{}")])
+    keys = Keys(prefix)
+    t, g = keys.topic(T), keys.group(T, G)
+    with redis_server.admin() as admin:
+        # A body nobody encoded, an id that is not UTF-8, and an id without any body.
+        admin.hset(t.msg, "junk", b"\xff\x00not json")
+        admin.hset(t.refs, "junk", 1)
+        admin.hset(t.msg, b"\xfe\xfd", b"raw")
+        admin.rpush(g.ready, "junk", b"\xfe\xfd", "ghost")
+    msgs = await tr.claim(G, [T], max_count=10, lease=30, max_attempts=3)
+    assert [(m.event_id, m.body) for m in msgs] == [
+        ("good", b"{}"),
+        ("junk", b"\xff\x00not json"),
+        (b"\xfe\xfd".decode(errors="surrogateescape"), b"raw"),
+        ("ghost", b""),
+    ]
+    # The core dead-letters what it cannot decode; every receipt still works.
+    for m in msgs[1:]:
+        assert await tr.kill(m.receipt, reason="undecodable", error="DecodeError: not json")
+    assert await tr.ack([msgs[0].receipt]) == [True]
+    dead = await tr.dead_letters(T, G)
+    assert sorted((d.event_id, d.body, d.reason) for d in dead) == sorted(
+        (m.event_id, m.body, "undecodable") for m in msgs[1:]
+    )
+    assert await tr.purge_dead(T, G) == 3
+    assert keys_of(redis_server, prefix) == {
+        keys.topics.encode(),
+        t.groups.encode(),
+    }
+
+
+async def test_broker_dead_letters_a_planted_payload(
+    redis_url: str, redis_server: RedisServer, key_prefix: str
+) -> None:
+    handled: list[str] = []
+    broker = Broker.from_url(f"{redis_url}?key_prefix={key_prefix}", group=G)
+
+    @broker.on(T)
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+
+    async with broker:
+        await broker.subscribe(T)
+        keys = Keys(key_prefix)
+        with redis_server.admin() as admin:
+            admin.hset(keys.topic(T).msg, "junk", b"\xff\x00not json")
+            admin.hset(keys.topic(T).refs, "junk", 1)
+            admin.rpush(keys.group(T, G).ready, "junk")
+        assert await broker.pick() is True
+        [dead] = await broker.dead_letters(T)
+        assert (dead.event_id, dead.reason, dead.body) == (
+            "junk",
+            "undecodable",
+            b"\xff\x00not json",
+        )
+        assert dead.error
+        assert handled == []
+        assert await broker.purge_dead(T) == 1
+    assert keys_of(redis_server, key_prefix) == {
+        keys.topics.encode(),
+        keys.topic(T).groups.encode(),
+    }
+
+
+# -- credentials, TLS, sockets -----------------------------------------------------------
+
+
+async def test_wrong_password_is_a_clear_error(redis_factory: RedisFactory) -> None:
+    server = redis_factory(password="right-one")
+    bad = RedisTransport(f"redis://:wrong-one@127.0.0.1:{server.port}/0")
+    with pytest.raises(TransportError) as failed:
+        await bad.connect()
+    message = str(failed.value)
+    assert "refused the credentials" in message
+    assert "wrong-one" not in message and "right-one" not in message
+    missing = RedisTransport(f"redis://127.0.0.1:{server.port}/0")
+    with pytest.raises(TransportError, match="credentials"):
+        await missing.connect()
+    good = RedisTransport(server.url)
+    await good.connect()
+    await good.subscribe(T, G)
+    assert await good.publish(T, [("e1", b"x")]) == 1
+    await good.close()
+
+
+async def test_acl_user(redis_factory: RedisFactory) -> None:
+    server = redis_factory(["--user", "app", "on", ">app-secret", "~broker:*", "&*", "+@all"])
+    tr = RedisTransport(f"redis://app:app-secret@127.0.0.1:{server.port}/0")
+    await tr.connect()
+    await tr.subscribe(T, G)
+    assert await tr.publish(T, [("e1", b"x")]) == 1
+    assert [m.event_id for m in await tr.claim(G, [T], max_count=1, lease=5, max_attempts=1)]
+    await tr.close()
+    # The ACL allows only keys under broker:*: another prefix is refused, clearly.
+    other = RedisTransport(f"redis://app:app-secret@127.0.0.1:{server.port}/0?key_prefix=x")
+    await other.connect()
+    with pytest.raises(TransportError, match="subscribe failed") as failed:
+        await other.subscribe(T, G)
+    assert "app-secret" not in str(failed.value)
+    await other.close()
+
+
+async def test_tls(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path)
+    if files is None:
+        pytest.skip("cannot make a certificate: the openssl CLI is missing or failed")
+    server = redis_factory(tls=files)
+    tr = RedisTransport(server.url)  # rediss://...?ssl_ca_certs=<the throwaway cert>
+    await tr.connect()
+    await tr.subscribe(T, G)
+    assert await tr.publish(T, [("e1", b"over tls")]) == 1
+    [m] = await tr.claim(G, [T], max_count=1, lease=5, max_attempts=1)
+    assert m.body == b"over tls"
+    await tr.close()
+    untrusted = RedisTransport(f"rediss://127.0.0.1:{server.port}/0", socket_connect_timeout=2)
+    with pytest.raises(TransportError, match="certificate verify failed"):
+        await untrusted.connect()
+    plain = RedisTransport(f"redis://127.0.0.1:{server.port}/0", socket_timeout=2)
+    with pytest.raises(TransportError):
+        await plain.connect()
+
+
+async def test_unix_socket(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    redis_factory(["--unixsocket", str(sock), "--unixsocketperm", "700"])
+    tr = RedisTransport(f"unix://{sock}?db=2&key_prefix=app")
+    await tr.connect()
+    await tr.subscribe(T, G)
+    assert await tr.publish(T, [("e1", b"x")]) == 1
+    await tr.close()
+    with sync_redis.Redis(unix_socket_path=str(sock), db=2) as client:
+        assert client.smembers("app:topics") == {T.encode()}
+
+
+# -- prefixes and memory ---------------------------------------------------------------
+
+
+async def test_two_prefixes_on_one_server_are_isolated(make: MakeTransport) -> None:
+    a = await make(key_prefix="app-a")
+    b = await make(key_prefix="app-b")
+    await a.subscribe(T, G)
+    assert await b.topics() == []
+    assert await b.publish(T, [("e1", b"from b")]) == 0
+    await b.subscribe(T, G)
+    assert await a.publish(T, [("e1", b"from a")]) == 1
+    assert await b.publish(T, [("e2", b"from b")]) == 1
+    [ma] = await a.claim(G, [T], max_count=10, lease=5, max_attempts=1)
+    [mb] = await b.claim(G, [T], max_count=10, lease=5, max_attempts=1)
+    assert (ma.event_id, ma.body, mb.event_id, mb.body) == ("e1", b"from a", "e2", b"from b")
+    assert await b.ack([ma.receipt]) == [False]
+    assert await a.kill(ma.receipt, reason="handler")
+    assert await b.dead_letters(T, G) == []
+    assert (await b.stats(T, G)).leased == 1
+
+
+async def test_body_stored_once_and_memory_returns_to_baseline(
+    redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory()
+    clock = ManualClock()
+    prefix = "mem"
+    tr = RedisTransport(server.url, key_prefix=prefix, clock=clock)
+    await tr.connect()
+    admin = server.admin()
+    groups = [f"g{i}" for i in range(5)]
+    topic_keys = Keys(prefix).topic(T)
+
+    def used_memory() -> int:
+        return int(admin.info("memory")["used_memory"])
+
+    async def one_round(n: int) -> None:
+        events = [(f"r{n}-e{i}", bytes(1024)) for i in range(400)]
+        assert await tr.publish(T, events) == len(groups)
+        # One body per event for the topic, however many groups.
+        assert admin.hlen(topic_keys.msg) == len(events)
+        for g in groups:
+            # Every path through the state machine, in every group.
+            msgs = await tr.claim(g, [T], max_count=400, lease=10, max_attempts=2)
+            assert all(await tr.ack([m.receipt for m in msgs[:100]]))
+            for m in msgs[100:150]:
+                assert await tr.nack(m.receipt, delay=1, error="E")
+            for m in msgs[150:200]:
+                assert await tr.kill(m.receipt, reason="handler", error="E")
+            for m in msgs[200:250]:
+                assert await tr.nack(m.receipt)
+            # msgs[250:] are left to expire
+        clock.advance(11)
+        for g in groups:
+            retries = await tr.claim(g, [T], max_count=400, lease=10, max_attempts=2)
+            assert len(retries) == 250 and {m.attempt for m in retries} == {2}
+            for m in retries[:10]:
+                assert await tr.nack(m.receipt)  # third delivery would exceed max_attempts
+            assert all(await tr.ack([m.receipt for m in retries[10:]]))
+            assert await tr.claim(g, [T], max_count=400, lease=10, max_attempts=2) == []
+            dead = [d.event_id for d in await tr.dead_letters(T, g, limit=100)]
+            assert len(dead) == 60
+            assert await tr.replay_dead(T, g, dead[:25]) == 25
+            assert await tr.purge_dead(T, g) == 35
+            replayed = await tr.claim(g, [T], max_count=400, lease=10, max_attempts=2)
+            assert sorted(m.event_id for m in replayed) == sorted(dead[:25])
+            assert all(await tr.ack([m.receipt for m in replayed]))
+            assert await tr.stats(T, g) == QueueStats(T, g, 0, 0, 0, 0)
+
+    for g in groups:
+        await tr.subscribe(T, g)
+    await one_round(0)  # warm up allocator and script cache
+    baseline_keys, baseline_memory = admin.dbsize(), used_memory()
+    for n in range(1, 4):
+        await one_round(n)
+    assert admin.dbsize() == baseline_keys
+    assert set(admin.scan_iter(count=1000)) == {
+        f"{prefix}:topics".encode(),
+        topic_keys.groups.encode(),
+    }
+    # Allocator noise only: far less than one round's 400 x 1 KiB bodies.
+    assert used_memory() - baseline_memory < 200_000
+    admin.close()
+    await tr.close()
+
+
+# -- waiting -----------------------------------------------------------------------------
+
+
+async def test_wait_wakes_within_milliseconds_of_a_publish_elsewhere(
+    make: MakeTransport,
+) -> None:
+    prefix = unique_prefix()
+    consumer = await make(key_prefix=prefix)
+    publisher = await make(key_prefix=prefix)  # its own pools: another connection
+    await consumer.subscribe(T, G)
+    await consumer.subscribe("other", G)
+    waiter = asyncio.create_task(consumer.wait(G, ["other", T], 5.0))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    started = time.monotonic()
+    await publisher.publish(T, [("e1", b"x")])
+    assert await asyncio.wait_for(waiter, 5.0) is True
+    assert time.monotonic() - started < 1.0
+
+
+async def test_wait_does_not_sleep_past_a_lease_it_knows(make: MakeTransport) -> None:
+    tr = await make(sweep_interval=30)  # no sweep: only the known deadline can wake it
+    await tr.subscribe(T, G)
+    await tr.publish(T, [("e1", b"x")])
+    await tr.claim(G, [T], max_count=1, lease=0.3, max_attempts=3)
+    started = time.monotonic()
+    assert await tr.wait(G, [T], 5.0) is True
+    assert time.monotonic() - started < 2.0
+    [m] = await tr.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    assert m.attempt == 2
+
+
+async def test_sweep_finds_leases_of_a_consumer_that_died(make: MakeTransport) -> None:
+    prefix = unique_prefix()
+    dead = await make(key_prefix=prefix)
+    waiter = await make(key_prefix=prefix, sweep_interval=0.2)
+    await dead.subscribe(T, G)
+    await dead.publish(T, [("e1", b"x")])
+    await dead.claim(G, [T], max_count=1, lease=0.3, max_attempts=3)
+    await dead.close()  # never acks
+    started = time.monotonic()
+    assert await waiter.wait(G, [T], 5.0) is True
+    assert time.monotonic() - started < 2.0
+    [m] = await waiter.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    assert (m.event_id, m.attempt) == ("e1", 2)
+
+
+async def test_nack_with_delay_elsewhere_wakes_a_waiter_in_time(make: MakeTransport) -> None:
+    prefix = unique_prefix()
+    worker = await make(key_prefix=prefix)
+    waiter = await make(key_prefix=prefix, sweep_interval=30)
+    await worker.subscribe(T, G)
+    await worker.publish(T, [("e1", b"x")])
+    [m] = await worker.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    task = asyncio.create_task(waiter.wait(G, [T], 5.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await worker.nack(m.receipt, delay=0.3)
+    # Woken by the nack, the waiter learns the due time and wakes again when it comes.
+    assert await asyncio.wait_for(task, 5.0) is True
+    assert time.monotonic() - started < 2.0
+    [again] = await waiter.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    assert again.attempt == 2
+
+
+# -- big batches -------------------------------------------------------------------------
+
+
+async def test_thousands_of_events_in_one_call(make: MakeTransport) -> None:
+    clock = ManualClock()
+    tr = await make(clock=clock)
+    n = 5000
+    await tr.subscribe(T, G)
+    ids = [f"e{i:05d}" for i in range(n)]
+    assert await tr.publish(T, [(i, b"x") for i in ids]) == 1
+    msgs = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
+    assert [m.event_id for m in msgs] == ids
+    clock.advance(2)  # all 5000 leases expire at once: requeued in chunks
+    assert (await tr.stats(T, G)).ready == n
+    again = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
+    assert sorted(m.event_id for m in again) == ids and {m.attempt for m in again} == {2}
+    assert await tr.extend([m.receipt for m in again], 5) == [True] * n
+    clock.advance(6)
+    # Every event had its two attempts: claims hand out nothing and bury them, at most
+    # 1000 per call, so that one call's work stays bounded.
+    for _ in range(n // 1000):
+        assert await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2) == []
+    assert await tr.stats(T, G) == QueueStats(T, G, 0, 0, 0, n)
+    assert await tr.replay_dead(T, G) == n
+    replayed = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
+    assert len(replayed) == n
+    assert await tr.ack([m.receipt for m in replayed]) == [True] * n
+    assert await tr.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
+
+
+# -- options and the plugin --------------------------------------------------------------
+
+
+async def test_oversized_event_is_refused_before_anything_is_written(
+    make: MakeTransport,
+) -> None:
+    tr = await make(max_body_bytes=100)
+    await tr.subscribe(T, G)
+    with pytest.raises(EventTooLarge, match="max_body_bytes"):
+        await tr.publish(T, [("ok", b"x" * 100), ("big", b"x" * 101)])
+    assert (await tr.stats(T, G)).ready == 0
+    assert await tr.publish(T, [("ok", b"x" * 100)]) == 1
+
+
+def test_plugin_builds_from_url_and_options(redis_url: str) -> None:
+    clock = ManualClock()
+    url = redis_url.replace("/0", "/0?key_prefix=from-url&max_body_bytes=10&sweep_interval=0.5")
+    tr = make_transport(url, {"clock": clock, "key_prefix": "from-options", "unknown": 1})
+    assert isinstance(tr, RedisTransport) and isinstance(tr, Transport)
+    assert "from-options" in repr(tr)
+    assert plugin.broker_make_transport("memory://", {}) is None
+    info = plugin.broker_transport_info()
+    assert (info.name, info.schemes) == ("redis", ("redis", "rediss", "unix"))
+    assert info in installed_transports()
+    secret = make_transport("redis://:hunter2@127.0.0.1:1/0")
+    assert "hunter2" not in repr(secret)
+    with pytest.raises(ValueError, match="key prefix"):
+        RedisTransport(redis_url, key_prefix="bad{prefix}")
+    with pytest.raises(ValueError, match="sweep_interval"):
+        RedisTransport(redis_url + "?sweep_interval=0")
+    with pytest.raises(ValueError, match="invalid option"):
+        RedisTransport(redis_url + "?no_such_option=1")
+
+
+async def test_unreachable_server_error_hides_the_password() -> None:
+    tr = RedisTransport("redis://:hunter2@127.0.0.1:1/0", socket_connect_timeout=1)
+    with pytest.raises(TransportError) as failed:
+        await tr.connect()
+    assert "hunter2" not in str(failed.value) and "cannot reach Redis" in str(failed.value)
+    with pytest.raises(TransportError, match="not connected"):
+        await tr.stats(T, G)
+
+
+async def test_cancelled_wait_steals_no_wake_up(make: MakeTransport) -> None:
+    prefix = unique_prefix()
+    # One blocking connection only, and no sweep to rescue a lost wake-up.
+    tr = await make(key_prefix=prefix, max_connections=1, sweep_interval=30)
+    publisher = await make(key_prefix=prefix)
+    await tr.subscribe(T, G)
+    waiter = asyncio.create_task(tr.wait(G, [T], 5.0))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    # The cancelled BLPOP must not linger on the server and swallow the next marker.
+    await publisher.publish(T, [("e1", b"x")])
+    started = time.monotonic()
+    assert await tr.wait(G, [T], 5.0) is True
+    assert time.monotonic() - started < 1.0
+    assert len(await tr.claim(G, [T], max_count=5, lease=5, max_attempts=1)) == 1
