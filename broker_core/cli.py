@@ -18,7 +18,8 @@ from rich.table import Table
 from broker_core.broker import Broker
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
-from broker_core.plugins import installed_transports, redact
+from broker_core.plugins import installed_transports
+from broker_core.urls import redact
 
 __all__ = ["app", "main"]
 

@@ -13,8 +13,9 @@ from broker_core import hooks
 from broker_core.errors import UnknownTransport
 from broker_core.hooks import TransportInfo
 from broker_core.transport import Transport
+from broker_core.urls import redact
 
-__all__ = ["installed_transports", "make_transport", "plugin_manager", "redact"]
+__all__ = ["installed_transports", "make_transport", "plugin_manager"]
 
 
 @functools.cache
@@ -54,12 +55,3 @@ def make_transport(
             + (", ".join(f"{s}://" for s in schemes) or "none")
         )
     return transport
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()

@@ -66,6 +66,7 @@ from broker_core.clock import Clock
 from broker_core.errors import EventTooLarge, TransportError
 from broker_core.names import validate_group, validate_topic
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
+from broker_core.urls import redact
 from broker_redis.keys import DEFAULT_PREFIX, Keys
 from broker_redis.scripts import SCRIPT_NAMES, Script, load_script
 
@@ -122,16 +123,6 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
-def _redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def _text(value: bytes | str) -> str:
     # surrogateescape (both ways, see _pool) lets a foreign id that is not UTF-8 make the
     # round trip through a Receipt unchanged instead of breaking the claim.
@@ -159,13 +150,13 @@ class RedisTransport:
     ) -> None:
         redis_url, query = _split_url(url)
         if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL: {_redact(url)!r}")
+            raise ValueError(f"not a Redis URL: {redact(url)!r}")
         values = {name: default for name, (_, default) in _OPTIONS.items()}
         for name, text in query.items():
             try:
                 values[name] = _OPTIONS[name][0](text)
             except ValueError:
-                raise ValueError(f"invalid {name}={text!r} in Redis URL {_redact(url)!r}") from None
+                raise ValueError(f"invalid {name}={text!r} in Redis URL {redact(url)!r}") from None
         keywords = {
             "key_prefix": key_prefix,
             "max_connections": max_connections,
@@ -186,7 +177,7 @@ class RedisTransport:
         self._max_body_bytes = int(values["max_body_bytes"])
         self._sweep_interval = float(values["sweep_interval"])
         self._url = redis_url
-        self._safe_url = _redact(redis_url)
+        self._safe_url = redact(redis_url)
         self._password = urlsplit(redis_url).password
         self._pool(self._socket_timeout)  # checks the URL's redis-py options now
         self._clock = clock
