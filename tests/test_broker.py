@@ -1,4 +1,4 @@
-"""The Broker facade end to end on every transport: publish, handle, retry, dead letters, crashes."""
+"""The Broker facade end to end on every transport: publish, handle, retry, dead letters."""
 
 from __future__ import annotations
 
