@@ -51,6 +51,7 @@ class Consumer:
         self._aborted = False
         self._running = False
         self._heartbeats = 0
+        self._waiting: asyncio.Future[bool] | None = None
 
     # -- public --------------------------------------------------------------------------
 
@@ -99,6 +100,8 @@ class Consumer:
             self._stop.set()
         if self._slot_freed is not None:
             self._slot_freed.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def abort(self) -> None:
         """Stop at once as a crashed process would: nothing is acked or given back."""
@@ -118,14 +121,22 @@ class Consumer:
 
     async def _claim_loop(self, topics: list[str]) -> None:
         assert self._stop is not None and self._slot_freed is not None
-        while not self._stop.is_set():
-            free = self._options.concurrency - len(self._tasks)
+        stop, slot_freed, tasks = self._stop, self._slot_freed, self._tasks
+        concurrency = self._options.concurrency
+        # One claim asks for at most half the slots, so that while the handlers of one
+        # batch run, the claim of the next is already on its way (with a remote store,
+        # the consumer and the store then work at the same time instead of in turn).
+        chunk = max(1, concurrency // 2)
+        create_task = asyncio.get_running_loop().create_task
+        run_claimed = self._run_claimed
+        while not stop.is_set():
+            free = concurrency - len(tasks)
             if free <= 0:
-                await self._slot_freed.wait()
-                self._slot_freed.clear()
+                await slot_freed.wait()
+                slot_freed.clear()
                 continue
             try:
-                messages = await self._claim(topics, free)
+                messages = await self._claim(topics, min(free, chunk))
                 if not messages:
                     await self._idle(topics)
                     continue
@@ -134,35 +145,55 @@ class Consumer:
                 await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
                 continue
             for message in messages:
-                task = asyncio.create_task(self._process(message))
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+                # One task per event: each handler has its own task and context, as if
+                # the application had started it.
+                tasks.add(create_task(run_claimed(message)))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._slot_freed is not None:
-            self._slot_freed.set()
+    async def _run_claimed(self, message: Message) -> None:
+        """The task of one claimed event: handle and settle it (as :meth:`_process`), then
+        give its slot back."""
+        try:
+            await self._handle(message)
+        except TransportError as exc:
+            self._settle_failed(message, exc)
+        finally:
+            # Done here rather than in a done-callback, which would cost one more trip
+            # through the event loop per event. A task cancelled before it ever ran
+            # never gets here; _shut_down forgets those.
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+            if self._slot_freed is not None:
+                self._slot_freed.set()
 
     async def _idle(self, topics: list[str]) -> None:
-        """Wait for work, a stop, or the poll interval, whichever comes first."""
+        """Wait for work, a stop, or the poll interval, whichever comes first.
+
+        :meth:`stop` cancels the wait, so one task waits, not two.
+        """
         assert self._stop is not None
+        if self._stop.is_set():
+            return
         waiting = asyncio.ensure_future(
             self._transport.wait(self._group, topics, self._options.poll_interval)
         )
-        stopping = asyncio.ensure_future(self._stop.wait())
+        self._waiting = waiting
         try:
-            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in (waiting, stopping):
-                future.cancel()
-            await asyncio.gather(waiting, stopping, return_exceptions=True)
-        if (
-            waiting.done()
-            and not waiting.cancelled()
-            and isinstance(waiting.exception(), TransportError)
-        ):
-            log.warning("waiting for events failed: %s", waiting.exception())
+            await waiting
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if waiting.cancelled() and task is not None and not task.cancelling():
+                return  # stop() cancelled the wait, not someone cancelling run()
+            raise
+        except TransportError as exc:
+            log.warning("waiting for events failed: %s", exc)
             await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
+        except Exception:
+            # As before: any other failure of a wait just ends the wait; the next
+            # claim meets the problem (or the work) anyway.
+            pass
+        finally:
+            self._waiting = None
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         assert self._stop is not None
@@ -176,13 +207,17 @@ class Consumer:
         try:
             await self._handle(message)
         except TransportError as exc:
-            log.warning(
-                "could not settle event %s (%s/%s); it returns when its lease expires: %s",
-                message.event_id,
-                message.topic,
-                message.group,
-                exc,
-            )
+            self._settle_failed(message, exc)
+
+    @staticmethod
+    def _settle_failed(message: Message, exc: TransportError) -> None:
+        log.warning(
+            "could not settle event %s (%s/%s); it returns when its lease expires: %s",
+            message.event_id,
+            message.topic,
+            message.group,
+            exc,
+        )
 
     async def _handle(self, message: Message) -> None:
         receipt = message.receipt
@@ -192,10 +227,10 @@ class Consumer:
             log.error("dead-lettering undecodable event %s: %s", message.event_id, exc)
             await self._transport.kill(receipt, reason="undecodable", error=str(exc))
             return
-        route = self._router.route(message.topic, event)
+        route = self._router.route(receipt.topic, event)
         if route is None:
             # The group subscribed to the topic but handles no event of this type.
-            log.debug("no handler for %s on %s; acking", event.type_name, message.topic)
+            log.debug("no handler for %s on %s; acking", event.type_name, receipt.topic)
             self._queue_ack(receipt)
             return
         if message.attempt > route.retry.max_attempts:
@@ -218,7 +253,9 @@ class Consumer:
             self._deliveries.pop(receipt, None)
             await self._fail(delivery, route.retry, exc)
         else:
-            self._queue_ack(receipt)
+            self._acks.append(receipt)
+            if self._acks_queued is not None:
+                self._acks_queued.set()
 
     async def _fail(self, delivery: Delivery[Event], retry: RetryPolicy, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -316,3 +353,5 @@ class Consumer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Tasks cancelled before they started never removed themselves.
+        self._tasks.clear()
