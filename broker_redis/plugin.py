@@ -7,11 +7,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker_core.hooks import TransportInfo, hookimpl
-from broker_redis.transport import OPTION_NAMES, RedisTransport
+from broker_redis.options import OPTION_NAMES, SCHEMES
+from broker_redis.transport import RedisTransport
 
 __all__ = ["broker_make_transport", "broker_transport_info"]
-
-SCHEMES = ("redis", "rediss", "unix")
 
 
 @hookimpl

@@ -6,30 +6,8 @@ deadlines and due times come from the server's own ``TIME``, so client clocks ne
 matter. Tests may pass a :class:`~broker_core.clock.Clock` instead; the scripts then
 read the time from the client.
 
-URL and options
----------------
-``redis://[[user]:password@]host[:port][/db][?option=value&...]``, ``rediss://`` for TLS
-(``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` in the query) and
-``unix:///path/to/socket[?db=N]``. The options below may be given in the query string or
-as keyword arguments (a keyword argument wins); every other query parameter goes to
-redis-py unchanged.
-
-``key_prefix``
-    Start of every key (default ``"broker"``): two applications with different prefixes
-    share one Redis without seeing each other.
-``max_connections``
-    Size of each connection pool (default 32): one pool for commands, one for the
-    blocking waits of idle consumers.
-``socket_timeout`` / ``socket_connect_timeout``
-    Seconds to wait for an answer / a connection (defaults 10 and 5).
-``max_body_bytes``
-    Largest event body accepted (default 1 MiB); larger ones raise EventTooLarge before
-    anything is written.
-``sweep_interval``
-    Longest an idle consumer blocks without re-checking the store (default 1 s). The
-    re-check requeues leases that expired in consumers that died; it is one script call.
-``clock`` (keyword only)
-    A Clock to read the time from instead of the server's ``TIME`` (tests).
+The URL and the options (key prefix, pool size, timeouts, body size limit, sweep
+interval, clock) are described and parsed in :mod:`broker_redis.options`.
 
 Failures
 --------
@@ -46,20 +24,13 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    NoScriptError,
-    RedisError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.clock import Clock
@@ -67,28 +38,14 @@ from broker_core.errors import EventTooLarge, TransportError
 from broker_core.names import validate_group, validate_topic
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
 from broker_core.urls import redact
-from broker_redis.keys import DEFAULT_PREFIX, Keys
+from broker_redis.errors import transport_error
+from broker_redis.keys import Keys
+from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
 from broker_redis.scripts import SCRIPT_NAMES, Script, load_script
 
 __all__ = ["DEFAULT_URL", "OPTION_NAMES", "RedisTransport"]
 
-DEFAULT_URL = "redis://localhost:6379/0"
-
 _T = TypeVar("_T")
-
-# The options this transport reads from the URL query or keywords: parser and default.
-# The rest of the query belongs to redis-py.
-_OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
-    "key_prefix": (str, DEFAULT_PREFIX),
-    "max_connections": (int, 32),
-    "socket_timeout": (float, 10.0),
-    "socket_connect_timeout": (float, 5.0),
-    "max_body_bytes": (int, 1024 * 1024),
-    "sweep_interval": (float, 1.0),
-}
-
-OPTION_NAMES = frozenset({*_OPTIONS, "clock"})
-"""The keyword options of RedisTransport (all but ``clock`` may also be URL parameters)."""
 
 # A NOSCRIPT answer means the cache was flushed (SCRIPT FLUSH, restart, failover); the
 # scripts are loaded again and the calls retried. More than this many rounds in one call
@@ -110,19 +67,6 @@ class _Call:
     args: Sequence[_Arg]
 
 
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """The URL without this transport's options, and those options as strings."""
-    parts = urlsplit(url)
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OPTIONS:
-            ours[name] = value
-        else:
-            theirs.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
-
-
 def _text(value: bytes | str) -> str:
     # surrogateescape (both ways, see _pool) lets a foreign id that is not UTF-8 make the
     # round trip through a Receipt unchanged instead of breaking the claim.
@@ -134,7 +78,10 @@ def _flag(value: object) -> bool:
 
 
 class RedisTransport:
-    """The :class:`~broker_core.transport.Transport` over Redis; see the module docstring."""
+    """The :class:`~broker_core.transport.Transport` over Redis; see the module docstring.
+
+    ``url`` and the keyword options are described in :mod:`broker_redis.options`.
+    """
 
     def __init__(
         self,
@@ -148,37 +95,26 @@ class RedisTransport:
         sweep_interval: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        redis_url, query = _split_url(url)
-        if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"not a Redis URL: {redact(url)!r}")
-        values = {name: default for name, (_, default) in _OPTIONS.items()}
-        for name, text in query.items():
-            try:
-                values[name] = _OPTIONS[name][0](text)
-            except ValueError:
-                raise ValueError(f"invalid {name}={text!r} in Redis URL {redact(url)!r}") from None
-        keywords = {
-            "key_prefix": key_prefix,
-            "max_connections": max_connections,
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_connect_timeout,
-            "max_body_bytes": max_body_bytes,
-            "sweep_interval": sweep_interval,
-        }
-        values.update({name: value for name, value in keywords.items() if value is not None})
-        for name, value in values.items():
-            if name != "key_prefix" and value <= 0:
-                raise ValueError(f"RedisTransport option {name} must be positive, got {value}")
-
-        self._keys = Keys(values["key_prefix"])
-        self._max_connections = int(values["max_connections"])
-        self._socket_timeout = float(values["socket_timeout"])
-        self._connect_timeout = float(values["socket_connect_timeout"])
-        self._max_body_bytes = int(values["max_body_bytes"])
-        self._sweep_interval = float(values["sweep_interval"])
-        self._url = redis_url
-        self._safe_url = redact(redis_url)
-        self._password = urlsplit(redis_url).password
+        options = parse_options(
+            url,
+            {
+                "key_prefix": key_prefix,
+                "max_connections": max_connections,
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_connect_timeout,
+                "max_body_bytes": max_body_bytes,
+                "sweep_interval": sweep_interval,
+            },
+        )
+        self._keys = Keys(options.key_prefix)
+        self._max_connections = options.max_connections
+        self._socket_timeout = options.socket_timeout
+        self._connect_timeout = options.socket_connect_timeout
+        self._max_body_bytes = options.max_body_bytes
+        self._sweep_interval = options.sweep_interval
+        self._url = options.url
+        self._safe_url = redact(options.url)
+        self._password = urlsplit(options.url).password
         self._pool(self._socket_timeout)  # checks the URL's redis-py options now
         self._clock = clock
         self._redis: Redis | None = None
@@ -252,18 +188,7 @@ class RedisTransport:
 
     def _error(self, op: str, exc: BaseException) -> TransportError:
         """A TransportError saying what failed, without the password."""
-        if isinstance(exc, AuthenticationError | AuthorizationError):
-            what = "Redis refused the credentials (check the user and password in the URL)"
-        elif isinstance(exc, RedisTimeoutError):
-            what = "Redis did not answer in time"
-        elif isinstance(exc, RedisConnectionError | OSError):
-            what = "cannot reach Redis"
-        else:
-            what = "Redis refused the command"
-        detail = str(exc) or type(exc).__name__
-        if self._password:
-            detail = detail.replace(self._password, "***")
-        return TransportError(f"{op} failed: {what} at {self._safe_url}: {detail}")
+        return transport_error(op, exc, self._safe_url, self._password)
 
     async def _guard(self, op: str, awaitable: Awaitable[_T]) -> _T:
         """Await a Redis call, turning its failures into TransportError."""

@@ -7,8 +7,10 @@ data, credentials and TLS, key prefixes, memory, blocking waits, and big batches
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,11 @@ from broker_core.plugins import installed_transports, make_transport
 from broker_core.transport import QueueStats, Transport
 from broker_redis import plugin
 from broker_redis.keys import Keys
+from broker_redis.options import DEFAULTS, OPTION_NAMES, parse_options
 from broker_redis.transport import RedisTransport
 
 T, G, G2 = "orders", "billing", "shipping"
+REDIS_KEYS_DOC = Path(__file__).parent.parent / "docs" / "redis-keys.md"
 
 MakeTransport = Callable[..., Awaitable[RedisTransport]]
 
@@ -452,7 +456,7 @@ async def test_thousands_of_events_in_one_call(make: MakeTransport) -> None:
     assert await tr.publish(T, [(i, b"x") for i in ids]) == 1
     msgs = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
     assert [m.event_id for m in msgs] == ids
-    clock.advance(2)  # all 5000 leases expire at once: requeued in chunks
+    clock.advance(2)  # all 5000 leases expire at once: READY at once, moved 1000 a call
     assert (await tr.stats(T, G)).ready == n
     again = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
     assert sorted(m.event_id for m in again) == ids and {m.attempt for m in again} == {2}
@@ -468,6 +472,56 @@ async def test_thousands_of_events_in_one_call(make: MakeTransport) -> None:
     assert len(replayed) == n
     assert await tr.ack([m.receipt for m in replayed]) == [True] * n
     assert await tr.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
+
+
+async def test_a_backlog_of_expiries_is_requeued_in_bounded_steps_in_order(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    # Thousands of leases expire and retries fall due at once (a crowd of consumers
+    # died). No call may move more than MAX_REQUEUE of them to READY (one call moving
+    # them all blocked Redis), yet claims get them all, earliest first, before any
+    # first delivery.
+    max_requeue, n, step = 1000, 4000, 400
+    clock = ManualClock()
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix, clock=clock, sweep_interval=30)
+    ready = Keys(prefix).group(T, G).ready
+    await tr.subscribe(T, G)
+    ids = [f"e{i:04d}" for i in range(n)]
+    await tr.publish(T, [(i, b"x") for i in ids])
+    msgs = await tr.claim(G, [T], max_count=n, lease=100, max_attempts=3)
+    await tr.publish(T, [("late1", b"x"), ("late2", b"x")])
+    # Chunks of the ids, last chunk first, come back one time step apart, alternately as
+    # expiring leases and as delayed retries, so time order is not id order.
+    expected: list[str] = []
+    for start in reversed(range(0, n, step)):
+        chunk = msgs[start : start + step]
+        if start // step % 2:
+            assert await tr.extend([m.receipt for m in chunk], 10) == [True] * step
+        else:
+            for m in chunk:
+                assert await tr.nack(m.receipt, delay=10)
+        expected += [m.event_id for m in chunk]
+        clock.advance(0.5)
+    clock.advance(10)
+
+    with redis_server.admin() as admin:
+        # Every expired or due event counts as READY at once, but one call moved only
+        # MAX_REQUEUE of them, and a waiter does not sleep while the rest wait.
+        assert await tr.stats(T, G) == QueueStats(T, G, n + 2, 0, 0, 0)
+        assert admin.llen(ready) == max_requeue + 2
+        started = time.monotonic()
+        assert await tr.wait(G, [T], 5.0) is True
+        assert time.monotonic() - started < 0.5
+        claimed: list[str] = []
+        while len(claimed) < n + 2:
+            before = admin.llen(ready)
+            got = await tr.claim(G, [T], max_count=7, lease=100, max_attempts=3)
+            assert got and admin.llen(ready) - before <= max_requeue
+            assert all(m.attempt == 2 for m in got if m.event_id in ids)
+            claimed += [m.event_id for m in got]
+        assert claimed == [*expected, "late1", "late2"]
+        assert await tr.stats(T, G) == QueueStats(T, G, 0, n + 2, 0, 0)
 
 
 # -- options and the plugin --------------------------------------------------------------
@@ -530,3 +584,42 @@ async def test_cancelled_wait_steals_no_wake_up(make: MakeTransport) -> None:
     assert await tr.wait(G, [T], 5.0) is True
     assert time.monotonic() - started < 1.0
     assert len(await tr.claim(G, [T], max_count=5, lease=5, max_attempts=1)) == 1
+
+
+# -- what the code and docs promise about themselves -------------------------------------
+
+
+def test_options_live_in_their_own_module_with_documented_defaults() -> None:
+    url = "redis://:pw@h:1/2?key_prefix=app&max_body_bytes=5&db_extra=x"
+    parsed = parse_options(url, {"sweep_interval": 0.5, "max_connections": None})
+    assert (parsed.url, parsed.key_prefix, parsed.max_body_bytes) == (
+        "redis://:pw@h:1/2?db_extra=x",
+        "app",
+        5,
+    )
+    assert (parsed.sweep_interval, parsed.max_connections) == (0.5, DEFAULTS["max_connections"])
+    assert {*DEFAULTS, "clock"} == OPTION_NAMES
+    with pytest.raises(ValueError, match="max_connections"):
+        parse_options("redis://h?max_connections=many", {})
+    with pytest.raises(ValueError, match="not a Redis URL"):
+        parse_options("memory://", {})
+    # Every option is in the options table of docs/redis-keys.md, with its default first
+    # in the Default column.
+    defaults = {
+        match[1]: match[2]
+        for match in re.finditer(r"^\| `(\w+)` \| `([^`]*)`", REDIS_KEYS_DOC.read_text(), re.M)
+    }
+    assert not OPTION_NAMES - defaults.keys(), "options missing from docs/redis-keys.md"
+    for name, default in DEFAULTS.items():
+        documented = defaults[name]
+        assert (documented if isinstance(default, str) else float(documented)) == default, name
+    assert "max_event_bytes" in REDIS_KEYS_DOC.read_text()
+
+
+def test_includes_never_read_keys_or_argv() -> None:
+    # A helper takes what it needs as parameters: reading a script's KEYS or ARGV behind
+    # its back would tie it to one script's argument layout.
+    includes = resources.files("broker_redis").joinpath("scripts", "includes")
+    for include in includes.iterdir():
+        code = re.sub(r"--.*", "", include.read_text("utf-8"))
+        assert not re.search(r"\b(KEYS|ARGV)\b", code), f"{include.name} reads KEYS or ARGV"

@@ -1,7 +1,9 @@
 --[[ poll: what a waiting consumer runs when woken or at its periodic sweep.
 
-Applies expired leases and due retries, then, if READY has events, leaves the marker set
-so that the next idle consumer of the group wakes too (one wake-up passes the next on).
+Applies expired leases and due retries (a bounded part of them, see requeue_due), then,
+if READY has events, leaves the marker set so that the next idle consumer of the group
+wakes too (one wake-up passes the next on). The READY count includes the expired leases
+and due retries not moved yet, so a backlog keeps consumers claiming.
 
 KEYS: 1 ready  2 leased  3 tokens  4 delayed  5 marker
 ARGV: 1 now ('' = server TIME)
@@ -13,7 +15,8 @@ Returns: {number of READY events, now, next_due ('' if none)}
 local ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_from(ARGV[1])
 requeue_due(ready, leased, tokens, delayed, marker, now)
-local n = redis.call('LLEN', ready)
+local expired, due = count_due(leased, delayed, now)
+local n = redis.call('LLEN', ready) + expired + due
 if n > 0 then
   wake(marker)
 end

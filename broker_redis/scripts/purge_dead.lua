@@ -10,7 +10,7 @@ Returns: how many were deleted
 --- @include "release"
 
 local msg, refs = KEYS[1], KEYS[2]
-local taken = take_dead(KEYS[3], KEYS[4])
+local taken = take_dead(KEYS[3], KEYS[4], ARGV[1] == 'ids' and ARGV, 2)
 for _, id in ipairs(taken) do
   release(msg, refs, id)
 end

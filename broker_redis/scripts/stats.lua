@@ -1,7 +1,8 @@
 --[[ stats: count one (topic, group)'s READY, LEASED, DELAYED and DEAD events.
 
-Applies expired leases and due retries first, like claim, so the counts describe the
-state machine at the current time.
+Applies expired leases and due retries first, like claim, and counts those left in
+their ZSETs by a bounded requeue as READY, so the counts describe the state machine at
+the current time.
 
 KEYS: 1 ready  2 leased  3 tokens  4 delayed  5 dead  6 marker
 ARGV: 1 now ('' = server TIME)
@@ -13,10 +14,11 @@ Returns: {ready, leased, delayed, dead, now, next_due ('' if none)}
 local ready, leased, tokens, delayed, dead, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now = now_from(ARGV[1])
 requeue_due(ready, leased, tokens, delayed, marker, now)
+local expired, due = count_due(leased, delayed, now)
 return {
-  redis.call('LLEN', ready),
-  redis.call('ZCARD', leased),
-  redis.call('ZCARD', delayed),
+  redis.call('LLEN', ready) + expired + due,
+  redis.call('ZCARD', leased) - expired,
+  redis.call('ZCARD', delayed) - due,
   redis.call('LLEN', dead),
   num(now),
   next_due(leased, delayed),

@@ -1,11 +1,13 @@
 --- @include "chunks"
 
--- The dead ids to act on, oldest death first: all of them (mode 'all') or those listed
--- in ARGV[2..] (mode 'ids'). Each is removed from DEAD and its dead-letter record
--- deleted; the caller decides where it goes. Walks the list in chunks.
-local function take_dead(dead, deadinfo)
+-- The dead ids to act on, oldest death first: all of them when `list` is false, else
+-- those of `list[first..]` that are dead. The list is read in place, since it may be a
+-- script's arguments, too many to copy with unpack. Each id taken is removed from DEAD
+-- and its dead-letter record deleted; the caller decides where it goes. Walks the list
+-- in chunks.
+local function take_dead(dead, deadinfo, list, first)
   local taken = {}
-  if ARGV[1] == 'all' then
+  if not list then
     while true do
       local ids = redis.call('LRANGE', dead, 0, CHUNK - 1)
       if #ids == 0 then
@@ -18,9 +20,9 @@ local function take_dead(dead, deadinfo)
     end
   else
     local wanted = {}
-    for i = 2, #ARGV do
-      if redis.call('HEXISTS', deadinfo, ARGV[i]) == 1 then
-        wanted[ARGV[i]] = true
+    for i = first, #list do
+      if redis.call('HEXISTS', deadinfo, list[i]) == 1 then
+        wanted[list[i]] = true
       end
     end
     if next(wanted) == nil then

@@ -2,42 +2,86 @@
 --- @include "chunks"
 --- @include "wake"
 
--- Apply the transitions time causes, before anything reads or pops a queue: expired
--- leases and due DELAYED events go to the front of READY, the one that expired or fell
--- due first in front. An expired lease's token is forgotten, so its receipt is stale
--- even if nobody claims the event again. Wakes a waiter if anything moved.
+-- At most this many expired leases and due retries move to READY per call: a backlog
+-- (say the leases of a crowd of consumers that died together) must never block Redis
+-- for one long script. The rest stay in their ZSETs, where they already count as READY.
+local MAX_REQUEUE = 1000
+
+-- Logically, READY is every expired lease and due retry, earliest first (an expired lease
+-- before a retry due at the same instant), followed by the `ready` list. The helpers keep
+-- that order whatever part of the backlog has been moved so far.
+
+-- Move up to MAX_REQUEUE of the expired leases and due retries to the head of `ready`,
+-- forgetting the tokens of the expired leases (their receipts are stale even if nobody
+-- claims the events again), and wake a waiter if anything moved. The LATEST ones move:
+-- they belong right in front of `ready`, and the earlier ones still waiting will land in
+-- front of them in a later call, so the order is the one an unbounded sweep would give.
 local function requeue_due(ready, leased, tokens, delayed, marker, now)
-  local expired = redis.call('ZRANGE', leased, '-inf', now, 'BYSCORE', 'WITHSCORES')
-  local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'WITHSCORES')
+  local expired = redis.call('ZRANGE', leased, now, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, MAX_REQUEUE, 'WITHSCORES')
+  local due = redis.call('ZRANGE', delayed, now, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, MAX_REQUEUE, 'WITHSCORES')
   if #expired == 0 and #due == 0 then
     return
   end
-  local moving, ids = {}, {}
-  for _, rows in ipairs({expired, due}) do
-    for i = 1, #rows, 2 do
-      moving[#moving + 1] = {rows[i], tonumber(rows[i + 1]), #moving}
+  -- Both lists are latest first; merge them into `ids`, latest first, with a retry ahead
+  -- of a lease at equal times. LPUSH puts each id in front of the previous one, so the
+  -- earliest, pushed last, ends up at the head.
+  local ids, was_leased, was_delayed = {}, {}, {}
+  local i, j = 1, 1
+  while #ids < MAX_REQUEUE and (i <= #expired or j <= #due) do
+    if j > #due or (i <= #expired and tonumber(expired[i + 1]) > tonumber(due[j + 1])) then
+      ids[#ids + 1] = expired[i]
+      was_leased[#was_leased + 1] = expired[i]
+      i = i + 2
+    else
+      ids[#ids + 1] = due[j]
+      was_delayed[#was_delayed + 1] = due[j]
+      j = j + 2
     end
   end
-  -- Latest first (ties in reverse of the order read, as table.sort is not stable):
-  -- LPUSH puts each argument in front of the previous one, so the earliest, pushed
-  -- last, ends up at the head.
-  table.sort(moving, function(a, b)
-    return a[2] > b[2] or (a[2] == b[2] and a[3] > b[3])
-  end)
-  for i, entry in ipairs(moving) do
-    ids[i] = entry[1]
-  end
   call_chunked('LPUSH', ready, ids, 1, #ids)
-  redis.call('ZREMRANGEBYSCORE', leased, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', delayed, '-inf', now)
-  for i = 1, #expired, 2 do
-    redis.call('HDEL', tokens, expired[i])
+  if #was_leased > 0 then
+    call_chunked('ZREM', leased, was_leased, 1, #was_leased)
+    call_chunked('HDEL', tokens, was_leased, 1, #was_leased)
+  end
+  if #was_delayed > 0 then
+    call_chunked('ZREM', delayed, was_delayed, 1, #was_delayed)
   end
   wake(marker)
 end
 
+-- The earliest score of `zset` if it is due at `now`, else nil.
+local function due_head(zset, now)
+  local head = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  if head[2] and tonumber(head[2]) <= now then
+    return head[1], tonumber(head[2])
+  end
+  return nil
+end
+
+-- Take the front of the backlog that requeue_due left in the ZSETs: the earliest expired
+-- lease or due retry (the lease on equal times), or nil when none is left. O(log n).
+local function pop_due(leased, tokens, delayed, now)
+  local lease_id, lease_at = due_head(leased, now)
+  local retry_id, retry_at = due_head(delayed, now)
+  if lease_id and (not retry_id or lease_at <= retry_at) then
+    redis.call('ZREM', leased, lease_id)
+    redis.call('HDEL', tokens, lease_id)
+    return lease_id
+  end
+  if retry_id then
+    redis.call('ZREM', delayed, retry_id)
+  end
+  return retry_id
+end
+
+-- How many expired leases and due retries are still in their ZSETs. O(log n).
+local function count_due(leased, delayed, now)
+  return redis.call('ZCOUNT', leased, '-inf', now), redis.call('ZCOUNT', delayed, '-inf', now)
+end
+
 -- The earliest lease deadline or due time of the queue, as a string ('' when none): a
--- waiting consumer must not sleep past it.
+-- waiting consumer must not sleep past it. It is not after `now` while a backlog remains,
+-- so the consumer looks again at once.
 local function next_due(leased, delayed)
   local a = redis.call('ZRANGE', leased, 0, 0, 'WITHSCORES')[2]
   local b = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2]

@@ -1,0 +1,33 @@
+"""Redis failures as :class:`~broker_core.errors.TransportError`, saying what went wrong."""
+
+from __future__ import annotations
+
+from redis.exceptions import AuthenticationError, AuthorizationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker_core.errors import TransportError
+
+__all__ = ["transport_error"]
+
+
+def transport_error(
+    op: str, exc: BaseException, safe_url: str, password: str | None
+) -> TransportError:
+    """A TransportError for ``exc`` raised by operation ``op``, never showing ``password``.
+
+    ``safe_url`` is the server's URL with its password already replaced.
+    """
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        what = "Redis refused the credentials (check the user and password in the URL)"
+    elif isinstance(exc, RedisTimeoutError):
+        what = "Redis did not answer in time"
+    elif isinstance(exc, RedisConnectionError | OSError):
+        what = "cannot reach Redis"
+    else:
+        what = "Redis refused the command"
+    detail = str(exc) or type(exc).__name__
+    if password:
+        # redis-py may quote the URL or the AUTH arguments in its message.
+        detail = detail.replace(password, "***")
+    return TransportError(f"{op} failed: {what} at {safe_url}: {detail}")
