@@ -22,6 +22,9 @@ __all__ = ["Broker"]
 
 H = TypeVar("H", bound=Handler)
 
+_VALID_TOPICS_KEPT = 1024
+"""How many validated topic names one broker remembers."""
+
 
 class Broker:
     """An event broker inside one service instance.
@@ -51,6 +54,9 @@ class Broker:
         self._router = Router()
         self._subscribed: set[str] = set()
         self._consumer: Consumer | None = None
+        self._stop_pending = False
+        # Topic names publish has validated already (a name's validity never changes).
+        self._valid_topics: set[str] = set()
 
     # -- construction --------------------------------------------------------------------
 
@@ -102,8 +108,10 @@ class Broker:
         await self.transport.connect()
 
     async def close(self) -> None:
-        """Stop consuming and close the transport."""
-        self.stop()
+        """Stop a running :meth:`run` gracefully, wait for it to finish, close the transport."""
+        if self._consumer is not None and self._consumer.running:
+            self._consumer.stop()
+            await self._consumer.wait_stopped()
         await self.transport.close()
 
     async def __aenter__(self) -> Self:
@@ -140,6 +148,10 @@ class Broker:
         for event in events:
             name = self._topic_of(event, topic)
             batches.setdefault(name, []).append((event.id, self._encode(event, name)))
+        if len(batches) == 1:
+            # The usual case: one topic, one call, no task to run it in.
+            [(name, batch)] = batches.items()
+            return await self.transport.publish(name, batch) * len(batch)
         reached = await asyncio.gather(
             *(self.transport.publish(name, batch) for name, batch in batches.items())
         )
@@ -147,8 +159,7 @@ class Broker:
             groups * len(batch) for groups, batch in zip(reached, batches.values(), strict=True)
         )
 
-    @staticmethod
-    def _topic_of(event: Event, topic: str | None) -> str:
+    def _topic_of(self, event: Event, topic: str | None) -> str:
         if not isinstance(event, Event):
             raise TypeError(f"publish takes Event instances, got {type(event).__name__}")
         name = topic or event.topic
@@ -157,7 +168,12 @@ class Broker:
                 f"{type(event).__name__} has no topic: set `topic: ClassVar[str]` on the class "
                 "or pass publish(event, topic=...)"
             )
-        return validate_topic(name)
+        if type(name) is str and name in self._valid_topics:
+            return name
+        validate_topic(name)
+        if len(self._valid_topics) < _VALID_TOPICS_KEPT:
+            self._valid_topics.add(name)
+        return name
 
     def _encode(self, event: Event, topic: str) -> bytes:
         body = encode(event, topic)
@@ -236,12 +252,21 @@ class Broker:
         their events given back at once for other consumers.
         """
         consumer, topics = await self._consumer_topics()
+        if self._stop_pending:
+            # stop() came while run() was starting (say, SIGTERM during start-up).
+            self._stop_pending = False
+            return
         await consumer.run(topics)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to finish gracefully; returns at once."""
-        if self._consumer is not None:
+        """Ask :meth:`run` to finish gracefully; returns at once.
+
+        Called before :meth:`run` has started consuming, it makes that run return at once.
+        """
+        if self._consumer is not None and self._consumer.running:
             self._consumer.stop()
+        else:
+            self._stop_pending = True
 
     def abort(self) -> None:
         """End :meth:`run` as if the process had crashed, settling nothing.
@@ -249,7 +274,7 @@ class Broker:
         The events it held return to other consumers when their leases expire; meant
         for tests and demonstrations of crash recovery.
         """
-        if self._consumer is not None:
+        if self._consumer is not None and self._consumer.running:
             self._consumer.abort()
 
     # -- operating -----------------------------------------------------------------------

@@ -3,8 +3,8 @@
 One consumer per broker. It claims as many events as it has free handler slots, runs
 each in its own task, and settles each delivery: success is acked (acks from many
 handlers travel together in one call), failure is retried by the handler's retry policy
-or dead-lettered, an undecodable body is dead-lettered at once. One heartbeat renews the
-leases of all running deliveries in one call per period, so a slow handler keeps its
+or dead-lettered, an undecodable body is dead-lettered at once. One renewal task extends
+the leases of all running deliveries in one call per period, so a slow handler keeps its
 event while its process lives, and a crashed process's leases simply expire.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from broker_core.codec import DecodeError, decode
@@ -42,25 +43,36 @@ class Consumer:
         self._group = group
         self._router = router
         self._options = options
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The task of each claimed event while it runs. A task cancelled before it
+        # started never removes itself: its event was claimed but never handled.
+        self._tasks: dict[Receipt, asyncio.Task[None]] = {}
+        # Deliveries whose leases are renewed: running, or handled and waiting for the ack.
         self._deliveries: dict[Receipt, Delivery[Event]] = {}
         self._acks: list[Receipt] = []
         self._acks_queued: asyncio.Event | None = None
+        self._acks_closing = False
         self._slot_freed: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._waiting: asyncio.Future[bool] | None = None
         self._aborted = False
         self._running = False
-        self._heartbeats = 0
-        self._waiting: asyncio.Future[bool] | None = None
+        self._renewers = 0
+        self._renewal: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is in progress."""
+        return self._running
 
     async def pick(self, topics: list[str]) -> bool:
         """Claim at most one event of ``topics``, handle and settle it; False if none."""
         messages = await self._claim(topics, 1)
         if not messages:
             return False
-        async with self._heartbeat():
+        async with self._renewing():
             await self._process(messages[0])
             await self._flush_acks()
         return True
@@ -71,35 +83,33 @@ class Consumer:
             raise RuntimeError("this broker is already running")
         self._running = True
         self._aborted = False
+        self._acks_closing = False
         self._stop = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._acks_queued = asyncio.Event()
         acker = asyncio.create_task(self._ack_loop(), name="broker-acks")
-        cancelled = False
         try:
-            async with self._heartbeat():
-                await self._claim_loop(topics)
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
+            # Leases stay renewed until the last ack is sent, through the grace period.
+            async with self._renewing():
+                grace = self._options.shutdown_grace
+                try:
+                    await self._claim_loop(topics)
+                except asyncio.CancelledError:
+                    grace = 0.0
+                    raise
+                finally:
+                    await self._shut_down(grace)
+                    await self._close_acks(acker)
         finally:
-            await self._shut_down(grace=0.0 if cancelled else self._options.shutdown_grace)
-            acker.cancel()
-            await asyncio.gather(acker, return_exceptions=True)
-            if self._aborted:
-                # A crashed process sends nothing: these events will be redelivered.
-                self._acks.clear()
-                self._deliveries.clear()
-            else:
-                await self._flush_acks()
             self._running = False
+            self._stopped.set()
 
     def stop(self) -> None:
         """Stop claiming; running handlers get the shutdown grace period to finish."""
-        if self._stop is not None:
-            self._stop.set()
-        if self._slot_freed is not None:
-            self._slot_freed.set()
+        for event in (self._stop, self._slot_freed):
+            if event is not None:
+                event.set()
         if self._waiting is not None:
             self._waiting.cancel()
 
@@ -107,6 +117,11 @@ class Consumer:
         """Stop at once as a crashed process would: nothing is acked or given back."""
         self._aborted = True
         self.stop()
+
+    async def wait_stopped(self) -> None:
+        """Return once a running :meth:`run` has finished (at once if none runs)."""
+        if self._running and self._stopped is not None:
+            await self._stopped.wait()
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -136,7 +151,8 @@ class Consumer:
                 slot_freed.clear()
                 continue
             try:
-                messages = await self._claim(topics, min(free, chunk))
+                ask = min(free, chunk)
+                messages = await self._claim(topics, ask)
                 if not messages:
                     await self._idle(topics)
                     continue
@@ -147,22 +163,21 @@ class Consumer:
             for message in messages:
                 # One task per event: each handler has its own task and context, as if
                 # the application had started it.
-                tasks.add(create_task(run_claimed(message)))
+                tasks[message.receipt] = create_task(run_claimed(message))
+            if len(messages) < ask:
+                # The queue is (nearly) empty: let these handlers start before the next
+                # claim goes out, rather than after it (latency). A full claim goes on at
+                # once instead, so that it overlaps with the handlers (throughput).
+                await asyncio.sleep(0)
 
     async def _run_claimed(self, message: Message) -> None:
-        """The task of one claimed event: handle and settle it (as :meth:`_process`), then
-        give its slot back."""
+        """The task of one claimed event: process it, then give its slot back."""
         try:
-            await self._handle(message)
-        except TransportError as exc:
-            self._settle_failed(message, exc)
+            await self._process(message)
         finally:
-            # Done here rather than in a done-callback, which would cost one more trip
-            # through the event loop per event. A task cancelled before it ever ran
-            # never gets here; _shut_down forgets those.
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.discard(task)
+            # Here rather than in a done-callback, which costs one more trip through the
+            # event loop per event.
+            self._tasks.pop(message.receipt, None)
             if self._slot_freed is not None:
                 self._slot_freed.set()
 
@@ -189,9 +204,9 @@ class Consumer:
             log.warning("waiting for events failed: %s", exc)
             await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
         except Exception:
-            # As before: any other failure of a wait just ends the wait; the next
-            # claim meets the problem (or the work) anyway.
-            pass
+            # A transport's bug, not an outage: say so, and do not turn it into a busy loop.
+            log.exception("the transport's wait() failed")
+            await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
         finally:
             self._waiting = None
 
@@ -207,17 +222,13 @@ class Consumer:
         try:
             await self._handle(message)
         except TransportError as exc:
-            self._settle_failed(message, exc)
-
-    @staticmethod
-    def _settle_failed(message: Message, exc: TransportError) -> None:
-        log.warning(
-            "could not settle event %s (%s/%s); it returns when its lease expires: %s",
-            message.event_id,
-            message.topic,
-            message.group,
-            exc,
-        )
+            log.warning(
+                "could not settle event %s (%s/%s); it returns when its lease expires: %s",
+                message.event_id,
+                message.topic,
+                message.group,
+                exc,
+            )
 
     async def _handle(self, message: Message) -> None:
         receipt = message.receipt
@@ -234,28 +245,33 @@ class Consumer:
             self._queue_ack(receipt)
             return
         if message.attempt > route.retry.max_attempts:
-            await self._kill(
-                message,
-                f"attempt {message.attempt} exceeds max_attempts {route.retry.max_attempts}",
-            )
+            error = f"attempt {message.attempt} exceeds max_attempts {route.retry.max_attempts}"
+            if not await self._transport.kill(receipt, reason="max_attempts", error=error):
+                log.warning("lease of event %s was lost before it died", message.event_id)
             return
-        delivery: Delivery[Event] = Delivery(event, message, self._transport)
+        # The lease began no later than now, so it surely ends by now + lease.
+        expires_at = time.monotonic() + self._options.lease
+        delivery: Delivery[Event] = Delivery(event, message, self._transport, expires_at)
         self._deliveries[receipt] = delivery
         try:
             await route.invoke(event, delivery)
         except asyncio.CancelledError:
+            self._deliveries.pop(receipt, None)
             if not self._aborted:
                 # Shut down before the handler finished: give the event back at once.
                 await asyncio.shield(self._transport.nack(receipt, error="consumer stopped"))
-            self._deliveries.pop(receipt, None)
             raise
         except Exception as exc:
             self._deliveries.pop(receipt, None)
-            await self._fail(delivery, route.retry, exc)
+            if not self._aborted:
+                await self._fail(delivery, route.retry, exc)
         else:
-            self._acks.append(receipt)
-            if self._acks_queued is not None:
-                self._acks_queued.set()
+            if self._aborted:
+                # A plain-function handler that outlived an abort: a crashed process
+                # would not have acked it either.
+                self._deliveries.pop(receipt, None)
+            else:
+                self._queue_ack(receipt)
 
     async def _fail(self, delivery: Delivery[Event], retry: RetryPolicy, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -274,11 +290,7 @@ class Consumer:
         if not settled:
             log.warning("lease of %s was lost before its failure was recorded", delivery)
 
-    async def _kill(self, message: Message, error: str) -> None:
-        if not await self._transport.kill(message.receipt, reason="max_attempts", error=error):
-            log.warning("lease of event %s was lost before it was dead-lettered", message.event_id)
-
-    # -- acks and leases -----------------------------------------------------------------
+    # -- acks ----------------------------------------------------------------------------
 
     def _queue_ack(self, receipt: Receipt) -> None:
         self._acks.append(receipt)
@@ -292,6 +304,22 @@ class Consumer:
             await self._acks_queued.wait()
             self._acks_queued.clear()
             await self._flush_acks()
+            if self._acks_closing and not self._acks:
+                return
+
+    async def _close_acks(self, acker: asyncio.Task[None]) -> None:
+        """Let the ack loop send what is queued (and on the wire), then end it."""
+        assert self._acks_queued is not None
+        if self._aborted:
+            # A crashed process sends nothing: these events will be redelivered.
+            acker.cancel()
+            await asyncio.gather(acker, return_exceptions=True)
+            self._acks.clear()
+            self._deliveries.clear()
+            return
+        self._acks_closing = True
+        self._acks_queued.set()
+        await acker
 
     async def _flush_acks(self) -> None:
         batch, self._acks = self._acks, []
@@ -314,18 +342,22 @@ class Consumer:
                 if delivery is not None:
                     delivery.mark_lease_lost()
 
+    # -- leases --------------------------------------------------------------------------
+
     @contextlib.asynccontextmanager
-    async def _heartbeat(self) -> AsyncIterator[None]:
-        """Renew the leases of running deliveries while the block runs."""
-        self._heartbeats += 1
-        task = asyncio.create_task(self._renew_leases()) if self._heartbeats == 1 else None
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Keep the leases of running deliveries renewed while any such block runs."""
+        self._renewers += 1
+        if self._renewal is None:
+            self._renewal = asyncio.create_task(self._renew_leases(), name="broker-leases")
         try:
             yield
         finally:
-            self._heartbeats -= 1
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            self._renewers -= 1
+            if self._renewers == 0 and self._renewal is not None:
+                renewal, self._renewal = self._renewal, None
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
 
     async def _renew_leases(self) -> None:
         lease = self._options.lease
@@ -334,24 +366,38 @@ class Consumer:
             receipts = list(self._deliveries)
             if not receipts:
                 continue
+            asked_at = time.monotonic()
             try:
                 results = await self._transport.extend(receipts, lease)
             except TransportError as exc:
+                # Deliveries notice by themselves once their leases run out unrenewed.
                 log.warning("lease renewal failed: %s", exc)
                 continue
             for receipt, renewed in zip(receipts, results, strict=True):
                 delivery = self._deliveries.get(receipt)
-                if not renewed and delivery is not None:
+                if delivery is None:
+                    continue
+                if renewed:
+                    delivery.renewed(asked_at + lease)
+                else:
                     log.warning("lost the lease of %s", delivery)
                     delivery.mark_lease_lost()
 
+    # -- stopping ------------------------------------------------------------------------
+
     async def _shut_down(self, grace: float) -> None:
-        if not self._tasks:
-            return
-        if not self._aborted and grace > 0:
-            await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in list(self._tasks):
+        if self._tasks and not self._aborted and grace > 0:
+            await asyncio.wait(set(self._tasks.values()), timeout=grace)
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Tasks cancelled before they started never removed themselves.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        never_started = list(self._tasks)
         self._tasks.clear()
+        if self._aborted:
+            return
+        for receipt in never_started:
+            try:
+                await self._transport.nack(receipt, error="consumer stopped")
+            except TransportError as exc:
+                log.warning("could not give back event %s: %s", receipt.event_id, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from broker_core.errors import LeaseLost
@@ -26,13 +27,17 @@ class Delivery(Generic[E]):
     handler's eventual result changes nothing: the event's fate belongs to the new holder.
     """
 
-    __slots__ = ("_lease_lost", "_message", "_transport", "event")
+    __slots__ = ("_expires_at", "_lease_lost", "_message", "_transport", "event")
 
-    def __init__(self, event: E, message: Message, transport: Transport) -> None:
+    def __init__(self, event: E, message: Message, transport: Transport, expires_at: float) -> None:
         self.event: E = event
         self._message = message
         self._transport = transport
         self._lease_lost = False
+        # When the lease surely ends unless renewed, on this process's monotonic clock
+        # (the transport's clock may be another machine's): if renewals fail, the
+        # handler still learns that its lease is gone.
+        self._expires_at = expires_at
 
     @property
     def topic(self) -> str:
@@ -61,20 +66,32 @@ class Delivery(Generic[E]):
 
     @property
     def lease_lost(self) -> bool:
-        """Whether this delivery no longer holds the event's lease."""
+        """Whether this delivery no longer holds the event's lease.
+
+        True once the transport refused its receipt, or once the lease ran out without
+        a successful renewal (for example while the store could not be reached).
+        """
+        if not self._lease_lost and time.monotonic() >= self._expires_at:
+            self._lease_lost = True
         return self._lease_lost
 
     def mark_lease_lost(self) -> None:
         """Record that the transport refused this delivery's receipt."""
         self._lease_lost = True
 
+    def renewed(self, until: float) -> None:
+        """Record a successful renewal: the lease lasts at least until ``until`` (monotonic)."""
+        self._expires_at = max(self._expires_at, until)
+
     async def extend(self, seconds: float) -> None:
         """Make the lease last ``seconds`` from now; raises LeaseLost if it is gone."""
         if seconds <= 0:
             raise ValueError("a lease extension must be positive")
-        if self._lease_lost or not (await self._transport.extend([self.receipt], seconds))[0]:
+        asked_at = time.monotonic()
+        if self.lease_lost or not (await self._transport.extend([self.receipt], seconds))[0]:
             self._lease_lost = True
             raise LeaseLost(f"lease on event {self.event_id} ({self.topic}/{self.group}) is lost")
+        self.renewed(asked_at + seconds)
 
     def __repr__(self) -> str:
         return (

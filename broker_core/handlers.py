@@ -52,11 +52,29 @@ class Route:
                 call = (
                     functools.partial(func, event, delivery)
                     if pass_delivery
-                    else (functools.partial(func, event))
+                    else functools.partial(func, event)
                 )
-                return await asyncio.to_thread(call)
+                return await _uninterruptible(asyncio.ensure_future(asyncio.to_thread(call)))
 
         return cls(topic, event_type, func, retry, invoke)
+
+
+async def _uninterruptible(thread: asyncio.Future[Any]) -> Any:
+    """The thread's result, even if the awaiting task is cancelled meanwhile.
+
+    A thread cannot be interrupted. Were its task cancelled and its event given back,
+    another consumer would run the event while this thread still does; so the task waits
+    for the thread, keeping its lease renewed, and settles the outcome as usual.
+    """
+    while True:
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if thread.done():
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
 
 
 def _takes_delivery(func: Handler) -> bool:

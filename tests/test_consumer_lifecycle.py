@@ -1,0 +1,309 @@
+"""The consumer's life cycle: lease renewal, stopping, closing, and failures of the transport.
+
+These run in real time with short leases (fractions of a second), because lease renewal
+is the consumer's own timer; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import ClassVar
+
+import pytest
+
+from broker_core import Broker, BrokerOptions, Delivery, Event, RetryPolicy, TransportError
+from broker_core.transport import Message, Receipt
+from broker_memory.transport import MemoryTransport
+
+NO_WAIT = RetryPolicy(max_attempts=5, initial_delay=0, max_delay=0, jitter=0)
+
+
+class Job(Event):
+    topic: ClassVar[str] = "jobs"
+    n: int
+
+
+@pytest.fixture(params=["memory", "redis"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return f"memory://lifecycle-{uuid.uuid4().hex}"
+    redis_url: str = request.getfixturevalue("redis_url")
+    return f"{redis_url}?key_prefix=lifecycle-{uuid.uuid4().hex}"
+
+
+async def _until(condition: threading.Event | asyncio.Event, seconds: float = 5) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition.is_set():
+            await asyncio.sleep(0.01)
+
+
+async def test_leases_stay_renewed_after_a_pick_ends_during_run(url: str) -> None:
+    worker = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
+    thief = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
+    running: set[int] = set()
+    overlaps: list[int] = []
+
+    @worker.on(Job)
+    async def work(event: Job) -> None:
+        running.add(event.n)
+        await asyncio.sleep(0.1 if event.n == 0 else 1.2)
+        running.discard(event.n)
+
+    @thief.on(Job)
+    async def steal(event: Job) -> None:
+        overlaps.append(event.n)
+
+    async with worker, thief:
+        await worker.subscribe("jobs")
+        await worker.publish(Job(n=0))
+        pick = asyncio.create_task(worker.pick())
+        await asyncio.sleep(0.05)
+        await worker.publish(Job(n=1))
+        run = asyncio.create_task(worker.run())
+        await pick
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            await thief.pick()
+        worker.stop()
+        await asyncio.wait_for(run, 5)
+    assert overlaps == [], "an event was redelivered while its handler still ran"
+
+
+async def test_leases_stay_renewed_during_the_shutdown_grace(url: str) -> None:
+    worker = Broker.from_url(url, group="g", lease=0.3, shutdown_grace=3, retry=NO_WAIT)
+    thief = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
+    started = asyncio.Event()
+    finished: list[int] = []
+    stolen: list[int] = []
+
+    @worker.on(Job)
+    async def slow(event: Job) -> None:
+        started.set()
+        await asyncio.sleep(1.2)
+        finished.append(event.n)
+
+    @thief.on(Job)
+    async def steal(event: Job) -> None:
+        stolen.append(event.n)
+
+    async with worker, thief:
+        await worker.subscribe("jobs")
+        await worker.publish(Job(n=1))
+        run = asyncio.create_task(worker.run())
+        await _until(started)
+        worker.stop()
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            await thief.pick()
+        await asyncio.wait_for(run, 5)
+        [stats] = await worker.stats("jobs")
+    assert (finished, stolen) == ([1], [])
+    assert (stats.ready, stats.leased, stats.delayed) == (0, 0, 0)
+
+
+async def test_stop_before_run_starts_is_not_lost(url: str) -> None:
+    broker = Broker.from_url(url, group="g")
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None: ...
+
+    async with broker:
+        run = asyncio.create_task(broker.run())
+        broker.stop()  # e.g. SIGTERM while the service is still starting
+        await asyncio.wait_for(run, 5)
+
+
+class SlowAcks(MemoryTransport):
+    """Acks take a network round trip."""
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        await asyncio.sleep(0.3)
+        return await super().ack(receipts)
+
+
+async def test_acks_on_the_wire_survive_a_graceful_stop() -> None:
+    broker = Broker(SlowAcks(), BrokerOptions(group="g", retry=NO_WAIT))
+    handled = asyncio.Event()
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.set()
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        run = asyncio.create_task(broker.run())
+        await _until(handled)
+        await asyncio.sleep(0.05)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+        [stats] = await broker.stats("jobs")
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+async def test_closing_waits_for_a_running_consumer(url: str) -> None:
+    broker = Broker.from_url(url, group="g", retry=NO_WAIT)
+    started = asyncio.Event()
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        handled.append(event.n)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        run = asyncio.create_task(broker.run())
+        await _until(started)
+    await asyncio.wait_for(run, 5)
+    async with Broker.from_url(url, group="g") as probe:
+        [stats] = await probe.stats("jobs")
+    assert handled == [1]
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+class ClaimHook(MemoryTransport):
+    """Calls ``on_claim`` once, right after the first claim that returned events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_claim: list[asyncio.Task[None]] = []
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        messages = await super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+        if messages and self.on_claim:
+            self.on_claim.pop().cancel()
+        return messages
+
+
+async def test_cancelling_run_gives_back_every_claimed_event() -> None:
+    transport = ClaimHook()
+    broker = Broker(transport, BrokerOptions(group="g", concurrency=4, retry=NO_WAIT))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        await asyncio.sleep(10)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish_many([Job(n=i) for i in range(4)])
+        run = asyncio.create_task(broker.run())
+        transport.on_claim.append(run)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 5)
+        [stats] = await broker.stats("jobs")
+    assert (stats.ready, stats.leased) == (4, 0)
+
+
+async def test_plain_function_handlers_finish_before_their_event_is_released(url: str) -> None:
+    # A thread cannot be interrupted: stopping waits for it rather than releasing an
+    # event whose handler still runs.
+    first = Broker.from_url(url, group="g", shutdown_grace=0.1, retry=NO_WAIT)
+    second = Broker.from_url(url, group="g", retry=NO_WAIT)
+    live = 0
+    peak = 0
+    lock = threading.Lock()
+    entered = threading.Event()
+
+    def body(event: Job) -> None:
+        nonlocal live, peak
+        with lock:
+            live += 1
+            peak = max(peak, live)
+        entered.set()
+        time.sleep(0.6)
+        with lock:
+            live -= 1
+
+    first.on(Job)(body)
+    second.on(Job)(body)
+    async with first, second:
+        await first.subscribe("jobs")
+        await first.publish(Job(n=1))
+        run = asyncio.create_task(first.run())
+        await _until(entered)
+        first.stop()
+        await asyncio.wait_for(run, 5)
+        assert await second.pick() is False
+        [stats] = await first.stats("jobs")
+    assert peak == 1
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+class FailingRenewals(MemoryTransport):
+    async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        raise TransportError("cannot reach the store")
+
+
+async def test_handler_is_told_when_its_lease_ran_out_unrenewed() -> None:
+    broker = Broker(FailingRenewals(), BrokerOptions(group="g", lease=0.3, retry=NO_WAIT))
+    seen: list[bool] = []
+
+    @broker.on(Job)
+    async def handle(event: Job, delivery: Delivery[Job]) -> None:
+        seen.append(delivery.lease_lost)
+        await asyncio.sleep(0.6)
+        seen.append(delivery.lease_lost)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        assert await broker.pick()
+    assert seen == [False, True]
+
+
+class BrokenWait(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        self.claims += 1
+        return await super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        raise RuntimeError("a bug in a third-party transport")
+
+
+async def test_a_failing_wait_backs_off_instead_of_spinning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = BrokenWait()
+    broker = Broker(transport, BrokerOptions(group="g"))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None: ...
+
+    async with broker:
+        run = asyncio.create_task(broker.run())
+        await asyncio.sleep(1.0)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert transport.claims < 10
+    assert "a bug in a third-party transport" in caplog.text
