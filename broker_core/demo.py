@@ -122,7 +122,7 @@ async def run_demo(
                 report.dead = len(dead)
                 report.lost = len(ids - report.handled - dead)
                 report.seconds = elapsed
-                # The demo leaves nothing behind in a shared store.
+                # Its dead letters would outlive the demo in a shared store.
                 await consumers[0].purge_dead(TOPIC, sorted(dead), group=group)
         finally:
             for broker in consumers:

@@ -81,7 +81,7 @@ class DeadLetter:
     event_id: str
     body: bytes
     reason: str
-    """Why it died: ``"max_attempts"``, ``"undecodable"``, ``"handler"`` or a caller's word."""
+    """Why it died: ``"max_attempts"``, ``"undecodable"``, or what a caller of ``kill`` said."""
     error: str | None
     """The last error seen, e.g. ``"ValueError: bad total"``."""
     attempts: int
