@@ -99,6 +99,11 @@ def test_unknown_type_decodes_as_unknown_event() -> None:
             b'"headers":{},"data":{"parcel":"p","weight":"heavy"}}',
             "data does not fit Shipped: weight",
         ),
+        (
+            b'{"v":1,"id":"a","type":"Shipped","topic":"t","occurred_at":"2026-01-01T00:00:00",'
+            b'"headers":{},"data":{"parcel":"p","weight":1}}',
+            "occurred_at: Input should have timezone info",
+        ),
     ],
 )
 def test_undecodable_bodies_say_why(body: bytes, reason: str) -> None:
