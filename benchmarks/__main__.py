@@ -1,0 +1,93 @@
+"""``python -m benchmarks``: run every scenario and baseline, print the table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks import dramatiq_baseline
+from benchmarks.report import markdown, print_report, write_json
+from benchmarks.runner import TRANSPORTS, Config, run
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark the broker on memory:// and on a redis-server it starts "
+        "itself, against raw redis-py and Dramatiq measured in the same run.",
+    )
+    parser.add_argument("--events", "-n", type=int, default=20_000, help="N (default 20000)")
+    parser.add_argument(
+        "--latency-events", type=int, default=1000, help="events of the latency run (1000)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=Config.concurrency,
+        help="consumer concurrency, and the raw baseline's batch (default %(default)s)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=Config.repeat,
+        help="rounds of each throughput scenario; the best counts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--transports",
+        default=",".join(TRANSPORTS),
+        help="comma-separated subset of memory,redis (default both)",
+    )
+    parser.add_argument("--no-dramatiq", action="store_true", help="skip the Dramatiq baseline")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench-results.json"),
+        help="where to write the figures (default bench-results.json)",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="also write the tables as Markdown here"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run the benchmarks; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    # The table is wide: never wrap it to a pipe's 80 columns.
+    console = console or Console(width=max(Console().width, 160))
+    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
+    unknown = set(transports) - set(TRANSPORTS)
+    if unknown or not transports:
+        console.print(f"unknown transports: {', '.join(sorted(unknown)) or '(none)'}")
+        return 2
+    with_dramatiq = not args.no_dramatiq and "redis" in transports
+    if with_dramatiq and not dramatiq_baseline.available():
+        console.print("Dramatiq is not installed: its baseline is skipped (pip install dramatiq)")
+        with_dramatiq = False
+    config = Config(
+        events=args.events,
+        latency_events=args.latency_events,
+        concurrency=args.concurrency,
+        repeat=args.repeat,
+        transports=transports,
+        dramatiq=with_dramatiq,
+    )
+    results = asyncio.run(run(config, console))
+    print_report(results, console)
+    write_json(results, args.json)
+    console.print(f"figures written to {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(results) + "\n")
+        console.print(f"tables written to {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""Runs every scenario and baseline, shows progress, and turns the measurements into rows.
+
+Order: scenario by scenario; within a scenario, ``repeat`` rounds, and in each round every
+contender once (ours on memory://, ours on Redis, raw redis-py, Dramatiq). Interleaving
+the contenders means a noisy moment on the machine hurts them alike; each throughput
+figure is the best of its rounds (like ``timeit``), and every run is kept in the JSON.
+Latencies are one run of ``latency_events`` events each; memory figures come from the
+first round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from benchmarks import dramatiq_baseline, ours, raw
+from benchmarks.machine import describe
+from benchmarks.payload import bodies, make_events, sizes
+from benchmarks.probes import MemoryProbe, RedisProbe, TracemallocProbe
+from benchmarks.results import SCENARIOS, Results, Row, percentile
+from benchmarks.server import RedisServer, redis_server, redis_server_binary, redis_version
+from broker_memory import forget_store
+
+__all__ = ["TRANSPORTS", "Config", "run"]
+
+T = TypeVar("T")
+
+TRANSPORTS = ("memory", "redis")
+X = "x"  # ratio unit
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to run."""
+
+    events: int = 20_000
+    latency_events: int = 1000
+    gap: float = 0.001
+    batch: int = 100
+    concurrency: int = 100
+    repeat: int = 3
+    transports: tuple[str, ...] = TRANSPORTS
+    dramatiq: bool = True
+    fanout_groups: int = 10
+    memory_return_tolerance: int = 64 * 1024
+
+
+@dataclass
+class _Progress:
+    """Numbered progress lines on the console, and the time of each step."""
+
+    console: Console
+    total: int
+    done: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    async def step(self, label: str, work: Callable[[], Awaitable[T]]) -> T:
+        self.done += 1
+        prefix = f"[{self.done:>2}/{self.total}]"
+        start = time.perf_counter()
+        result = await work()
+        elapsed = time.perf_counter() - start
+        self.seconds[f"{prefix} {label}"] = round(elapsed, 3)
+        self.console.print(
+            f"{prefix} {label:<46} {_summary(result):>28}  ({elapsed:5.1f} s)", highlight=False
+        )
+        return result
+
+    async def thread(self, label: str, work: Callable[[], T]) -> T:
+        async def in_thread() -> T:
+            return await asyncio.to_thread(work)
+
+        return await self.step(label, in_thread)
+
+
+def _summary(result: Any) -> str:
+    if isinstance(result, float):
+        return f"{result:,.0f} events/s"
+    if isinstance(result, list) and result and isinstance(result[0], float):
+        p50, p99 = percentile(result, 50) * 1e3, percentile(result, 99) * 1e3
+        return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    rate = getattr(result, "rate", None)
+    return f"{rate:,.0f} events/s" if isinstance(rate, float) else "done"
+
+
+class _Store:
+    """Where scenarios run: a fresh memory:// store, or the emptied Redis, per call.
+
+    The previous memory:// store is forgotten first, so that events a scenario left
+    behind do not pile up in the process and slow down the garbage collector for the
+    scenarios after it.
+    """
+
+    def __init__(self, kind: str, server: RedisServer | None) -> None:
+        self.kind = kind
+        self.server = server
+        self._name: str | None = None
+
+    def url(self) -> str:
+        if self.kind == "memory":
+            if self._name is not None:
+                forget_store(self._name)
+            self._name = f"bench-{uuid.uuid4().hex}"
+            return f"memory://{self._name}"
+        assert self.server is not None
+        with self.server.admin() as client:
+            client.flushall()
+        return str(self.server.url)
+
+
+@contextlib.contextmanager
+def _maybe_server(needed: bool) -> Iterator[RedisServer | None]:
+    if not needed:
+        yield None
+        return
+    with redis_server() as server:
+        yield server
+
+
+def _best(values: list[float]) -> float:
+    return max(values)
+
+
+@dataclass
+class _Runs:
+    """Every measurement of the run, by (scenario, contender)."""
+
+    rates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    first: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def add(self, scenario: str, who: str, result: Any) -> None:
+        rate = result if isinstance(result, float) else getattr(result, "rate", None)
+        if isinstance(rate, float):
+            self.rates.setdefault((scenario, who), []).append(rate)
+        self.first.setdefault((scenario, who), result)
+
+    def best(self, scenario: str, who: str) -> float | None:
+        values = self.rates.get((scenario, who))
+        return _best(values) if values else None
+
+    def samples(self, scenario: str, who: str) -> list[float]:
+        return [round(v, 1) for v in self.rates.get((scenario, who), [])]
+
+
+def _count_steps(config: Config) -> int:
+    ours_n = len(config.transports)
+    redis = "redis" in config.transports
+    per_round = 2 * (ours_n + redis)  # publish, publish_many: ours + raw
+    per_round += ours_n + redis + (redis and config.dramatiq)  # drain
+    per_round += 2 * ours_n  # fan-out 1 and k groups
+    once = ours_n + redis + (redis and config.dramatiq)  # latency
+    once += 3 if "memory" in config.transports else 0  # traced memory passes
+    return config.repeat * per_round + once
+
+
+async def run(config: Config, console: Console) -> Results:
+    """Run everything ``config`` asks for; progress goes to ``console``."""
+    if config.repeat < 1 or config.events < 1:
+        raise ValueError("events and repeat must be at least 1")
+    results = Results()
+    results.meta = {
+        "machine": describe(redis_server_binary()),
+        "config": {
+            "events": config.events,
+            "repeat": config.repeat,
+            "latency_events": config.latency_events,
+            "latency_gap_ms": config.gap * 1e3,
+            "publish_many_batch": config.batch,
+            "consumer_concurrency": config.concurrency,
+            "raw_drain_batch": config.concurrency,
+            "dramatiq_worker_threads": dramatiq_baseline.THREADS,
+            "dramatiq_queue_prefetch": dramatiq_baseline.PREFETCH,
+            "dramatiq_worker_timeout_ms": dramatiq_baseline.WORKER_TIMEOUT_MS,
+            "transports": list(config.transports),
+            "dramatiq": config.dramatiq,
+            "figures": "throughput: best of `repeat` interleaved runs; latency: one run; "
+            "memory: first run",
+        },
+        "payload": sizes(),
+    }
+    progress = _Progress(console, _count_steps(config))
+    runs = _Runs()
+    with _maybe_server("redis" in config.transports) as server:
+        if server is not None:
+            results.meta["machine"]["redis_server_running"] = redis_version(server)
+        stores = {kind: _Store(kind, server) for kind in config.transports}
+        probe = RedisProbe(server.url) if server is not None else None
+        try:
+            await _scenarios(config, progress, runs, stores, probe)
+        finally:
+            if probe is not None:
+                probe.close()
+    _rows(results, runs, config)
+    results.meta["step_seconds"] = progress.seconds
+    return results
+
+
+async def _scenarios(
+    config: Config,
+    progress: _Progress,
+    runs: _Runs,
+    stores: dict[str, _Store],
+    probe: RedisProbe | None,
+) -> None:
+    n, rounds = config.events, config.repeat
+    redis = stores.get("redis")
+    result: Any  # each step returns its own kind of figure
+    dramatiq = redis is not None and config.dramatiq
+
+    def probe_for(kind: str) -> MemoryProbe | None:
+        return probe if kind == "redis" else None
+
+    async def each_round(scenario: str, body: Callable[[str], Awaitable[None]]) -> None:
+        for r in range(rounds):
+            await body(f"{scenario:<12} round {r + 1}/{rounds}")
+
+    # 1. publish, one per call and 100 per call
+    for scenario, batch in (("publish", None), ("publish_many", config.batch)):
+
+        async def publish_round(
+            tag: str, scenario: str = scenario, batch: int | None = batch
+        ) -> None:
+            for kind, store in stores.items():
+                events = make_events(n)  # fresh ids: publish skips ids the store holds
+                result = await progress.step(
+                    f"{tag} {kind} ours",
+                    lambda s=store, e=events: ours.publish_rate(s.url(), e, batch),  # type: ignore[misc]
+                )
+                runs.add(scenario, kind, result)
+            if redis is not None:
+                data = bodies(make_events(n))
+                result = await progress.step(
+                    f"{tag} redis raw",
+                    lambda: raw.raw_publish_rate(redis.url(), data, batch),
+                )
+                runs.add(scenario, "raw", result)
+
+        await each_round(scenario, publish_round)
+
+    # 2. drain (and 5. memory on Redis)
+    async def drain_round(tag: str) -> None:
+        result: Any
+        for kind, store in stores.items():
+            events = make_events(n)
+            result = await progress.step(
+                f"{tag} {kind} ours",
+                lambda s=store, e=events, k=kind: ours.drain(  # type: ignore[misc]
+                    s.url(), e, config.concurrency, probe_for(k)
+                ),
+            )
+            runs.add("drain", kind, result)
+        if redis is not None:
+            data = bodies(make_events(n))
+            result = await progress.step(
+                f"{tag} redis raw",
+                lambda: raw.raw_drain(redis.url(), data, config.concurrency, probe),
+            )
+            runs.add("drain", "raw", result)
+        if dramatiq and redis is not None:
+            result = await progress.thread(
+                f"{tag} redis Dramatiq", lambda: dramatiq_baseline.drain(redis.url(), n, probe)
+            )
+            runs.add("drain", "dramatiq", result)
+
+    await each_round("drain", drain_round)
+
+    # 3. end-to-end latency: one run each
+    m, gap = config.latency_events, config.gap
+    for kind, store in stores.items():
+        result = await progress.step(
+            f"latency      {kind} ours",
+            lambda s=store: ours.latency(s.url(), m, gap),  # type: ignore[misc]
+        )
+        runs.add("latency", kind, result)
+    if redis is not None:
+        data = bodies(make_events(m))
+        result = await progress.step(
+            "latency      redis raw", lambda: raw.raw_latency(redis.url(), data, gap)
+        )
+        runs.add("latency", "raw", result)
+        if dramatiq:
+            result = await progress.thread(
+                "latency      redis Dramatiq",
+                lambda: dramatiq_baseline.latency(redis.url(), m, gap),
+            )
+            runs.add("latency", "dramatiq", result)
+
+    # 4. fan-out, 1 vs k groups
+    async def fanout_round(tag: str) -> None:
+        for kind, store in stores.items():
+            for groups in (1, config.fanout_groups):
+                events = make_events(n)
+                result = await progress.step(
+                    f"{tag} {kind} ours, {groups} group{'s' if groups > 1 else ''}",
+                    lambda s=store, e=events, g=groups, k=kind: ours.fanout(  # type: ignore[misc]
+                        s.url(), e, g, probe_for(k), config.batch
+                    ),
+                )
+                runs.add(f"fanout{groups}", kind, result)
+
+    await each_round("fan-out", fanout_round)
+
+    # 5. memory of the in-memory transport: untimed passes under tracemalloc
+    memory = stores.get("memory")
+    if memory is not None:
+        traced = TracemallocProbe()
+
+        async def under_trace(work: Callable[[], Awaitable[T]]) -> T:
+            traced.start()
+            try:
+                return await work()
+            finally:
+                traced.stop()
+
+        events = make_events(n)
+        result = await progress.step(
+            "memory       memory ours, drain (traced)",
+            lambda: under_trace(
+                lambda: ours.drain(memory.url(), events, config.concurrency, traced)
+            ),
+        )
+        runs.first[("drain_traced", "memory")] = result
+        for groups in (1, config.fanout_groups):
+            events = make_events(n)
+            result = await progress.step(
+                f"memory       memory ours, fan-out {groups} (traced)",
+                lambda e=events, g=groups: under_trace(  # type: ignore[misc]
+                    lambda: ours.fanout(memory.url(), e, g, traced, config.batch)
+                ),
+            )
+            runs.first[(f"fanout{groups}_traced", "memory")] = result
+
+
+def _per_event(before: int | None, after: int | None, n: int) -> float | None:
+    if before is None or after is None:
+        return None
+    return (after - before) / n
+
+
+def _rows(results: Results, runs: _Runs, config: Config) -> None:
+    for kind in config.transports:
+        _throughput_rows(results, runs, kind)
+    for kind in config.transports:
+        _latency_rows(results, runs, kind)
+    for kind in config.transports:
+        _fanout_rows(results, runs, config, kind)
+    for kind in config.transports:
+        _memory_rows(results, runs, config, kind)
+    order = list(SCENARIOS)
+    results.rows.sort(key=lambda row: order.index(row.scenario))
+
+
+def _throughput_rows(results: Results, runs: _Runs, kind: str) -> None:
+    redis = kind == "redis"
+    for scenario, figure in (("publish", "publish rate"), ("publish_many", "publish_many rate")):
+        row = results.add(Row(scenario, kind, figure, "events/s", runs.best(scenario, kind)))
+        row.samples = {"ours": runs.samples(scenario, kind)}
+        if redis:
+            row.raw = runs.best(scenario, "raw")
+            row.samples["raw"] = runs.samples(scenario, "raw")
+            if scenario == "publish":
+                row.target = ">= 0.75x raw single push (one round trip per call)"
+                row.met = (row.ratio_raw or 0) >= 0.75
+            else:
+                row.target = ">= 0.5x raw pipelined push"
+                row.met = (row.ratio_raw or 0) >= 0.5
+    row = results.add(Row("drain", kind, "drain rate", "events/s", runs.best("drain", kind)))
+    row.samples = {"ours": runs.samples("drain", kind)}
+    if redis:
+        row.raw = runs.best("drain", "raw")
+        row.dramatiq = runs.best("drain", "dramatiq")
+        row.samples |= {"raw": runs.samples("drain", "raw")}
+        row.samples |= {"dramatiq": runs.samples("drain", "dramatiq")}
+        row.target = ">= 0.5x raw and >= 8x Dramatiq"
+        row.met = (row.ratio_raw or 0) >= 0.5 and (
+            row.ratio_dramatiq is None or row.ratio_dramatiq >= 8
+        )
+    else:
+        row.target = ">= 200,000 events/s"
+        row.met = (row.ours or 0) >= 200_000
+
+
+def _latency_rows(results: Results, runs: _Runs, kind: str) -> None:
+    ours_lat = runs.first.get(("latency", kind))
+    raw_lat = runs.first.get(("latency", "raw"))
+    dq_lat = runs.first.get(("latency", "dramatiq"))
+    for q, limit in ((50, 1.0), (99, 5.0), (100, None)):
+        name = "max" if q == 100 else f"p{q}"
+        row = results.add(
+            Row(
+                "latency",
+                kind,
+                f"publish-to-handler {name}",
+                "ms",
+                percentile(ours_lat, q) * 1e3 if ours_lat else None,
+                False,
+            )
+        )
+        if kind == "redis":
+            row.raw = percentile(raw_lat, q) * 1e3 if raw_lat else None
+            row.dramatiq = percentile(dq_lat, q) * 1e3 if dq_lat else None
+            if limit is not None:
+                row.target = f"<= {limit:g} ms"
+                row.met = row.ours is not None and row.ours <= limit
+
+
+def _fanout_rows(results: Results, runs: _Runs, config: Config, kind: str) -> None:
+    k, n = config.fanout_groups, config.events
+    envelope = results.meta["payload"]["envelope_bytes"]
+    one, many = runs.best("fanout1", kind), runs.best(f"fanout{k}", kind)
+    row = results.add(Row("fanout", kind, "publish_many rate, 1 group", "events/s", one))
+    row.samples = {"ours": runs.samples("fanout1", kind)}
+    row = results.add(Row("fanout", kind, f"publish_many rate, {k} groups", "events/s", many))
+    row.samples = {"ours": runs.samples(f"fanout{k}", kind)}
+    cost = one / many if one and many else None
+    row = results.add(
+        Row("fanout", kind, f"cost per event, {k} groups / 1 group", X, cost, False, "< 3x")
+    )
+    row.met = cost is not None and cost < 3
+    redis = kind == "redis"
+    first_one = runs.first.get(("fanout1", kind) if redis else ("fanout1_traced", kind))
+    first_many = runs.first.get((f"fanout{k}", kind) if redis else (f"fanout{k}_traced", kind))
+    unit = "bytes" if redis else "bytes (heap)"
+    b1 = _per_event(first_one.before, first_one.after, n) if first_one else None
+    bk = _per_event(first_many.before, first_many.after, n) if first_many else None
+    results.add(Row("fanout", kind, "memory per event, 1 group", unit, b1, False))
+    results.add(Row("fanout", kind, f"memory per event, {k} groups", unit, bk, False))
+    extra = (bk - b1) / (k - 1) if b1 is not None and bk is not None else None
+    row = results.add(
+        Row(
+            "fanout",
+            kind,
+            "memory per extra group per event",
+            unit,
+            extra,
+            False,
+            f"body stored once: < {envelope} B (one envelope)",
+            note="a second copy of the body would cost at least one envelope",
+        )
+    )
+    row.met = extra is not None and extra < envelope
+
+
+def _memory_rows(results: Results, runs: _Runs, config: Config, kind: str) -> None:
+    n, redis = config.events, kind == "redis"
+    drained = runs.first.get(("drain", kind) if redis else ("drain_traced", kind))
+    unit = "bytes" if redis else "bytes (heap)"
+    pending = _per_event(drained.before, drained.pending, n) if drained else None
+    row = results.add(Row("memory", kind, "memory per pending event", unit, pending, False))
+    raw_d, dq_d = runs.first.get(("drain", "raw")), runs.first.get(("drain", "dramatiq"))
+    if redis:
+        row.raw = _per_event(raw_d.before, raw_d.pending, n) if raw_d else None
+        row.dramatiq = _per_event(dq_d.before, dq_d.pending, n) if dq_d else None
+    left = None
+    if drained and drained.before is not None and drained.after is not None:
+        left = float(drained.after - drained.before)
+    tol = config.memory_return_tolerance
+    row = results.add(
+        Row("memory", kind, "memory after drain - before", f"{unit}, total", left, False)
+    )
+    if redis:
+        row.target = f"back to the start (|delta| <= {tol // 1024} KiB)"
+        row.met = left is not None and abs(left) <= tol
+        leftovers = {
+            "raw": raw_d.after - raw_d.before if raw_d and raw_d.before is not None else None,
+            "dramatiq": dq_d.after - dq_d.before if dq_d and dq_d.before is not None else None,
+        }
+        row.note = "baselines: " + ", ".join(f"{k} {v:+,} B" for k, v in leftovers.items() if v)
+    else:
+        row.note = "Python heap: dicts keep their peak table size after deletes"
