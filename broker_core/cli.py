@@ -185,40 +185,32 @@ def dead(
     _run(collect)
 
 
-@app.command()
-def replay(
-    topic: TopicArg,
-    group: GroupArg,
-    url: Url = "memory://",
-    event_id: Annotated[
-        list[str] | None, typer.Option("--id", help="Only these events (repeatable).")
-    ] = None,
-) -> None:
-    """Give dead events another full set of attempts."""
+EventIds = Annotated[list[str] | None, typer.Option("--id", help="Only these events (repeatable).")]
 
+
+def _on_dead(url: str, topic: str, group: str, event_ids: list[str] | None, verb: str) -> None:
     async def act() -> int:
         async with Broker.from_url(url, group=group) as broker:
-            return await broker.replay_dead(topic, event_id)
+            operation = broker.replay_dead if verb == "replayed" else broker.purge_dead
+            return await operation(topic, event_ids)
 
-    console.print(f"replayed {_run(act)} events")
+    console.print(f"{verb} {_run(act)} dead events of {topic}/{group}")
+
+
+@app.command()
+def replay(
+    topic: TopicArg, group: GroupArg, url: Url = "memory://", event_id: EventIds = None
+) -> None:
+    """Give dead events another full set of attempts."""
+    _on_dead(url, topic, group, event_id, "replayed")
 
 
 @app.command()
 def purge(
-    topic: TopicArg,
-    group: GroupArg,
-    url: Url = "memory://",
-    event_id: Annotated[
-        list[str] | None, typer.Option("--id", help="Only these events (repeatable).")
-    ] = None,
+    topic: TopicArg, group: GroupArg, url: Url = "memory://", event_id: EventIds = None
 ) -> None:
     """Delete dead events for good."""
-
-    async def act() -> int:
-        async with Broker.from_url(url, group=group) as broker:
-            return await broker.purge_dead(topic, event_id)
-
-    console.print(f"purged {_run(act)} events")
+    _on_dead(url, topic, group, event_id, "purged")
 
 
 def main() -> None:

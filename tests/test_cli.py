@@ -113,3 +113,45 @@ def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
     assert process.returncode == 0, output
     assert "stopped" in output
     assert (tmp_path / "handled").read_text() == "7"
+
+
+async def _one_dead_letter(url: str) -> str:
+    async with Broker.from_url(url, group="ops", max_attempts=1) as broker:
+
+        @broker.on(Ping)
+        async def fail(event: Ping) -> None:
+            raise ValueError("bad ping")
+
+        await broker.subscribe("pings")
+        event = Ping(n=1)
+        await broker.publish(event)
+        assert await broker.pick()
+        while await broker.pick():
+            pass
+        return event.id
+
+
+def test_operator_commands_show_replay_and_purge_dead_letters(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=cli-ops"
+    event_id = asyncio.run(_one_dead_letter(url))
+
+    listed = runner.invoke(app, ["dead", "--url", url, "--topic", "pings", "--group", "ops"])
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.output
+    assert "ValueError: bad ping" in listed.output
+
+    stats = runner.invoke(app, ["stats", "--url", url])
+    assert stats.exit_code == 0, stats.output
+    assert "pings" in stats.output and "ops" in stats.output
+
+    replayed = runner.invoke(
+        app, ["replay", "--url", url, "--topic", "pings", "--group", "ops", "--id", event_id]
+    )
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 dead events of pings/ops" in replayed.output
+
+    asyncio.run(_one_dead_letter(url))
+    purged = runner.invoke(app, ["purge", "--url", url, "--topic", "pings", "--group", "ops"])
+    assert purged.exit_code == 0, purged.output
+    # The replayed event failed again on its fresh attempt, next to the new one.
+    assert "purged 2 dead events of pings/ops" in purged.output
