@@ -1,25 +1,13 @@
-"""The benchmark's own ``redis-server``, started like the tests start theirs.
-
-The launcher is the tests' :class:`RedisServer` (tests/redis_server.py), imported by
-putting ``tests/`` on the path, so there is one launcher in the repository.
-"""
+"""The benchmark's own ``redis-server``, started by :mod:`broker_redis.testing` as the tests do."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parent.parent / "tests"
-if str(_TESTS) not in sys.path:
-    sys.path.insert(0, str(_TESTS))
-
-from redis_server import (  # type: ignore[import-not-found]  # noqa: E402
-    RedisServer,
-    redis_server_binary,
-)
+from broker_redis.testing import RedisServer, redis_server_binary
 
 __all__ = ["RedisServer", "redis_server", "redis_server_binary", "redis_version"]
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from redis.exceptions import AuthenticationError, AuthorizationError
+from redis.exceptions import AuthenticationError, AuthorizationError, MaxConnectionsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker_core.errors import TransportError
 
 __all__ = ["transport_error"]
+
+# What redis-py's BlockingConnectionPool raises (a plain ConnectionError) when every
+# connection stayed busy for its whole timeout.
+_POOL_TIMED_OUT = "No connection available."
 
 
 def transport_error(
@@ -20,6 +24,8 @@ def transport_error(
     """
     if isinstance(exc, AuthenticationError | AuthorizationError):
         what = "Redis refused the credentials (check the user and password in the URL)"
+    elif isinstance(exc, MaxConnectionsError) or str(exc) == _POOL_TIMED_OUT:
+        what = "every connection of the pool stayed busy (raise the max_connections option)"
     elif isinstance(exc, RedisTimeoutError):
         what = "Redis did not answer in time"
     elif isinstance(exc, RedisConnectionError | OSError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from broker_core.names import validate_group, validate_topic
 
@@ -64,16 +65,23 @@ class GroupKeys:
     deadinfo: str
     """HASH event id -> JSON {reason, error, attempts, died_at}."""
     marker: str
-    """LIST holding at most one element; waiting consumers BLPOP it to be woken."""
+    """LIST holding at most one element while READY may have events; waiters block on it."""
 
 
 class Keys:
-    """Builds key names under one prefix; every name passed in is validated first."""
+    """Builds key names under one prefix; every name passed in is validated first.
 
-    __slots__ = ("prefix",)
+    The keys of each (topic, group) are built, and its names validated, once: every
+    publish, claim and ack asks for them again. The caches keep the most recent
+    ``_CACHE_SIZE`` names, so a stream of distinct names cannot grow them without bound.
+    """
+
+    __slots__ = ("_group_keys", "_topic_keys", "prefix")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = validate_prefix(prefix)
+        self._topic_keys: dict[str, TopicKeys] = {}
+        self._group_keys: dict[tuple[str, str], GroupKeys] = {}
 
     @property
     def topics(self) -> str:
@@ -85,13 +93,23 @@ class Keys:
 
     def topic(self, topic: str) -> TopicKeys:
         """The keys shared by all groups of ``topic``."""
+        try:
+            return self._topic_keys[topic]
+        except (KeyError, TypeError):  # TypeError: unhashable, so not a name
+            pass
         base = self._tag(topic)
-        return TopicKeys(msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups")
+        keys = TopicKeys(msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups")
+        _remember(self._topic_keys, topic, keys)
+        return keys
 
     def group(self, topic: str, group: str) -> GroupKeys:
         """The keys of ``group``'s copy of ``topic``."""
+        try:
+            return self._group_keys[topic, group]
+        except (KeyError, TypeError):  # TypeError: unhashable, so not a name
+            pass
         base = f"{self._tag(topic)}:g:{validate_group(group)}"
-        return GroupKeys(
+        keys = GroupKeys(
             ready=f"{base}:ready",
             leased=f"{base}:leased",
             tokens=f"{base}:tokens",
@@ -102,3 +120,18 @@ class Keys:
             deadinfo=f"{base}:deadinfo",
             marker=f"{base}:marker",
         )
+        _remember(self._group_keys, (topic, group), keys)
+        return keys
+
+
+_CACHE_SIZE = 1024
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """Add to a cache of at most _CACHE_SIZE entries, dropping the oldest when full."""
+    if len(cache) >= _CACHE_SIZE:
+        del cache[next(iter(cache))]
+    cache[key] = value

@@ -15,7 +15,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from redis_server import RedisFactory, RedisServer, TlsFiles, redis_server_binary, unique_prefix
+
+from broker_redis.testing import (
+    RedisFactory,
+    RedisServer,
+    TlsFiles,
+    redis_server_binary,
+    unique_prefix,
+)
 
 
 def _require_redis_server() -> None:

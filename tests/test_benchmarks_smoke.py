@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import redis_server_binary
 from rich.console import Console
+
+from broker_redis.testing import redis_server_binary
 
 # benchmarks/ lives beside the packages, not inside them; appended so that installed
 # packages keep precedence over the source tree.

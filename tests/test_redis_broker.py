@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-from redis_server import RedisFactory, unique_prefix
-
 from broker_core.broker import Broker
 from broker_core.delivery import Delivery
 from broker_core.demo import GROUPS, run_demo
 from broker_core.errors import TransportError
 from broker_core.events import Event
+from broker_redis.testing import RedisFactory, unique_prefix
 
 GROUP = "billing"
 

@@ -9,10 +9,10 @@ pass too).
 from __future__ import annotations
 
 import pytest
-from redis_server import unique_prefix
 
 from broker_core.clock import ManualClock
 from broker_core.testing import TransportConformance, TransportFactory
+from broker_redis.testing import unique_prefix
 from broker_redis.transport import RedisTransport
 
 

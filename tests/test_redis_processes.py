@@ -21,9 +21,9 @@ from typing import IO
 
 import pytest
 import pytest_asyncio
-from redis_server import RedisServer
 
 from broker_core.transport import QueueStats
+from broker_redis.testing import RedisServer
 from broker_redis.transport import RedisTransport
 
 CONSUMER = Path(__file__).with_name("redis_consumer.py")

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis as sync_redis
-from redis_server import RedisFactory, RedisServer, make_tls_files, unique_prefix
 
 from broker_core.broker import Broker
 from broker_core.clock import ManualClock
@@ -28,6 +27,7 @@ from broker_core.transport import QueueStats, Transport
 from broker_redis import plugin
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULTS, OPTION_NAMES, parse_options
+from broker_redis.testing import RedisFactory, RedisServer, make_tls_files, unique_prefix
 from broker_redis.transport import RedisTransport
 
 T, G, G2 = "orders", "billing", "shipping"
@@ -437,10 +437,15 @@ async def test_nack_with_delay_elsewhere_wakes_a_waiter_in_time(make: MakeTransp
     await asyncio.sleep(0.05)
     started = time.monotonic()
     assert await worker.nack(m.receipt, delay=0.3)
-    # Woken by the nack, the waiter learns the due time and wakes again when it comes.
+    # Woken by the nack, as a consumer would be, the waiter claims: before the retry is
+    # due that claim finds nothing but tells it the due time, and the next wait ends then.
     assert await asyncio.wait_for(task, 5.0) is True
+    claimed = await waiter.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    if not claimed:
+        assert await waiter.wait(G, [T], 5.0) is True
+        claimed = await waiter.claim(G, [T], max_count=1, lease=5, max_attempts=3)
     assert time.monotonic() - started < 2.0
-    [again] = await waiter.claim(G, [T], max_count=1, lease=5, max_attempts=3)
+    [again] = claimed
     assert again.attempt == 2
 
 
@@ -584,6 +589,24 @@ async def test_cancelled_wait_steals_no_wake_up(make: MakeTransport) -> None:
     assert await tr.wait(G, [T], 5.0) is True
     assert time.monotonic() - started < 1.0
     assert len(await tr.claim(G, [T], max_count=5, lease=5, max_attempts=1)) == 1
+
+
+async def test_a_pool_at_max_connections_queues_callers_then_says_so(
+    make: MakeTransport,
+) -> None:
+    # Each pool holds max_connections; a caller finding every connection busy waits up to
+    # socket_timeout for one, then fails with a clear error, never hangs.
+    tr = await make(max_connections=1, socket_timeout=0.3, sweep_interval=5)
+    await tr.subscribe(T, G)
+    holder = asyncio.create_task(tr.wait(G, [T], 3.0))  # holds the one blocking connection
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="max_connections"):
+        await tr.wait(G, [T], 3.0)
+    assert 0.2 < time.monotonic() - started < 2.0
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
 
 
 # -- what the code and docs promise about themselves -------------------------------------

@@ -1,4 +1,5 @@
---[[ poll: what a waiting consumer runs when woken or at its periodic sweep.
+--[[ poll: what a waiting consumer runs at its periodic sweep, when a deadline it knows
+passes, or when woken by a marker of one of several topics.
 
 Applies expired leases and due retries (a bounded part of them, see requeue_due), then,
 if READY has events, leaves the marker set so that the next idle consumer of the group

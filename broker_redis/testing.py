@@ -1,7 +1,18 @@
-"""Real ``redis-server`` processes for the tests: start on a free loopback port, stop, kill.
+"""Start a throwaway ``redis-server`` on a free loopback port, and stop it.
 
-Only the ``redis-server`` binary is needed. Every wait is bounded, and a server that does
-not come up fails the test with its log instead of hanging.
+For the conformance suite of this transport, for the benchmarks, and for applications'
+own tests: only the ``redis-server`` binary is needed (no Redis to set up, nothing shared
+with a Redis already running), and :class:`RedisServer` can stop, kill and restart the
+server to test what happens when Redis goes away. Every wait is bounded, and a server
+that does not come up raises with its log instead of hanging::
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        broker = Broker.from_url(server.url, group="billing")
+        ...
+    finally:
+        server.stop()
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ _prefixes = itertools.count()
 
 
 def unique_prefix() -> str:
-    """A key prefix no other test (or hypothesis example) of this session uses."""
+    """A key prefix no other caller in this process has had: isolates tests on one server."""
     return f"t{os.getpid()}-{next(_prefixes)}"
 
 
@@ -148,7 +159,7 @@ class RedisServer:
         ]  # fmt: skip
 
     def admin(self) -> redis.Redis:
-        """A synchronous client for test set-up and inspection."""
+        """A synchronous client for set-up and inspection."""
         return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
 
     def start(self) -> None:
@@ -197,4 +208,4 @@ class RedisServer:
 
 
 RedisFactory = Callable[..., RedisServer]
-"""What the ``redis_factory`` fixture gives: start a server with ``args``, ``password``, ``tls``."""
+"""A function starting a server with ``args``, ``password`` and ``tls`` (a pytest fixture)."""
