@@ -1,4 +1,5 @@
-"""Shared fixtures: real ``redis-server`` processes started by the tests themselves.
+"""Shared fixtures: real ``redis-server`` processes started by the tests themselves, and
+``broker_url``, which runs a test once per bundled transport.
 
 ``redis_server`` is one server for the whole session; tests isolate themselves with a
 unique key prefix (``key_prefix``) and the database is flushed after each test that
@@ -81,3 +82,12 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     finally:
         for server in servers:
             server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A URL of a fresh, isolated store: a new named memory store, or a new Redis prefix."""
+    if request.param == "memory":
+        return f"memory://{unique_prefix()}"
+    redis_url: str = request.getfixturevalue("redis_url")
+    return f"{redis_url}?key_prefix={unique_prefix()}"

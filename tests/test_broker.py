@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -41,28 +40,21 @@ class Topicless(Event):
     value: int
 
 
-@pytest.fixture(params=["memory", "redis"])
-def url(request: pytest.FixtureRequest) -> str:
-    """A fresh, isolated store on each transport."""
-    if request.param == "memory":
-        return f"memory://test-{uuid.uuid4().hex}"
-    redis_url: str = request.getfixturevalue("redis_url")
-    return f"{redis_url}?key_prefix=test-{uuid.uuid4().hex}"
-
-
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 
 
 @pytest.fixture
-async def make(url: str, clock: ManualClock) -> AsyncIterator[Callable[..., Broker]]:
+async def make(broker_url: str, clock: ManualClock) -> AsyncIterator[Callable[..., Broker]]:
     """Build connected brokers on one store and clock; all closed at the end."""
     brokers: list[Broker] = []
 
     def build(group: str | None = "billing", **options: Any) -> Broker:
         options.setdefault("retry", NO_WAIT)
-        broker = Broker.from_url(url, group=group, transport_options={"clock": clock}, **options)
+        broker = Broker.from_url(
+            broker_url, group=group, transport_options={"clock": clock}, **options
+        )
         brokers.append(broker)
         return broker
 
@@ -404,10 +396,10 @@ async def test_crashed_consumer_events_go_to_another(
     assert attempts == [2]
 
 
-async def test_lease_is_renewed_while_a_slow_handler_runs(url: str) -> None:
+async def test_lease_is_renewed_while_a_slow_handler_runs(broker_url: str) -> None:
     # Real time here: renewal is the consumer's own timer, lease / 3.
     options: dict[str, Any] = {"group": "billing", "lease": 0.3, "retry": NO_WAIT}
-    slow, other = Broker.from_url(url, **options), Broker.from_url(url, **options)
+    slow, other = Broker.from_url(broker_url, **options), Broker.from_url(broker_url, **options)
     async with slow, other:
         done = asyncio.Event()
         attempts: list[int] = []
@@ -524,10 +516,14 @@ def test_unknown_scheme_error_hides_the_password() -> None:
 
 
 async def test_from_settings_reads_the_environment(
-    monkeypatch: pytest.MonkeyPatch, url: str
+    monkeypatch: pytest.MonkeyPatch, broker_url: str
 ) -> None:
-    monkeypatch.setenv("BROKER_URL", url)
+    monkeypatch.setenv("BROKER_URL", broker_url)
     monkeypatch.setenv("BROKER_GROUP", "billing")
     monkeypatch.setenv("BROKER_CONCURRENCY", "3")
     broker = Broker.from_settings()
-    assert (broker.group, broker.options.concurrency, broker.options.url) == ("billing", 3, url)
+    assert (broker.group, broker.options.concurrency, broker.options.url) == (
+        "billing",
+        3,
+        broker_url,
+    )

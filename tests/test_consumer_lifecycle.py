@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -27,23 +26,15 @@ class Job(Event):
     n: int
 
 
-@pytest.fixture(params=["memory", "redis"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return f"memory://lifecycle-{uuid.uuid4().hex}"
-    redis_url: str = request.getfixturevalue("redis_url")
-    return f"{redis_url}?key_prefix=lifecycle-{uuid.uuid4().hex}"
-
-
 async def _until(condition: threading.Event | asyncio.Event, seconds: float = 5) -> None:
     async with asyncio.timeout(seconds):
         while not condition.is_set():
             await asyncio.sleep(0.01)
 
 
-async def test_leases_stay_renewed_after_a_pick_ends_during_run(url: str) -> None:
-    worker = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
-    thief = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
+async def test_leases_stay_renewed_after_a_pick_ends_during_run(broker_url: str) -> None:
+    worker = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
+    thief = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
     running: set[int] = set()
     overlaps: list[int] = []
 
@@ -73,9 +64,9 @@ async def test_leases_stay_renewed_after_a_pick_ends_during_run(url: str) -> Non
     assert overlaps == [], "an event was redelivered while its handler still ran"
 
 
-async def test_leases_stay_renewed_during_the_shutdown_grace(url: str) -> None:
-    worker = Broker.from_url(url, group="g", lease=0.3, shutdown_grace=3, retry=NO_WAIT)
-    thief = Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT)
+async def test_leases_stay_renewed_during_the_shutdown_grace(broker_url: str) -> None:
+    worker = Broker.from_url(broker_url, group="g", lease=0.3, shutdown_grace=3, retry=NO_WAIT)
+    thief = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
     started = asyncio.Event()
     finished: list[int] = []
     stolen: list[int] = []
@@ -105,8 +96,8 @@ async def test_leases_stay_renewed_during_the_shutdown_grace(url: str) -> None:
     assert (stats.ready, stats.leased, stats.delayed) == (0, 0, 0)
 
 
-async def test_stop_before_run_starts_is_not_lost(url: str) -> None:
-    broker = Broker.from_url(url, group="g")
+async def test_stop_before_run_starts_is_not_lost(broker_url: str) -> None:
+    broker = Broker.from_url(broker_url, group="g")
 
     @broker.on(Job)
     async def handle(event: Job) -> None: ...
@@ -145,8 +136,8 @@ async def test_acks_on_the_wire_survive_a_graceful_stop() -> None:
     assert (stats.ready, stats.leased) == (0, 0)
 
 
-async def test_closing_waits_for_a_running_consumer(url: str) -> None:
-    broker = Broker.from_url(url, group="g", retry=NO_WAIT)
+async def test_closing_waits_for_a_running_consumer(broker_url: str) -> None:
+    broker = Broker.from_url(broker_url, group="g", retry=NO_WAIT)
     started = asyncio.Event()
     handled: list[int] = []
 
@@ -162,7 +153,7 @@ async def test_closing_waits_for_a_running_consumer(url: str) -> None:
         run = asyncio.create_task(broker.run())
         await _until(started)
     await asyncio.wait_for(run, 5)
-    async with Broker.from_url(url, group="g") as probe:
+    async with Broker.from_url(broker_url, group="g") as probe:
         [stats] = await probe.stats("jobs")
     assert handled == [1]
     assert (stats.ready, stats.leased) == (0, 0)
@@ -211,11 +202,13 @@ async def test_cancelling_run_gives_back_every_claimed_event() -> None:
     assert (stats.ready, stats.leased) == (4, 0)
 
 
-async def test_plain_function_handlers_finish_before_their_event_is_released(url: str) -> None:
+async def test_plain_function_handlers_finish_before_their_event_is_released(
+    broker_url: str,
+) -> None:
     # A thread cannot be interrupted: stopping waits for it rather than releasing an
     # event whose handler still runs.
-    first = Broker.from_url(url, group="g", shutdown_grace=0.1, retry=NO_WAIT)
-    second = Broker.from_url(url, group="g", retry=NO_WAIT)
+    first = Broker.from_url(broker_url, group="g", shutdown_grace=0.1, retry=NO_WAIT)
+    second = Broker.from_url(broker_url, group="g", retry=NO_WAIT)
     live = 0
     peak = 0
     lock = threading.Lock()
