@@ -54,6 +54,7 @@ class Broker:
         self._router = Router()
         self._subscribed: set[str] = set()
         self._consumer: Consumer | None = None
+        self._starting = False
         self._stop_pending = False
         # Topic names publish has validated already (a name's validity never changes).
         self._valid_topics: set[str] = set()
@@ -251,21 +252,26 @@ class Broker:
         ``shutdown_grace`` seconds to finish; those still running are cancelled and
         their events given back at once for other consumers.
         """
-        consumer, topics = await self._consumer_topics()
+        # From here on a stop() is kept even before the consumer runs (SIGTERM while the
+        # service is still subscribing).
+        self._starting = True
+        self._stop_pending = False
+        try:
+            consumer, topics = await self._consumer_topics()
+        finally:
+            self._starting = False
         if self._stop_pending:
-            # stop() came while run() was starting (say, SIGTERM during start-up).
-            self._stop_pending = False
             return
         await consumer.run(topics)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to finish gracefully; returns at once.
+        """Ask a :meth:`run` in progress, even one still starting, to finish gracefully.
 
-        Called before :meth:`run` has started consuming, it makes that run return at once.
+        Returns at once. With no run in progress it does nothing.
         """
         if self._consumer is not None and self._consumer.running:
             self._consumer.stop()
-        else:
+        elif self._starting:
             self._stop_pending = True
 
     def abort(self) -> None:

@@ -97,12 +97,20 @@ def run(
     broker = _load_broker(target)
 
     async def serve() -> None:
+        signalled = asyncio.Event()
+
+        def on_signal() -> None:
+            signalled.set()
+            broker.stop()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, broker.stop)
+            loop.add_signal_handler(signum, on_signal)
         async with broker:
-            console.print(f"running group {broker.group!r} on {redact(broker.options.url)}")
-            await broker.run()
+            # A signal while connecting found no run() to stop.
+            if not signalled.is_set():
+                console.print(f"running group {broker.group!r} on {redact(broker.options.url)}")
+                await broker.run()
         console.print("stopped")
 
     _run(serve)

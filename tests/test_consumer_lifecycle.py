@@ -96,15 +96,52 @@ async def test_leases_stay_renewed_during_the_shutdown_grace(broker_url: str) ->
     assert (stats.ready, stats.leased, stats.delayed) == (0, 0, 0)
 
 
-async def test_stop_before_run_starts_is_not_lost(broker_url: str) -> None:
-    broker = Broker.from_url(broker_url, group="g")
+class SlowSubscribe(MemoryTransport):
+    """Subscribing waits until the test lets it go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def subscribe(self, topic: str, group: str) -> None:
+        self.entered.set()
+        await self.proceed.wait()
+        await super().subscribe(topic, group)
+
+
+async def test_stop_while_run_is_starting_is_kept() -> None:
+    transport = SlowSubscribe()
+    broker = Broker(transport, BrokerOptions(group="g"))
 
     @broker.on(Job)
     async def handle(event: Job) -> None: ...
 
     async with broker:
         run = asyncio.create_task(broker.run())
-        broker.stop()  # e.g. SIGTERM while the service is still starting
+        await _until(transport.entered)
+        broker.stop()  # e.g. SIGTERM while the service is still subscribing
+        transport.proceed.set()
+        await asyncio.wait_for(run, 5)
+
+
+async def test_a_stop_with_no_run_in_progress_does_not_stop_the_next_run(
+    broker_url: str,
+) -> None:
+    broker = Broker.from_url(broker_url, group="g", poll_interval=0.05)
+    handled = asyncio.Event()
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.set()
+
+    async with broker:
+        await broker.subscribe("jobs")
+        broker.stop()
+        run = asyncio.create_task(broker.run())
+        await broker.publish(Job(n=1))
+        await _until(handled)
+        broker.stop()
         await asyncio.wait_for(run, 5)
 
 
