@@ -8,22 +8,33 @@ ARGV: 1 now ('' = server TIME), then pairs: event id, token
 Returns: per pair, 1 if acked, 0 if stale
 ]]
 --- @include "now"
---- @include "lease"
+--- @include "chunks"
 --- @include "release"
 
 local msg, refs, leased, tokens, attempts, errors = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now = now_from(ARGV[1])
-local out = {}
+-- Every lookup and every write is one call per key for the whole batch, not per event.
+local ids = {}
 for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
-  if holds_lease(leased, tokens, id, ARGV[i + 1], now) then
-    drop_lease(leased, tokens, id)
-    redis.call('HDEL', attempts, id)
-    redis.call('HDEL', errors, id)
-    release(msg, refs, id)
-    out[#out + 1] = 1
+  ids[#ids + 1] = ARGV[i]
+end
+local held = get_chunked('HMGET', tokens, ids)
+local deadlines = get_chunked('ZMSCORE', leased, ids)
+local out, done, acked = {}, {}, {}
+for i, id in ipairs(ids) do
+  -- The check of holds_lease (includes/lease.lua) on values read in bulk; an id acked
+  -- earlier in this batch no longer holds a lease, as it would not one at a time.
+  if not acked[id] and held[i] == ARGV[2 * i + 1] and deadlines[i] and tonumber(deadlines[i]) > now then
+    acked[id] = true
+    done[#done + 1] = id
+    out[i] = 1
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
 end
+call_chunked('ZREM', leased, done, 1, #done)
+call_chunked('HDEL', tokens, done, 1, #done)
+call_chunked('HDEL', attempts, done, 1, #done)
+call_chunked('HDEL', errors, done, 1, #done)
+release_all(msg, refs, done)
 return out

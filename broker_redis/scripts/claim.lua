@@ -19,6 +19,7 @@ Returns: {now, deadline, next_due ('' if none), then per event: id, token, attem
 --- @include "now"
 --- @include "requeue_due"
 --- @include "bury"
+--- @include "chunks"
 
 local MAX_BURIALS = 1000
 local msg, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[10]
@@ -31,36 +32,78 @@ requeue_due(ready, leased, tokens, delayed, marker, now)
 
 local out = {}
 local claimed, buried = 0, 0
+-- Leases taken but not yet written: written together, a few calls per batch instead of
+-- a few per event (see flush).
+local ids, attempts_of, leases, token_of = {}, {}, {}, {}
+-- Ids this call already claimed or buried: their attempt count read in bulk is stale.
+local touched = {}
+
+local function flush()
+  call_chunked('HSET', k.attempts, attempts_of, 1, #attempts_of)
+  call_chunked('ZADD', leased, leases, 1, #leases)
+  call_chunked('HSET', tokens, token_of, 1, #token_of)
+  local bodies = get_chunked('HMGET', msg, ids)
+  for i = 1, #ids do
+    -- A missing body (an id planted without one) is handed out empty: the consumer's
+    -- decoder dead-letters it like any other undecodable payload.
+    out[#out + 1] = ids[i]
+    out[#out + 1] = token_of[2 * i]
+    out[#out + 1] = attempts_of[2 * i]
+    out[#out + 1] = bodies[i] or ''
+  end
+  ids, attempts_of, leases, token_of = {}, {}, {}, {}
+end
+
 -- Whether the ZSETs may still hold expired leases or due retries: they come before the
 -- list. Once none is found, none appears in this call (`now` does not move).
 local backlog = true
 while claimed < max_count and buried < MAX_BURIALS do
-  local id = backlog and pop_due(leased, tokens, delayed, now)
-  if not id then
-    backlog = false
-    id = redis.call('LPOP', ready)
+  -- A batch never holds more events than may still be claimed or buried, so the call
+  -- stops after the same event as it would taking them one at a time.
+  local want = math.min(max_count - claimed, MAX_BURIALS - buried)
+  local batch = {}
+  while backlog and #batch < want do
+    local id = pop_due(leased, tokens, delayed, now)
     if not id then
-      break
+      backlog = false
+    else
+      batch[#batch + 1] = id
     end
   end
-  local attempt = tonumber(redis.call('HGET', k.attempts, id) or 0) + 1
-  if attempt > max_attempts then
-    bury(k, id, now, 'max_attempts', false, attempt - 1)
-    buried = buried + 1
-  else
-    claimed = claimed + 1
-    local token = ARGV[5] .. '.' .. claimed
-    redis.call('HSET', k.attempts, id, attempt)
-    redis.call('ZADD', leased, deadline, id)
-    redis.call('HSET', tokens, id, token)
-    -- A missing body (an id planted without one) is handed out empty: the consumer's
-    -- decoder dead-letters it like any other undecodable payload.
-    out[#out + 1] = id
-    out[#out + 1] = token
-    out[#out + 1] = attempt
-    out[#out + 1] = redis.call('HGET', msg, id) or ''
+  if #batch < want then
+    for _, id in ipairs(redis.call('LPOP', ready, want - #batch) or {}) do
+      batch[#batch + 1] = id
+    end
+  end
+  if #batch == 0 then
+    break
+  end
+  local counts = get_chunked('HMGET', k.attempts, batch)
+  for i, id in ipairs(batch) do
+    local count = counts[i]
+    if touched[id] then
+      flush()
+      count = redis.call('HGET', k.attempts, id)
+    end
+    touched[id] = true
+    local attempt = tonumber(count or 0) + 1
+    if attempt > max_attempts then
+      flush()  -- keeps every write in the order of the events
+      bury(k, id, now, 'max_attempts', false, attempt - 1)
+      buried = buried + 1
+    else
+      claimed = claimed + 1
+      ids[#ids + 1] = id
+      attempts_of[#attempts_of + 1] = id
+      attempts_of[#attempts_of + 1] = attempt
+      leases[#leases + 1] = deadline
+      leases[#leases + 1] = id
+      token_of[#token_of + 1] = id
+      token_of[#token_of + 1] = ARGV[5] .. '.' .. claimed
+    end
   end
 end
+flush()
 
 local expired, due = count_due(leased, delayed, now)
 if redis.call('LLEN', ready) + expired + due > 0 then

@@ -1,3 +1,5 @@
+--- @include "chunks"
+
 -- One group is done with event `id` (acked, or dead and purged): free the body when it
 -- was the last group holding it. A missing count (a planted id) also frees.
 local function release(msg, refs, id)
@@ -5,4 +7,20 @@ local function release(msg, refs, id)
     redis.call('HDEL', refs, id)
     redis.call('HDEL', msg, id)
   end
+end
+
+-- release() for many distinct ids, with one HMGET and one HDEL per key for all of them
+-- (only ids other groups still hold take a call of their own).
+local function release_all(msg, refs, ids)
+  local counts = get_chunked('HMGET', refs, ids)
+  local freed = {}
+  for i, id in ipairs(ids) do
+    if (tonumber(counts[i]) or 0) <= 1 then
+      freed[#freed + 1] = id
+    else
+      redis.call('HINCRBY', refs, id, -1)
+    end
+  end
+  call_chunked('HDEL', refs, freed, 1, #freed)
+  call_chunked('HDEL', msg, freed, 1, #freed)
 end
