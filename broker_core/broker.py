@@ -111,6 +111,11 @@ class Broker:
     async def close(self) -> None:
         """Stop a running :meth:`run` gracefully, wait for it to finish, close the transport."""
         if self._consumer is not None and self._consumer.running:
+            if self._consumer.runs_handler(asyncio.current_task()):
+                raise RuntimeError(
+                    "close() was called from inside a handler, and would wait for that "
+                    "handler to finish: call broker.stop() there instead"
+                )
             self._consumer.stop()
             await self._consumer.wait_stopped()
         await self.transport.close()

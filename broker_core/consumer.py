@@ -59,6 +59,7 @@ class Consumer:
         self._running = False
         self._renewers = 0
         self._renewal: asyncio.Task[None] | None = None
+        self._rotation = 0
 
     # -- public --------------------------------------------------------------------------
 
@@ -69,11 +70,12 @@ class Consumer:
 
     async def pick(self, topics: list[str]) -> bool:
         """Claim at most one event of ``topics``, handle and settle it; False if none."""
+        claimed_at = time.monotonic()
         messages = await self._claim(topics, 1)
         if not messages:
             return False
         async with self._renewing():
-            await self._process(messages[0])
+            await self._process(messages[0], claimed_at)
             await self._flush_acks()
         return True
 
@@ -99,10 +101,13 @@ class Consumer:
                     grace = 0.0
                     raise
                 finally:
-                    await self._shut_down(grace)
-                    await self._close_acks(acker)
+                    try:
+                        await self._shut_down(grace)
+                    finally:
+                        await self._close_acks(acker)
         finally:
             self._running = False
+            self._aborted = False
             self._stopped.set()
 
     def stop(self) -> None:
@@ -118,6 +123,10 @@ class Consumer:
         self._aborted = True
         self.stop()
 
+    def runs_handler(self, task: asyncio.Task[object] | None) -> bool:
+        """Whether ``task`` is one of the tasks running this consumer's handlers."""
+        return task is not None and any(task is t for t in self._tasks.values())
+
     async def wait_stopped(self) -> None:
         """Return once a running :meth:`run` has finished (at once if none runs)."""
         if self._running and self._stopped is not None:
@@ -126,9 +135,12 @@ class Consumer:
     # -- claiming ------------------------------------------------------------------------
 
     async def _claim(self, topics: list[str], count: int) -> list[Message]:
+        # Each claim starts from the next topic, so a busy topic cannot starve the others
+        # when only a few slots are free.
+        self._rotation = (self._rotation + 1) % len(topics)
         return await self._transport.claim(
             self._group,
-            topics,
+            topics[self._rotation :] + topics[: self._rotation],
             max_count=count,
             lease=self._options.lease,
             max_attempts=self._router.max_attempts(topics),
@@ -152,6 +164,7 @@ class Consumer:
                 continue
             try:
                 ask = min(free, chunk)
+                claimed_at = time.monotonic()
                 messages = await self._claim(topics, ask)
                 if not messages:
                     await self._idle(topics)
@@ -163,17 +176,17 @@ class Consumer:
             for message in messages:
                 # One task per event: each handler has its own task and context, as if
                 # the application had started it.
-                tasks[message.receipt] = create_task(run_claimed(message))
+                tasks[message.receipt] = create_task(run_claimed(message, claimed_at))
             if len(messages) < ask:
                 # The queue is (nearly) empty: let these handlers start before the next
                 # claim goes out, rather than after it (latency). A full claim goes on at
                 # once instead, so that it overlaps with the handlers (throughput).
                 await asyncio.sleep(0)
 
-    async def _run_claimed(self, message: Message) -> None:
+    async def _run_claimed(self, message: Message, claimed_at: float) -> None:
         """The task of one claimed event: process it, then give its slot back."""
         try:
-            await self._process(message)
+            await self._process(message, claimed_at)
         finally:
             # Here rather than in a done-callback, which costs one more trip through the
             # event loop per event.
@@ -217,10 +230,14 @@ class Consumer:
 
     # -- handling ------------------------------------------------------------------------
 
-    async def _process(self, message: Message) -> None:
-        """Handle one delivery and settle it; transport failures leave the lease to expire."""
+    async def _process(self, message: Message, claimed_at: float) -> None:
+        """Handle one delivery and settle it; transport failures leave the lease to expire.
+
+        ``claimed_at`` is when the claim was sent (monotonic): the lease cannot have
+        begun earlier, so it surely ends by ``claimed_at + lease``.
+        """
         try:
-            await self._handle(message)
+            await self._handle(message, claimed_at)
         except TransportError as exc:
             log.warning(
                 "could not settle event %s (%s/%s); it returns when its lease expires: %s",
@@ -230,7 +247,7 @@ class Consumer:
                 exc,
             )
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, claimed_at: float) -> None:
         receipt = message.receipt
         try:
             event = decode(message.body, self._router.types)
@@ -249,8 +266,7 @@ class Consumer:
             if not await self._transport.kill(receipt, reason="max_attempts", error=error):
                 log.warning("lease of event %s was lost before it died", message.event_id)
             return
-        # The lease began no later than now, so it surely ends by now + lease.
-        expires_at = time.monotonic() + self._options.lease
+        expires_at = claimed_at + self._options.lease
         delivery: Delivery[Event] = Delivery(event, message, self._transport, expires_at)
         self._deliveries[receipt] = delivery
         try:
@@ -327,7 +343,8 @@ class Consumer:
             return
         try:
             results = await self._transport.ack(batch)
-        except TransportError as exc:
+        except Exception as exc:
+            # Any failure, not only an outage: the loop must go on acking later events.
             log.warning("%d acks failed; those events will be redelivered: %s", len(batch), exc)
             results = [True] * len(batch)
         for receipt, acked in zip(batch, results, strict=True):
@@ -369,7 +386,7 @@ class Consumer:
             asked_at = time.monotonic()
             try:
                 results = await self._transport.extend(receipts, lease)
-            except TransportError as exc:
+            except Exception as exc:
                 # Deliveries notice by themselves once their leases run out unrenewed.
                 log.warning("lease renewal failed: %s", exc)
                 continue
@@ -386,8 +403,15 @@ class Consumer:
     # -- stopping ------------------------------------------------------------------------
 
     async def _shut_down(self, grace: float) -> None:
-        if self._tasks and not self._aborted and grace > 0:
-            await asyncio.wait(set(self._tasks.values()), timeout=grace)
+        try:
+            if self._tasks and not self._aborted and grace > 0:
+                await asyncio.wait(set(self._tasks.values()), timeout=grace)
+        finally:
+            # Also when run() is cancelled during the grace period: no handler may go on
+            # running once its lease stops being renewed.
+            await self._end_tasks()
+
+    async def _end_tasks(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

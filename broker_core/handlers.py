@@ -70,8 +70,9 @@ async def _uninterruptible(thread: asyncio.Future[Any]) -> Any:
         try:
             return await asyncio.shield(thread)
         except asyncio.CancelledError:
-            if thread.done():
-                raise
+            if thread.cancelled():
+                raise  # the loop itself is shutting down
+            # Also when the thread has just finished: its outcome is settled as usual.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()

@@ -337,3 +337,148 @@ async def test_a_failing_wait_backs_off_instead_of_spinning(
         await asyncio.wait_for(run, 5)
     assert transport.claims < 10
     assert "a bug in a third-party transport" in caplog.text
+
+
+class Other(Event):
+    topic: ClassVar[str] = "others"
+    n: int
+
+
+async def test_a_busy_topic_does_not_starve_another(broker_url: str) -> None:
+    broker = Broker.from_url(broker_url, group="g", concurrency=1, retry=NO_WAIT)
+    order: list[str] = []
+
+    @broker.on(Job)
+    async def job(event: Job) -> None:
+        order.append(f"job{event.n}")
+
+    @broker.on(Other)
+    async def other(event: Other) -> None:
+        order.append("other")
+
+    async with broker:
+        await broker.subscribe("jobs", "others")
+        await broker.publish_many([Job(n=i) for i in range(50)])
+        await broker.publish(Other(n=0))
+        run = asyncio.create_task(broker.run())
+        async with asyncio.timeout(10):
+            while len(order) < 51:
+                await asyncio.sleep(0.01)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    # Claims take turns between topics: the other topic's event is not last in line.
+    assert order.index("other") < 5
+
+
+async def test_cancelling_run_during_the_grace_ends_every_handler(broker_url: str) -> None:
+    worker = Broker.from_url(broker_url, group="g", lease=0.3, shutdown_grace=5, retry=NO_WAIT)
+    thief = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
+    started = asyncio.Event()
+    finished: list[int] = []
+    stolen: list[int] = []
+
+    @worker.on(Job)
+    async def slow(event: Job) -> None:
+        started.set()
+        await asyncio.sleep(1.0)
+        finished.append(event.n)
+
+    @thief.on(Job)
+    async def steal(event: Job) -> None:
+        stolen.append(event.n)
+
+    async with worker, thief:
+        await worker.subscribe("jobs")
+        await worker.publish(Job(n=1))
+        run = asyncio.create_task(worker.run())
+        await _until(started)
+        worker.stop()
+        await asyncio.sleep(0.1)  # inside the grace period
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 5)
+        alive = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.sleep(1.2)
+        assert await thief.pick()
+    assert alive == []
+    assert (finished, stolen) == ([], [1])
+
+
+class AckFailsOnce(MemoryTransport):
+    """The first ack raises something that is not a TransportError (a transport's bug)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionResetError("peer reset")
+        return await super().ack(receipts)
+
+
+async def test_a_failed_ack_does_not_stop_later_acks() -> None:
+    broker = Broker(AckFailsOnce(), BrokerOptions(group="g", lease=0.3, retry=NO_WAIT))
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.append(event.n)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=0))
+        run = asyncio.create_task(broker.run())
+        async with asyncio.timeout(5):
+            while not handled:
+                await asyncio.sleep(0.01)
+        await broker.publish_many([Job(n=i) for i in range(1, 6)])
+        # The first event's ack failed: it comes back when its lease expires.
+        async with asyncio.timeout(5):
+            while True:
+                [stats] = await broker.stats("jobs")
+                if (stats.ready, stats.leased) == (0, 0) and len(handled) >= 7:
+                    break
+                await asyncio.sleep(0.05)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert sorted(set(handled)) == list(range(6))
+
+
+async def test_pick_after_an_aborted_run_settles_normally(broker_url: str) -> None:
+    broker = Broker.from_url(broker_url, group="g", retry=NO_WAIT)
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None: ...
+
+    async with broker:
+        await broker.subscribe("jobs")
+        run = asyncio.create_task(broker.run())
+        await asyncio.sleep(0.05)
+        broker.abort()
+        await asyncio.wait_for(run, 5)
+        await broker.publish(Job(n=1))
+        assert await broker.pick()
+        [stats] = await broker.stats("jobs")
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+async def test_close_from_inside_a_handler_is_refused(broker_url: str) -> None:
+    broker = Broker.from_url(broker_url, group="g", max_attempts=1)
+    errors: list[str] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        try:
+            await broker.close()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        broker.stop()
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        await asyncio.wait_for(broker.run(), 5)
+    assert len(errors) == 1
+    assert "call broker.stop() there instead" in errors[0]
