@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pytest
@@ -64,35 +65,50 @@ async def test_leases_stay_renewed_after_a_pick_ends_during_run(broker_url: str)
     assert overlaps == [], "an event was redelivered while its handler still ran"
 
 
-async def test_leases_stay_renewed_during_the_shutdown_grace(broker_url: str) -> None:
-    worker = Broker.from_url(broker_url, group="g", lease=0.3, shutdown_grace=3, retry=NO_WAIT)
-    thief = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
-    started = asyncio.Event()
-    finished: list[int] = []
-    stolen: list[int] = []
+@dataclass
+class WorkerAndThief:
+    """A consumer whose handler is slow, and a second consumer of its group."""
 
-    @worker.on(Job)
+    worker: Broker
+    thief: Broker
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: list[int] = field(default_factory=list)
+    stolen: list[int] = field(default_factory=list)
+
+
+def worker_and_thief(url: str, *, handler_seconds: float, shutdown_grace: float) -> WorkerAndThief:
+    pair = WorkerAndThief(
+        Broker.from_url(url, group="g", lease=0.3, shutdown_grace=shutdown_grace, retry=NO_WAIT),
+        Broker.from_url(url, group="g", lease=0.3, retry=NO_WAIT),
+    )
+
+    @pair.worker.on(Job)
     async def slow(event: Job) -> None:
-        started.set()
-        await asyncio.sleep(1.2)
-        finished.append(event.n)
+        pair.started.set()
+        await asyncio.sleep(handler_seconds)
+        pair.finished.append(event.n)
 
-    @thief.on(Job)
+    @pair.thief.on(Job)
     async def steal(event: Job) -> None:
-        stolen.append(event.n)
+        pair.stolen.append(event.n)
 
-    async with worker, thief:
-        await worker.subscribe("jobs")
-        await worker.publish(Job(n=1))
-        run = asyncio.create_task(worker.run())
-        await _until(started)
-        worker.stop()
+    return pair
+
+
+async def test_leases_stay_renewed_during_the_shutdown_grace(broker_url: str) -> None:
+    pair = worker_and_thief(broker_url, handler_seconds=1.2, shutdown_grace=3)
+    async with pair.worker, pair.thief:
+        await pair.worker.subscribe("jobs")
+        await pair.worker.publish(Job(n=1))
+        run = asyncio.create_task(pair.worker.run())
+        await _until(pair.started)
+        pair.worker.stop()
         for _ in range(10):
             await asyncio.sleep(0.1)
-            await thief.pick()
+            await pair.thief.pick()
         await asyncio.wait_for(run, 5)
-        [stats] = await worker.stats("jobs")
-    assert (finished, stolen) == ([1], [])
+        [stats] = await pair.worker.stats("jobs")
+    assert (pair.finished, pair.stolen) == ([1], [])
     assert (stats.ready, stats.leased, stats.delayed) == (0, 0, 0)
 
 
@@ -371,37 +387,22 @@ async def test_a_busy_topic_does_not_starve_another(broker_url: str) -> None:
 
 
 async def test_cancelling_run_during_the_grace_ends_every_handler(broker_url: str) -> None:
-    worker = Broker.from_url(broker_url, group="g", lease=0.3, shutdown_grace=5, retry=NO_WAIT)
-    thief = Broker.from_url(broker_url, group="g", lease=0.3, retry=NO_WAIT)
-    started = asyncio.Event()
-    finished: list[int] = []
-    stolen: list[int] = []
-
-    @worker.on(Job)
-    async def slow(event: Job) -> None:
-        started.set()
-        await asyncio.sleep(1.0)
-        finished.append(event.n)
-
-    @thief.on(Job)
-    async def steal(event: Job) -> None:
-        stolen.append(event.n)
-
-    async with worker, thief:
-        await worker.subscribe("jobs")
-        await worker.publish(Job(n=1))
-        run = asyncio.create_task(worker.run())
-        await _until(started)
-        worker.stop()
+    pair = worker_and_thief(broker_url, handler_seconds=1.0, shutdown_grace=5)
+    async with pair.worker, pair.thief:
+        await pair.worker.subscribe("jobs")
+        await pair.worker.publish(Job(n=1))
+        run = asyncio.create_task(pair.worker.run())
+        await _until(pair.started)
+        pair.worker.stop()
         await asyncio.sleep(0.1)  # inside the grace period
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(run, 5)
         alive = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         await asyncio.sleep(1.2)
-        assert await thief.pick()
+        assert await pair.thief.pick()
     assert alive == []
-    assert (finished, stolen) == ([], [1])
+    assert (pair.finished, pair.stolen) == ([], [1])
 
 
 class AckFailsOnce(MemoryTransport):
