@@ -22,9 +22,6 @@ __all__ = ["Broker"]
 
 H = TypeVar("H", bound=Handler)
 
-_VALID_TOPICS_KEPT = 1024
-"""How many validated topic names one broker remembers."""
-
 
 class Broker:
     """An event broker inside one service instance.
@@ -56,8 +53,6 @@ class Broker:
         self._consumer: Consumer | None = None
         self._starting = False
         self._stop_pending = False
-        # Topic names publish has validated already (a name's validity never changes).
-        self._valid_topics: set[str] = set()
 
     # -- construction --------------------------------------------------------------------
 
@@ -165,7 +160,8 @@ class Broker:
             groups * len(batch) for groups, batch in zip(reached, batches.values(), strict=True)
         )
 
-    def _topic_of(self, event: Event, topic: str | None) -> str:
+    @staticmethod
+    def _topic_of(event: Event, topic: str | None) -> str:
         if not isinstance(event, Event):
             raise TypeError(f"publish takes Event instances, got {type(event).__name__}")
         name = topic or event.topic
@@ -174,12 +170,7 @@ class Broker:
                 f"{type(event).__name__} has no topic: set `topic: ClassVar[str]` on the class "
                 "or pass publish(event, topic=...)"
             )
-        if type(name) is str and name in self._valid_topics:
-            return name
-        validate_topic(name)
-        if len(self._valid_topics) < _VALID_TOPICS_KEPT:
-            self._valid_topics.add(name)
-        return name
+        return validate_topic(name)
 
     def _encode(self, event: Event, topic: str) -> bytes:
         body = encode(event, topic)
