@@ -67,6 +67,18 @@ class _Call:
     args: Sequence[_Arg]
 
 
+MIN_REDIS_VERSION = (6, 2)
+"""The oldest Redis whose commands every script and wait can use."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def _text(value: bytes | str) -> str:
     # surrogateescape (both ways, see _pool) lets a foreign id that is not UTF-8 make the
     # round trip through a Receipt unchanged instead of breaking the claim.
@@ -161,12 +173,24 @@ class RedisTransport:
         blocking = Redis(connection_pool=self._pool(self._sweep_interval + self._socket_timeout))
         try:
             await self._guard("connect", redis.ping())
+            await self._check_version(redis)
             await self._load_scripts(redis, [load_script(name) for name in SCRIPT_NAMES])
         except BaseException:
             await redis.aclose(close_connection_pool=True)
             await blocking.aclose(close_connection_pool=True)
             raise
         self._redis, self._blocking = redis, blocking
+
+    async def _check_version(self, redis: Redis) -> None:
+        """Refuse a server older than the commands the scripts use, with a clear message."""
+        info = await self._guard("connect", redis.info("server"))
+        version = str(info.get("redis_version", "0"))
+        if _version_tuple(version) < MIN_REDIS_VERSION:
+            needed = ".".join(map(str, MIN_REDIS_VERSION))
+            raise TransportError(
+                f"Redis {version} at {self._safe_url} is too old: this transport needs "
+                f"{needed} or newer (LPOP with a count, ZMSCORE, BLMOVE)"
+            )
 
     async def close(self) -> None:
         """Close both connection pools; what is stored stays in Redis."""

@@ -646,3 +646,13 @@ def test_includes_never_read_keys_or_argv() -> None:
     for include in includes.iterdir():
         code = re.sub(r"--.*", "", include.read_text("utf-8"))
         assert not re.search(r"\b(KEYS|ARGV)\b", code), f"{include.name} reads KEYS or ARGV"
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("6.0.16", False), ("5.0.14", False), ("6.2.0", True), ("6.2.14-rc1", True), ("7.0.15", True)],
+)
+def test_servers_older_than_6_2_are_recognised(version: str, supported: bool) -> None:
+    from broker_redis.transport import MIN_REDIS_VERSION, _version_tuple
+
+    assert (_version_tuple(version) >= MIN_REDIS_VERSION) is supported
