@@ -212,12 +212,13 @@ async def test_closing_waits_for_a_running_consumer(broker_url: str) -> None:
     assert (stats.ready, stats.leased) == (0, 0)
 
 
-class ClaimHook(MemoryTransport):
-    """Calls ``on_claim`` once, right after the first claim that returned events."""
+class CountedClaims(MemoryTransport):
+    """Counts claims; cancels the tasks in ``cancel_on_claim`` after a claim that got events."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.on_claim: list[asyncio.Task[None]] = []
+        self.claims = 0
+        self.cancel_on_claim: list[asyncio.Task[None]] = []
 
     async def claim(
         self,
@@ -228,16 +229,17 @@ class ClaimHook(MemoryTransport):
         lease: float,
         max_attempts: int,
     ) -> list[Message]:
+        self.claims += 1
         messages = await super().claim(
             group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
         )
-        if messages and self.on_claim:
-            self.on_claim.pop().cancel()
+        if messages and self.cancel_on_claim:
+            self.cancel_on_claim.pop().cancel()
         return messages
 
 
 async def test_cancelling_run_gives_back_every_claimed_event() -> None:
-    transport = ClaimHook()
+    transport = CountedClaims()
     broker = Broker(transport, BrokerOptions(group="g", concurrency=4, retry=NO_WAIT))
 
     @broker.on(Job)
@@ -248,7 +250,7 @@ async def test_cancelling_run_gives_back_every_claimed_event() -> None:
         await broker.subscribe("jobs")
         await broker.publish_many([Job(n=i) for i in range(4)])
         run = asyncio.create_task(broker.run())
-        transport.on_claim.append(run)
+        transport.cancel_on_claim.append(run)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(run, 5)
         [stats] = await broker.stats("jobs")
@@ -314,25 +316,7 @@ async def test_handler_is_told_when_its_lease_ran_out_unrenewed() -> None:
     assert seen == [False, True]
 
 
-class BrokenWait(MemoryTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.claims = 0
-
-    async def claim(
-        self,
-        group: str,
-        topics: Sequence[str],
-        *,
-        max_count: int,
-        lease: float,
-        max_attempts: int,
-    ) -> list[Message]:
-        self.claims += 1
-        return await super().claim(
-            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
-        )
-
+class BrokenWait(CountedClaims):
     async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
         raise RuntimeError("a bug in a third-party transport")
 
