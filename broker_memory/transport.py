@@ -353,15 +353,9 @@ class MemoryStore:
 
     def replay_dead(self, topic: str, group: str, event_ids: Sequence[str] | None = None) -> int:
         """See :meth:`broker_core.transport.Transport.replay_dead`."""
-        validate_topic(topic)
-        validate_group(group)
         with self._lock:
-            q = self._queue(topic, group)
-            if q is None:
-                return 0
-            chosen = self._chosen_dead(q, event_ids)
+            q, chosen = self._take_dead(topic, group, event_ids)
             for c in chosen:
-                del q.dead[c.event_id]
                 c.state = _State.READY
                 c.attempts = 0
                 c.error = None
@@ -373,17 +367,25 @@ class MemoryStore:
 
     def purge_dead(self, topic: str, group: str, event_ids: Sequence[str] | None = None) -> int:
         """See :meth:`broker_core.transport.Transport.purge_dead`."""
-        validate_topic(topic)
-        validate_group(group)
         with self._lock:
-            q = self._queue(topic, group)
-            if q is None:
-                return 0
-            chosen = self._chosen_dead(q, event_ids)
+            q, chosen = self._take_dead(topic, group, event_ids)
             for c in chosen:
-                del q.dead[c.event_id]
                 self._done(topic, q, c)
             return len(chosen)
+
+    def _take_dead(
+        self, topic: str, group: str, event_ids: Sequence[str] | None
+    ) -> tuple[_Queue, list[_Copy]]:
+        """Remove the chosen dead copies from DEAD (the caller holds the lock)."""
+        validate_topic(topic)
+        validate_group(group)
+        q = self._queue(topic, group)
+        if q is None:
+            return _Queue(), []
+        chosen = self._chosen_dead(q, event_ids)
+        for c in chosen:
+            del q.dead[c.event_id]
+        return q, chosen
 
     # -- observing ------------------------------------------------------------------------
 

@@ -75,6 +75,15 @@ class WorkerAndThief:
     finished: list[int] = field(default_factory=list)
     stolen: list[int] = field(default_factory=list)
 
+    async def stop_mid_handler(self) -> asyncio.Task[None]:
+        """Run the worker on one event and stop it while its handler runs."""
+        await self.worker.subscribe("jobs")
+        await self.worker.publish(Job(n=1))
+        run = asyncio.create_task(self.worker.run())
+        await _until(self.started)
+        self.worker.stop()
+        return run
+
 
 def worker_and_thief(url: str, *, handler_seconds: float, shutdown_grace: float) -> WorkerAndThief:
     pair = WorkerAndThief(
@@ -98,11 +107,7 @@ def worker_and_thief(url: str, *, handler_seconds: float, shutdown_grace: float)
 async def test_leases_stay_renewed_during_the_shutdown_grace(broker_url: str) -> None:
     pair = worker_and_thief(broker_url, handler_seconds=1.2, shutdown_grace=3)
     async with pair.worker, pair.thief:
-        await pair.worker.subscribe("jobs")
-        await pair.worker.publish(Job(n=1))
-        run = asyncio.create_task(pair.worker.run())
-        await _until(pair.started)
-        pair.worker.stop()
+        run = await pair.stop_mid_handler()
         for _ in range(10):
             await asyncio.sleep(0.1)
             await pair.thief.pick()
@@ -373,11 +378,7 @@ async def test_a_busy_topic_does_not_starve_another(broker_url: str) -> None:
 async def test_cancelling_run_during_the_grace_ends_every_handler(broker_url: str) -> None:
     pair = worker_and_thief(broker_url, handler_seconds=1.0, shutdown_grace=5)
     async with pair.worker, pair.thief:
-        await pair.worker.subscribe("jobs")
-        await pair.worker.publish(Job(n=1))
-        run = asyncio.create_task(pair.worker.run())
-        await _until(pair.started)
-        pair.worker.stop()
+        run = await pair.stop_mid_handler()
         await asyncio.sleep(0.1)  # inside the grace period
         run.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -56,8 +56,8 @@ class RedeliversAtTheBack(MemoryStore):
         q.ready.rotate(before - len(q.ready))
 
 
-class CountsNoAttempts(MemoryStore):
-    """A claim does not count the attempt, so nothing ever runs out of attempts."""
+class _SpoilsClaims(MemoryStore):
+    """A store that alters each claimed copy after an honest claim."""
 
     def claim(
         self,
@@ -74,8 +74,18 @@ class CountsNoAttempts(MemoryStore):
         for m in msgs:
             q = self._queue(m.topic, group)
             assert q is not None
-            q.copies[m.event_id].attempts -= 1
+            self.spoil(q, q.copies[m.event_id])
         return msgs
+
+    def spoil(self, q: _Queue, c: _Copy) -> None:
+        raise NotImplementedError
+
+
+class CountsNoAttempts(_SpoilsClaims):
+    """A claim does not count the attempt, so nothing ever runs out of attempts."""
+
+    def spoil(self, q: _Queue, c: _Copy) -> None:
+        c.attempts -= 1
 
 
 class DeliversEarlierEvents(MemoryStore):
@@ -118,26 +128,11 @@ class IgnoresDelays(MemoryStore):
         return super().nack(receipt, error=error)
 
 
-class DeliversTwice(MemoryStore):
+class DeliversTwice(_SpoilsClaims):
     """A claim leaves the event READY as well: two consumers can lease it at once."""
 
-    def claim(
-        self,
-        group: str,
-        topics: Sequence[str],
-        *,
-        max_count: int,
-        lease: float,
-        max_attempts: int,
-    ) -> list[Message]:
-        msgs = super().claim(
-            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
-        )
-        for m in msgs:
-            q = self._queue(m.topic, group)
-            assert q is not None
-            q.ready.appendleft(q.copies[m.event_id])
-        return msgs
+    def spoil(self, q: _Queue, c: _Copy) -> None:
+        q.ready.appendleft(c)
 
 
 BROKEN: dict[type[MemoryStore], str] = {
