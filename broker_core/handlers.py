@@ -39,10 +39,11 @@ class Route:
         if not callable(func):
             raise TypeError(f"handler must be callable, got {func!r}")
         pass_delivery = _takes_delivery(func)
-        if inspect.iscoroutinefunction(func):
+        if _is_async(func):
 
             async def invoke(event: Event, delivery: Delivery[Any]) -> Any:
-                return await (func(event, delivery) if pass_delivery else func(event))
+                result = func(event, delivery) if pass_delivery else func(event)
+                return await result if inspect.isawaitable(result) else result
 
         else:
 
@@ -54,7 +55,11 @@ class Route:
                     if pass_delivery
                     else functools.partial(func, event)
                 )
-                return await _uninterruptible(asyncio.ensure_future(asyncio.to_thread(call)))
+                result = await _uninterruptible(asyncio.ensure_future(asyncio.to_thread(call)))
+                # A plain function may still hand back work to do (a decorator that
+                # returns its async function's coroutine): it runs on the loop, or the
+                # event would be acked with its work never done.
+                return await result if inspect.isawaitable(result) else result
 
         return cls(topic, event_type, func, retry, invoke)
 
@@ -76,6 +81,15 @@ async def _uninterruptible(thread: asyncio.Future[Any]) -> Any:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+
+
+def _is_async(func: Handler) -> bool:
+    """Whether calling ``func`` starts a coroutine: so it is called on the event loop.
+
+    Also true of a decorator that kept its async function's identity (``functools.wraps``)
+    and of an object with ``async def __call__``, which ``iscoroutinefunction`` misses.
+    """
+    return any(inspect.iscoroutinefunction(f) for f in (func, inspect.unwrap(func), func.__call__))
 
 
 def _takes_delivery(func: Handler) -> bool:
