@@ -1,0 +1,128 @@
+"""Conformance of publish: who receives an event, in what order, and when an id repeats."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker_core.testing.conformance.base import G2, T2, ConformanceBase, G, T, _counts
+from broker_core.testing.harness import Harness, body_of
+
+__all__ = ["PublishConformance"]
+
+
+class PublishConformance(ConformanceBase):
+    """The publish transition (nothing -> READY) and idempotent publish.
+
+    Covers fan-out to the groups subscribed at publish time (and only those), order of
+    first deliveries (invariant 5), the fields of a first delivery, and the lifetime of an
+    event id: a topic skips an id it still holds, until every group is done with it or its
+    dead letter is purged.
+    """
+
+    # -- publish ------------------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_publish_to_no_subscriber_returns_zero(self, harness: Harness) -> None:
+        assert await harness.publish(T, "e1", "e2") == 0
+        await harness.transport.subscribe(T, G)
+        assert await harness.claim(G, T) == []
+        assert _counts(await harness.transport.stats(T, G)) == (0, 0, 0, 0)
+
+    @pytest.mark.asyncio
+    async def test_publish_returns_number_of_groups(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.subscribe(T, G2)
+        await harness.transport.subscribe(T2, G)
+        assert await harness.publish(T, "e1") == 2
+        assert await harness.publish(T2, "e2") == 1
+        assert await harness.transport.publish(T, []) == 2
+
+    @pytest.mark.asyncio
+    async def test_events_before_subscription_do_not_reach_group(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.publish(T, "e1")
+        await harness.transport.subscribe(T, G2)
+        await harness.publish(T, "e2")
+        assert await harness.claim_ids(G, T) == ["e1", "e2"]
+        assert await harness.claim_ids(G2, T) == ["e2"]
+
+    @pytest.mark.asyncio
+    async def test_fifo_first_deliveries(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        ids = [f"e{i:02d}" for i in range(20)]
+        await harness.publish(T, *ids[:7])
+        await harness.publish(T, *ids[7:])
+        got: list[str] = []
+        for _ in range(7):  # 20 events in batches of 3
+            got += await harness.claim_ids(G, T, max_count=3)
+        assert got == ids
+
+    @pytest.mark.asyncio
+    async def test_message_fields(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.publish(T, "e1")
+        now = harness.clock.now()
+        [msg] = await harness.claim(G, T, lease=7.5)
+        assert (msg.topic, msg.group, msg.event_id) == (T, G, "e1")
+        assert msg.receipt.topic == T and msg.receipt.group == G and msg.receipt.event_id == "e1"
+        assert msg.body == body_of("e1")
+        assert msg.attempt == 1
+        assert msg.lease_deadline == pytest.approx(now + 7.5)
+
+    @pytest.mark.asyncio
+    async def test_publish_is_atomic_and_ordered_per_call(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.publish(T, [("b", b"1"), ("a", b"2"), ("c", b"3")])
+        msgs = await harness.claim(G, T, max_count=10)
+        assert [(m.event_id, m.body) for m in msgs] == [("b", b"1"), ("a", b"2"), ("c", b"3")]
+
+    # -- idempotent publish and the lifetime of bodies ------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_publish_skips_an_id_the_topic_holds(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.publish(T, [("e1", b"first")])
+        assert await harness.transport.publish(T, [("e1", b"second"), ("e2", b"x")]) == 1
+        msgs = await harness.claim(G, T, max_count=10)
+        assert [(m.event_id, m.body) for m in msgs] == [("e1", b"first"), ("e2", b"x")]
+        # still held while leased
+        await harness.transport.publish(T, [("e1", b"third")])
+        assert await harness.claim(G, T, max_count=10) == []
+
+    @pytest.mark.asyncio
+    async def test_duplicate_ids_within_one_publish(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.publish(T, [("e1", b"a"), ("e1", b"b")])
+        msgs = await harness.claim(G, T, max_count=10)
+        assert [(m.event_id, m.body) for m in msgs] == [("e1", b"a")]
+
+    @pytest.mark.asyncio
+    async def test_id_is_held_until_every_group_is_done(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.subscribe(T, G2)
+        await harness.transport.publish(T, [("e1", b"old")])
+        [m1] = await harness.claim(G, T)
+        assert await harness.transport.ack([m1.receipt]) == [True]
+        await harness.transport.publish(T, [("e1", b"new")])  # G2 still holds it: skipped
+        assert await harness.claim(G, T) == []
+        [m2] = await harness.claim(G2, T)
+        assert m2.body == b"old"
+        assert await harness.transport.ack([m2.receipt]) == [True]
+        # every group is done: the body is gone and the id is new again
+        await harness.transport.publish(T, [("e1", b"new")])
+        for group in (G, G2):
+            [m] = await harness.claim(group, T)
+            assert (m.event_id, m.body, m.attempt) == ("e1", b"new", 1)
+
+    @pytest.mark.asyncio
+    async def test_dead_event_is_held_until_purged(self, harness: Harness) -> None:
+        await harness.transport.subscribe(T, G)
+        await harness.transport.publish(T, [("e1", b"old")])
+        [m] = await harness.claim(G, T)
+        assert await harness.transport.kill(m.receipt, reason="handler")
+        await harness.transport.publish(T, [("e1", b"new")])
+        assert await harness.claim(G, T) == []
+        assert await harness.transport.purge_dead(T, G) == 1
+        await harness.transport.publish(T, [("e1", b"new")])
+        [again] = await harness.claim(G, T)
+        assert (again.body, again.attempt) == (b"new", 1)
