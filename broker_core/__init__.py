@@ -20,6 +20,7 @@ from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import hookimpl
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
+from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, Transport
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "UnknownEvent",
     "UnknownTransport",
     "hookimpl",
+    "safe_text",
 ]

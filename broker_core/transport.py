@@ -55,6 +55,13 @@ class Message:
     """1-based count of deliveries of this event to this group, this one included."""
     lease_deadline: float
     """When the lease expires, on the transport's clock."""
+    isolated: bool = False
+    """The event's previous lease expired: it may have crashed its consumer.
+
+    Such an event is handed out alone (it is its claim's only message), and the consumer
+    runs it alone, so that if it kills its process again it charges no other event an
+    attempt (invariant 11).
+    """
 
     @property
     def topic(self) -> str:
@@ -153,6 +160,11 @@ class Transport(Protocol):
         one atomically with the claim; an event that would exceed ``max_attempts`` goes
         to DEAD (reason ``"max_attempts"``) instead of being handed out. Events of one
         topic come out in queue order. Returns at once, possibly empty.
+
+        An event whose last lease *expired* (rather than being nacked or released) comes
+        out alone, marked :attr:`Message.isolated`: as the only message of a claim that
+        finds it first, while a claim that already took other events stops before it.
+        It stays marked until a delivery of it is nacked, so a release keeps the mark.
         """
         ...
 
@@ -177,7 +189,20 @@ class Transport(Protocol):
         ...
 
     async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
-        """Set each live lease to expire ``lease`` seconds from now; False where stale."""
+        """Make each live lease last at least ``lease`` seconds from now; False where stale.
+
+        A lease never gets shorter: its deadline becomes the later of the current one and
+        now + ``lease``. A consumer's local idea of its lease therefore never outlives the
+        store's (fencing).
+        """
+        ...
+
+    async def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Give leased events back to the front of READY, this delivery's attempt uncounted.
+
+        For a consumer that stops before it could handle them: that is no failed attempt
+        (invariant 11). Per receipt: True, or False (and no change) if it was stale.
+        """
         ...
 
     async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:

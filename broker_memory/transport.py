@@ -38,6 +38,7 @@ from itertools import islice
 
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.names import validate_group, validate_topic
+from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
 
 __all__ = ["MemoryStore", "MemoryTransport", "forget_store", "named_store"]
@@ -63,6 +64,7 @@ class _Copy:
         "heap_key",
         "reason",
         "state",
+        "suspect",
         "token",
     )
 
@@ -79,6 +81,8 @@ class _Copy:
         self.error: str | None = None
         self.reason = ""
         self.died_at = 0.0
+        # Its last lease expired: handed out alone until a delivery of it is nacked.
+        self.suspect = False
 
 
 # (time, heap key, copy): heap keys are unique, so copies themselves are never compared.
@@ -234,8 +238,9 @@ class MemoryStore:
         with self._lock:
             now = self.clock.now()
             deadline = now + lease
+            alone = False  # an isolated event was taken, or is next: the claim ends
             for topic in topics:
-                if len(out) >= max_count:
+                if len(out) >= max_count or alone:
                     break
                 q = self._queue(topic, group)
                 if q is None:
@@ -248,6 +253,11 @@ class MemoryStore:
                     if c.attempts >= max_attempts:
                         self._kill(q, c, "max_attempts", None, now)
                         continue
+                    if c.suspect:
+                        alone = True
+                        if out:
+                            ready.appendleft(c)
+                            break
                     key = next(self._keys)
                     c.state = _State.LEASED
                     c.attempts += 1
@@ -257,7 +267,9 @@ class MemoryStore:
                     heappush(q.lease_heap, (deadline, key, c))
                     q.leased += 1
                     receipt = Receipt(topic, group, c.event_id, c.token)
-                    out.append(Message(receipt, c.body, c.attempts, deadline))
+                    out.append(Message(receipt, c.body, c.attempts, deadline, c.suspect))
+                    if alone:
+                        break
                 if len(out) > taken:
                     self._notify(group, topic, work=False, at=deadline)
         return out
@@ -289,8 +301,9 @@ class MemoryStore:
                 return False
             q, c = found
             self._unlease(q, c)
+            c.suspect = False  # its handler returned an error: it did not crash anyone
             if error is not None:
-                c.error = error
+                c.error = safe_text(error)
             if delay > 0:
                 c.state = _State.DELAYED
                 c.heap_key = key = next(self._keys)
@@ -314,12 +327,37 @@ class MemoryStore:
                     results.append(False)
                     continue
                 q, c = found
+                results.append(True)
+                if deadline <= c.deadline:
+                    continue  # a lease never gets shorter
                 c.deadline = deadline
                 c.heap_key = key = next(self._keys)
                 heappush(q.lease_heap, (deadline, key, c))
                 self._compact(q)
                 self._notify(r.group, r.topic, work=False, at=deadline)
-                results.append(True)
+        return results
+
+    def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.release`."""
+        results: list[bool] = []
+        woken: set[tuple[str, str]] = set()
+        with self._lock:
+            now = self.clock.now()
+            # Backwards, so that events given back together keep their order at the front.
+            for r in reversed(receipts):
+                found = self._live(r, now)
+                results.append(found is not None)
+                if found is None:
+                    continue
+                q, c = found
+                self._unlease(q, c)
+                c.attempts -= 1
+                c.state = _State.READY
+                q.ready.appendleft(c)
+                woken.add((r.group, r.topic))
+            for group, topic in woken:
+                self._notify(group, topic, work=True)
+        results.reverse()
         return results
 
     def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
@@ -360,6 +398,7 @@ class MemoryStore:
                 c.attempts = 0
                 c.error = None
                 c.reason = ""
+                c.suspect = False
                 q.ready.append(c)
             if chosen:
                 self._notify(group, topic, work=True)
@@ -493,6 +532,7 @@ class MemoryStore:
             if c.heap_key == item[1]:
                 c.state = _State.READY
                 c.heap_key = 0
+                c.suspect = True
                 q.leased -= 1
                 back.append(item)
         while delayed and delayed[0][0] <= now:
@@ -505,9 +545,9 @@ class MemoryStore:
 
     def _kill(self, q: _Queue, c: _Copy, reason: str, error: str | None, now: float) -> None:
         c.state = _State.DEAD
-        c.reason = reason
+        c.reason = safe_text(reason)
         if error is not None:
-            c.error = error
+            c.error = safe_text(error)
         c.died_at = now
         q.dead[c.event_id] = c
 
@@ -604,6 +644,10 @@ class MemoryTransport:
     async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
         """See :meth:`broker_core.transport.Transport.extend`."""
         return self.store.extend(receipts, lease)
+
+    async def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """See :meth:`broker_core.transport.Transport.release`."""
+        return self.store.release(receipts)
 
     async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
         """See :meth:`broker_core.transport.Transport.kill`."""

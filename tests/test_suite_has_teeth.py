@@ -8,6 +8,7 @@ nested pytest session, in strict asyncio mode) must report the expected failures
 from __future__ import annotations
 
 from collections.abc import Sequence
+from heapq import heappush
 
 import hypothesis
 import pytest
@@ -135,6 +136,65 @@ class DeliversTwice(_SpoilsClaims):
         q.ready.appendleft(c)
 
 
+class ShortensLeases(MemoryStore):
+    """extend sets the deadline even when that ends the lease sooner (a fencing gap)."""
+
+    def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
+        results = super().extend(receipts, lease)
+        now = self.clock.now()
+        for r, ok in zip(receipts, results, strict=True):
+            q = self._queue(r.topic, r.group)
+            if ok and q is not None:
+                c = q.copies[r.event_id]
+                c.deadline = now + lease
+                c.heap_key = key = next(self._keys)
+                heappush(q.lease_heap, (c.deadline, key, c))
+        return results
+
+
+class ChargesReleases(MemoryStore):
+    """A release keeps the attempt counted: stopping consumers use up attempts."""
+
+    def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        results = super().release(receipts)
+        for r, ok in zip(receipts, results, strict=True):
+            q = self._queue(r.topic, r.group)
+            if ok and q is not None:
+                q.copies[r.event_id].attempts += 1
+        return results
+
+
+class ForgetsExpiries(MemoryStore):
+    """An expired event goes out with others, unmarked: a poison event takes its batch."""
+
+    def _reap(self, q: _Queue, now: float) -> None:
+        super()._reap(q, now)
+        for c in q.ready:
+            c.suspect = False
+
+
+class IsolatesWithCompany(MemoryStore):
+    """An expired event is marked, but handed out together with the events behind it."""
+
+    def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        msgs = super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+        if len(msgs) == 1 and msgs[0].isolated and max_count > 1:
+            msgs += super().claim(
+                group, topics, max_count=max_count - 1, lease=lease, max_attempts=max_attempts
+            )
+        return msgs
+
+
 BROKEN: dict[type[MemoryStore], str] = {
     AcksStaleReceipts: "test_expired_receipt_is_stale_before_anyone_reclaims",
     DropsRedeliveries: "test_expired_lease_returns_to_front_with_attempt_counted",
@@ -144,6 +204,10 @@ BROKEN: dict[type[MemoryStore], str] = {
     AckLeaksAcrossGroups: "test_fan_out_gives_each_group_its_own_copy",
     IgnoresDelays: "test_nack_with_delay_waits_until_due",
     DeliversTwice: "test_competing_consumers_get_different_events",
+    ShortensLeases: "test_extend_never_shortens",
+    ChargesReleases: "test_releases_never_use_up_attempts",
+    ForgetsExpiries: "test_an_expired_event_comes_out_alone",
+    IsolatesWithCompany: "test_a_claim_stops_before_an_expired_event",
 }
 """Each broken store, and one conformance test that must fail on it."""
 

@@ -48,6 +48,8 @@ class ModelCopy:
     error: str | None = None
     reason: str = ""
     died_at: float = 0.0
+    suspect: bool = False
+    """Its last lease expired, and no delivery of it was nacked since: it goes out alone."""
 
 
 @dataclass
@@ -79,6 +81,10 @@ class GroupModel:
     def front(self) -> set[str]:
         """The events a claim may take next: the first non-empty block."""
         return next((b for b in self.blocks if b), set())
+
+    def suspect_in_front(self) -> bool:
+        """Whether a claim may stop here: it reached an event that must go out alone."""
+        return any(self.copies[i].suspect for i in self.front())
 
 
 class DeliveryModel:
@@ -138,6 +144,8 @@ class DeliveryModel:
             return
         for c in g.copies.values():
             if c.state in (State.LEASED, State.DELAYED) and c.deadline <= now:
+                if c.state is State.LEASED:
+                    c.suspect = True
                 c.state = State.READY
                 c.receipt = None
                 g.blocks[0].add(c.event_id)
@@ -189,6 +197,12 @@ class DeliveryModel:
         order = [index[i] for i, _, _ in leased]
         if order != sorted(order):
             problems.append(f"{topic}/{group}: claim returned events out of queue order")
+        suspects = [i for i, _, _ in leased if g.copies[i].suspect]
+        if suspects and len(leased) > 1:
+            problems.append(
+                f"{topic}/{group}: {suspects[0]}, whose lease expired, was handed out with "
+                f"other events (invariant 11)"
+            )
         for event_id in died:
             c = g.copies[event_id]
             if c.attempts < max_attempts:
@@ -246,6 +260,7 @@ class DeliveryModel:
         if error is not None:
             c.error = error
         c.receipt = None
+        c.suspect = False
         if delay > 0:
             c.state, c.deadline = State.DELAYED, now + delay
         else:
@@ -254,11 +269,20 @@ class DeliveryModel:
         return True
 
     def extend(self, receipt: Receipt, now: float, lease: float) -> bool:
-        """A live lease now ends ``lease`` seconds from ``now``."""
+        """A live lease now ends ``lease`` seconds from ``now``, or later if it did already."""
         c = self.live(receipt, now)
         if c is None:
             return False
-        c.deadline = now + lease
+        c.deadline = max(c.deadline, now + lease)
+        return True
+
+    def release(self, receipt: Receipt, now: float) -> bool:
+        """LEASED -> READY (front), the attempt of this delivery uncounted."""
+        c = self.live(receipt, now)
+        if c is None:
+            return False
+        c.state, c.receipt, c.attempts = State.READY, None, c.attempts - 1
+        self._group_of(receipt).blocks[0].add(c.event_id)
         return True
 
     def kill(self, receipt: Receipt, now: float, reason: str, error: str | None) -> bool:
@@ -279,7 +303,7 @@ class DeliveryModel:
         chosen = [i for i in g.dead if event_ids is None or i in event_ids]
         for event_id in chosen:
             c = g.copies[event_id]
-            c.state, c.attempts, c.error, c.reason = State.READY, 0, None, ""
+            c.state, c.attempts, c.error, c.reason, c.suspect = State.READY, 0, None, "", False
             g.dead.remove(event_id)
         if chosen:
             g.blocks.append(set(chosen))

@@ -62,6 +62,8 @@ GROUPS = ("billing", "shipping", "audit")
 EVENT_IDS = tuple(f"e{i}" for i in range(8))
 """A small pool, so that ids are often republished while held, and after being done."""
 LEASES = (1.5, 4.5, 10.5, 30.5)
+EXTENSIONS = (0.5, 1.5, 1.5, 30.5)
+"""Mostly shorter than the lease: an extend must never end a lease sooner."""
 DELAYS = (0.0, 0.5, 2.5)
 ERRORS = (None, "ValueError: a", "KeyError: b")
 LATE = st.sampled_from([0, 0, 0, 0, 2, 5])
@@ -197,12 +199,20 @@ class TransportStateMachine(RuleBasedStateMachine):
             )
         strays = [m for m in msgs if m.topic not in topics]
         assert not strays, f"claim returned events of topics not asked for: {strays}"
+        isolated = [m.event_id for m in msgs if m.isolated]
+        if isolated and len(msgs) > 1:
+            problems.append(f"isolated {isolated[0]} handed out with others (invariant 11)")
         assert not problems, "; ".join(problems)
         if len(msgs) < max_count:
+            # A claim may stop early only at an event that must go out alone.
+            models = [g for g in (self.model.group(t, group) for t in topics) if g]
+            stopped_for_suspect = bool(msgs) and (
+                bool(isolated) or any(g.suspect_in_front() for g in models)
+            )
             for topic in topics:
                 g = self.model.group(topic, group)
                 left = g.ready_ids() if g else set()
-                assert not left, (
+                assert stopped_for_suspect or not left, (
                     f"{topic}/{group}: claim returned {len(msgs)} < max_count={max_count} "
                     f"while {sorted(left)} stay READY (progress, invariant 4)"
                 )
@@ -225,6 +235,11 @@ class TransportStateMachine(RuleBasedStateMachine):
                     f"{m.topic}/{group}: {m.event_id} attempt {m.attempt}, "
                     f"model says {c.attempts + 1} (invariant 6)"
                 )
+            if m.isolated != c.suspect:
+                problems.append(
+                    f"{m.topic}/{group}: {m.event_id} isolated={m.isolated}, but its last "
+                    f"lease {'expired' if c.suspect else 'did not expire'} (invariant 11)"
+                )
             if m.group != group or abs(m.lease_deadline - deadline) > TIME_TOLERANCE:
                 problems.append(f"{m.event_id}: bad receipt group or lease deadline: {m}")
         return problems
@@ -234,12 +249,12 @@ class TransportStateMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.seen))
     @rule(
-        action=st.sampled_from(["ack", "ack", "nack", "extend", "kill"]),
+        action=st.sampled_from(["ack", "ack", "nack", "extend", "kill", "release"]),
         picks=st.lists(PICK, min_size=1, max_size=3),
         from_seen=FROM_SEEN,
         late=LATE,
         delay=st.sampled_from(DELAYS),
-        lease=st.sampled_from(LEASES),
+        lease=st.sampled_from(EXTENSIONS),
         reason=st.sampled_from(["handler", "undecodable"]),
         error=st.sampled_from(ERRORS),
     )
@@ -254,7 +269,7 @@ class TransportStateMachine(RuleBasedStateMachine):
         reason: str,
         error: str | None,
     ) -> None:
-        """A consumer acks or extends a batch of receipts, or nacks or kills one.
+        """A consumer acks, extends or releases a batch of receipts, or nacks or kills one.
 
         The clock first moves ``late`` seconds with no look at the store in between, so a
         lease may have expired without anyone having noticed: its receipt is stale all
@@ -271,6 +286,9 @@ class TransportStateMachine(RuleBasedStateMachine):
         elif action == "extend":
             got = self.run(self.transport.extend(receipts, lease))
             expected = [self.model.extend(r, now, lease) for r in receipts]
+        elif action == "release":
+            got = self.run(self.transport.release(receipts))
+            expected = [self.model.release(r, now) for r in receipts]
         elif action == "nack":
             got = [self.run(self.transport.nack(receipts[0], delay=delay, error=error))]
             expected = [self.model.nack(receipts[0], now, delay, error)]
@@ -283,6 +301,22 @@ class TransportStateMachine(RuleBasedStateMachine):
                 self.held.remove(r)
             if action == "extend" and live:
                 self.held.append(r)
+
+    @precondition(lambda self: bool(self.held))
+    @rule(picks=st.lists(PICK, min_size=1, max_size=3), lease=st.sampled_from(EXTENSIONS))
+    def renew(self, picks: list[int], lease: float) -> None:
+        """A running consumer renews leases it holds, often asking for less than is left.
+
+        Renewals never end a lease sooner (fencing): the model keeps the later deadline.
+        """
+        receipts = list(dict.fromkeys(self._pick(i, False) for i in picks))
+        now = self.clock.now()
+        got = self.run(self.transport.extend(receipts, lease))
+        expected = [self.model.extend(r, now, lease) for r in receipts]
+        assert got == expected, f"extend returned {got}, model says {expected} for {receipts}"
+        for r, live in zip(receipts, expected, strict=True):
+            if not live:
+                self.held.remove(r)
 
     @rule(seconds=st.integers(0, 3))
     def advance(self, seconds: int) -> None:

@@ -21,12 +21,14 @@ from broker_core.testing.conformance.ack import AckConformance
 from broker_core.testing.conformance.base import ConformanceBase
 from broker_core.testing.conformance.claim import ClaimConformance
 from broker_core.testing.conformance.dead_letters import DeadLetterConformance
+from broker_core.testing.conformance.isolation import IsolationConformance
 from broker_core.testing.conformance.leases import LeaseConformance
 from broker_core.testing.conformance.lifecycle import LifecycleConformance
 from broker_core.testing.conformance.nack import NackConformance
 from broker_core.testing.conformance.names import BAD_NAMES, NameConformance
 from broker_core.testing.conformance.progress import ProgressConformance
 from broker_core.testing.conformance.publish import PublishConformance
+from broker_core.testing.conformance.release import ReleaseConformance
 from broker_core.testing.conformance.state_machine import StateMachineConformance
 
 __all__ = [
@@ -35,12 +37,14 @@ __all__ = [
     "ClaimConformance",
     "ConformanceBase",
     "DeadLetterConformance",
+    "IsolationConformance",
     "LeaseConformance",
     "LifecycleConformance",
     "NackConformance",
     "NameConformance",
     "ProgressConformance",
     "PublishConformance",
+    "ReleaseConformance",
     "StateMachineConformance",
     "TransportConformance",
 ]
@@ -52,6 +56,8 @@ class TransportConformance(
     NameConformance,
     ProgressConformance,
     DeadLetterConformance,
+    IsolationConformance,
+    ReleaseConformance,
     NackConformance,
     LeaseConformance,
     AckConformance,

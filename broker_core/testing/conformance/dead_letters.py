@@ -6,6 +6,7 @@ import pytest
 
 from broker_core.testing.conformance.base import ConformanceBase, G, T, _counts
 from broker_core.testing.harness import Harness, body_of
+from broker_core.text import safe_text
 
 __all__ = ["DeadLetterConformance"]
 
@@ -15,8 +16,8 @@ class DeadLetterConformance(ConformanceBase):
 
     Covers attempts counted by every delivery (expiry, nack, delayed nack), an exhausted
     event dying at claim with its last error while claim goes on, the fields and death
-    order of dead letters, replay to the back with attempts reset (all or by ids), and
-    purge (all or by ids).
+    order of dead letters, reasons and errors stored as valid UTF-8 whatever they held,
+    replay to the back with attempts reset (all or by ids), and purge (all or by ids).
     """
 
     # -- attempts and dead letters ----------------------------------------------------------
@@ -141,7 +142,8 @@ class DeadLetterConformance(ConformanceBase):
         await harness.publish(T, "e1", "e2", "e3")
         await harness.claim(G, T, max_count=2, lease=1.5)
         harness.clock.advance(2)  # expired: replay must reset these attempts too
-        a, b = await harness.claim(G, T, max_count=2)
+        [a] = await harness.claim(G, T, max_count=2)
+        [b] = await harness.claim(G, T, max_count=2)
         assert await tr.kill(b.receipt, reason="handler")
         assert await tr.kill(a.receipt, reason="handler")
         assert await tr.replay_dead(T, G) == 2
@@ -150,7 +152,7 @@ class DeadLetterConformance(ConformanceBase):
         ms = await harness.claim(G, T, max_count=10)
         assert ms[0].event_id == "e3"
         assert sorted(m.event_id for m in ms[1:]) == ["e1", "e2"]
-        assert [m.attempt for m in ms] == [1, 1, 1]
+        assert [(m.attempt, m.isolated) for m in ms] == [(1, False)] * 3
         assert [m.body for m in ms[1:]] == [body_of(m.event_id) for m in ms[1:]]
 
     @pytest.mark.asyncio
@@ -183,6 +185,27 @@ class DeadLetterConformance(ConformanceBase):
         assert await harness.claim(G, T, max_attempts=2) == []
         [dl] = await tr.dead_letters(T, G)
         assert (dl.reason, dl.attempts) == ("max_attempts", 2)
+
+    @pytest.mark.asyncio
+    async def test_text_that_is_not_utf8_never_breaks_dead_letters(self, harness: Harness) -> None:
+        # Lone surrogates: what os.fsdecode makes of a bad file name, in an error message.
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await harness.publish(T, "e1", "e2", "e3")
+        a, b, c = await harness.claim(G, T, max_count=3)
+        assert await tr.kill(a.receipt, reason="handler", error="OSError: bad name '\udcff'")
+        assert await tr.nack(b.receipt, error="ValueError: \ud800")
+        assert await tr.kill(c.receipt, reason="gave up \ud800")
+        [b] = await harness.claim(G, T)
+        assert await tr.kill(b.receipt, reason="handler")
+        letters = {d.event_id: d for d in await tr.dead_letters(T, G)}
+        assert set(letters) == {"e1", "e2", "e3"}
+        for d in letters.values():
+            for text in (d.reason, d.error or ""):
+                text.encode("utf-8")  # valid UTF-8: lone surrogates were escaped
+        assert letters["e1"].error == safe_text("OSError: bad name '\udcff'")
+        assert letters["e2"].error == safe_text("ValueError: \ud800")
+        assert letters["e3"].reason == safe_text("gave up \ud800")
 
     @pytest.mark.asyncio
     async def test_purge_dead(self, harness: Harness) -> None:

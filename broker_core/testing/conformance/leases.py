@@ -15,8 +15,8 @@ class LeaseConformance(ConformanceBase):
     """Lease expiry (LEASED -> READY at the front, attempt counted), extend, and fencing.
 
     Covers a lease holding exactly until its deadline, expiries noticed by claim alone and
-    going before first deliveries (invariant 5), extend lengthening or shortening a lease,
-    and fencing (invariant 3): a receipt that is expired, superseded, finished or forged
+    going before first deliveries (invariant 5), extend lengthening but never shortening
+    a lease, and fencing (invariant 3): a receipt that is expired, superseded, finished or forged
     is refused by ack, nack, extend and kill and changes nothing.
     """
 
@@ -40,8 +40,13 @@ class LeaseConformance(ConformanceBase):
         await harness.claim(G, T, lease=2.5)
         harness.clock.advance(3)
         assert _counts(await harness.transport.stats(T, G)) == (3, 0, 0, 0)
+        [m] = await harness.claim(G, T, max_count=10)  # an expired event comes out alone
+        assert (m.event_id, m.attempt, m.isolated) == ("e1", 2, True)
         ms = await harness.claim(G, T, max_count=10)
-        assert [(m.event_id, m.attempt) for m in ms] == [("e1", 2), ("e2", 1), ("e3", 1)]
+        assert [(m.event_id, m.attempt, m.isolated) for m in ms] == [
+            ("e2", 1, False),
+            ("e3", 1, False),
+        ]
 
     @pytest.mark.asyncio
     async def test_expiry_is_noticed_by_claim_without_stats(self, harness: Harness) -> None:
@@ -58,10 +63,15 @@ class LeaseConformance(ConformanceBase):
         await harness.publish(T, "e1", "e2", "e3", "e4")
         await harness.claim(G, T, max_count=2, lease=1.5)
         harness.clock.advance(2)
+        # Each expired event comes out alone, and both before the first deliveries.
+        [x] = await harness.claim(G, T, max_count=10)
+        [y] = await harness.claim(G, T, max_count=10)
+        assert sorted((m.event_id, m.attempt, m.isolated) for m in (x, y)) == [
+            ("e1", 2, True),
+            ("e2", 2, True),
+        ]
         ms = await harness.claim(G, T, max_count=10)
-        assert sorted(m.event_id for m in ms[:2]) == ["e1", "e2"]
-        assert [m.attempt for m in ms[:2]] == [2, 2]
-        assert [(m.event_id, m.attempt) for m in ms[2:]] == [("e3", 1), ("e4", 1)]
+        assert [(m.event_id, m.attempt) for m in ms] == [("e3", 1), ("e4", 1)]
 
     # -- extend -------------------------------------------------------------------------
 
@@ -91,13 +101,17 @@ class LeaseConformance(ConformanceBase):
         assert (m.event_id, m.attempt) == ("e1", 2)
 
     @pytest.mark.asyncio
-    async def test_extend_can_shorten(self, harness: Harness) -> None:
+    async def test_extend_never_shortens(self, harness: Harness) -> None:
+        # A consumer's own idea of its lease must never outlive the store's (fencing).
         tr = harness.transport
         await tr.subscribe(T, G)
         await harness.publish(T, "e1")
         [a] = await harness.claim(G, T, lease=20.5)
         assert await tr.extend([a.receipt], 1.5) == [True]
         harness.clock.advance(2)
+        assert _counts(await tr.stats(T, G)) == (0, 1, 0, 0)
+        assert await harness.claim(G, T) == []
+        harness.clock.advance(19)  # past the original deadline
         assert _counts(await tr.stats(T, G)) == (1, 0, 0, 0)
 
     # -- fencing ------------------------------------------------------------------------
@@ -121,8 +135,8 @@ class LeaseConformance(ConformanceBase):
         await self._assert_all_refused(harness, a.receipt)
         assert _counts(await tr.stats(T, G)) == (2, 0, 0, 0)
         assert await tr.dead_letters(T, G) == []
-        ms = await harness.claim(G, T, max_count=10)
-        assert [(m.event_id, m.attempt) for m in ms] == [("e1", 2), ("e2", 1)]
+        assert [(m.event_id, m.attempt) for m in await harness.claim(G, T)] == [("e1", 2)]
+        assert [(m.event_id, m.attempt) for m in await harness.claim(G, T)] == [("e2", 1)]
 
     @pytest.mark.asyncio
     async def test_receipt_is_stale_after_another_consumer_reclaims(self, harness: Harness) -> None:
@@ -186,7 +200,8 @@ class LeaseConformance(ConformanceBase):
         await harness.publish(T, "e1", "e2")
         [old] = await harness.claim(G, T, lease=1.5)
         harness.clock.advance(2)
-        again, other = await harness.claim(G, T, max_count=2, lease=5.5)
+        [again] = await harness.claim(G, T, max_count=2, lease=5.5)
+        [other] = await harness.claim(G, T, max_count=2, lease=5.5)
         assert (again.event_id, other.event_id) == ("e1", "e2")
         receipts = [old.receipt, again.receipt, other.receipt]
         assert await tr.extend(receipts, 9.5) == [False, True, True]
