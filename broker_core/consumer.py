@@ -6,6 +6,19 @@ handlers travel together in one call), failure is retried by the handler's retry
 or dead-lettered, an undecodable body is dead-lettered at once. One renewal task extends
 the leases of all running deliveries in one call per period, so a slow handler keeps its
 event while its process lives, and a crashed process's leases simply expire.
+
+An event whose previous lease expired (``Message.isolated``) may be what crashed its
+last consumer: it runs alone, after the handlers already running have finished and with
+no other claim meanwhile, so that a crash it causes again charges no other event an
+attempt. Events given back because the consumer stops are released with their attempt
+uncounted.
+
+Failures of the transport follow one rule everywhere: the consumer never dies of them.
+A :class:`~broker_core.errors.TransportError` is an outage and is logged as a warning
+with its message; any other exception is a bug of the transport and is logged as an
+error with its traceback. Either way a failed claim or wait is tried again after a
+pause, and an event whose ack, retry, renewal or release failed returns to the group
+when its lease expires.
 """
 
 from __future__ import annotations
@@ -14,7 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 from broker_core.codec import DecodeError, decode
 from broker_core.delivery import Delivery
@@ -23,6 +37,7 @@ from broker_core.events import Event
 from broker_core.handlers import Router
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions
+from broker_core.text import safe_text
 from broker_core.transport import Message, Receipt, Transport
 
 __all__ = ["Consumer"]
@@ -31,6 +46,55 @@ log = logging.getLogger("broker.consumer")
 
 _TRANSPORT_RETRY_DELAY = 0.5
 """Seconds to wait before claiming again after the transport failed."""
+
+_GIVE_BACK_TIMEOUT = 5.0
+"""Longest wait, when stopping, for the events not handled to be given back; past it
+(the store is unreachable) they return to the group when their leases expire."""
+
+
+def _log_failure(what: str, exc: BaseException, then: str) -> None:
+    """Log a failed transport call by the one rule of the module docstring.
+
+    ``then`` says what happens next, e.g. "retrying in 0.5s".
+    """
+    if isinstance(exc, TransportError):
+        log.warning("%s failed; %s: %s", what, then, exc)
+    else:
+        log.error(
+            "%s failed with an unexpected error (a bug in the transport?); %s",
+            what,
+            then,
+            exc_info=exc,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of a handler's exception, as text any store can hold."""
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ fails still gets recorded
+        message = "<unprintable>"
+    return safe_text(f"{type(exc).__name__}: {message}")
+
+
+@dataclass
+class _Run:
+    """What one :meth:`Consumer.run` holds while it lasts."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    acks_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: dict[Receipt, asyncio.Task[None]] = field(default_factory=dict)
+    """The task of each claimed event while it runs. A task cancelled before it started
+    never removes itself: its event was claimed but never handled."""
+    cancelled: list[Receipt] = field(default_factory=list)
+    """Events whose handlers were cancelled by the shutdown: to be given back."""
+    isolated: Receipt | None = None
+    """The isolated event being run alone; no claim is made meanwhile."""
+    waiting: asyncio.Future[bool] | None = None
+    aborted: bool = False
+    acks_closing: bool = False
 
 
 class Consumer:
@@ -43,20 +107,13 @@ class Consumer:
         self._group = group
         self._router = router
         self._options = options
-        # The task of each claimed event while it runs. A task cancelled before it
-        # started never removes itself: its event was claimed but never handled.
-        self._tasks: dict[Receipt, asyncio.Task[None]] = {}
+        self._run: _Run | None = None
         # Deliveries whose leases are renewed: running, or handled and waiting for the ack.
         self._deliveries: dict[Receipt, Delivery[Event]] = {}
         self._acks: list[Receipt] = []
-        self._acks_queued: asyncio.Event | None = None
-        self._acks_closing = False
-        self._slot_freed: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
-        self._stopped: asyncio.Event | None = None
-        self._waiting: asyncio.Future[bool] | None = None
-        self._aborted = False
-        self._running = False
+        # Receipts whose ack is queued or on the wire: the ack's answer, not a renewal's,
+        # says whether their lease was lost.
+        self._acking: set[Receipt] = set()
         self._renewers = 0
         self._renewal: asyncio.Task[None] | None = None
         self._rotation = 0
@@ -66,71 +123,75 @@ class Consumer:
     @property
     def running(self) -> bool:
         """Whether :meth:`run` is in progress."""
-        return self._running
+        return self._run is not None
 
     async def pick(self, topics: list[str]) -> bool:
-        """Claim at most one event of ``topics``, handle and settle it; False if none."""
+        """Claim at most one event of ``topics``, handle and settle it; False if none.
+
+        A failing claim raises, as it does for any direct call to the transport.
+        """
         claimed_at = time.monotonic()
         messages = await self._claim(topics, 1)
         if not messages:
             return False
         async with self._renewing():
-            await self._process(messages[0], claimed_at)
+            try:
+                await self._process(messages[0], claimed_at)
+            except asyncio.CancelledError:
+                await self._give_back([messages[0].receipt])
+                raise
             await self._flush_acks()
         return True
 
     async def run(self, topics: list[str]) -> None:
         """Consume ``topics`` until :meth:`stop`, :meth:`abort` or cancellation."""
-        if self._running:
+        if self._run is not None:
             raise RuntimeError("this broker is already running")
-        self._running = True
-        self._aborted = False
-        self._acks_closing = False
-        self._stop = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._slot_freed = asyncio.Event()
-        self._acks_queued = asyncio.Event()
-        acker = asyncio.create_task(self._ack_loop(), name="broker-acks")
+        run = self._run = _Run()
+        acker = asyncio.create_task(self._ack_loop(run), name="broker-acks")
         try:
             # Leases stay renewed until the last ack is sent, through the grace period.
             async with self._renewing():
                 grace = self._options.shutdown_grace
                 try:
-                    await self._claim_loop(topics)
+                    await self._claim_loop(run, topics)
                 except asyncio.CancelledError:
                     grace = 0.0
                     raise
                 finally:
                     try:
-                        await self._shut_down(grace)
+                        await self._shut_down(run, grace)
                     finally:
-                        await self._close_acks(acker)
+                        await self._close_acks(run, acker)
         finally:
-            self._running = False
-            self._aborted = False
-            self._stopped.set()
+            self._run = None
+            run.stopped.set()
 
     def stop(self) -> None:
         """Stop claiming; running handlers get the shutdown grace period to finish."""
-        for event in (self._stop, self._slot_freed):
-            if event is not None:
-                event.set()
-        if self._waiting is not None:
-            self._waiting.cancel()
+        run = self._run
+        if run is None:
+            return
+        run.stop.set()
+        run.slot_freed.set()
+        if run.waiting is not None:
+            run.waiting.cancel()
 
     def abort(self) -> None:
         """Stop at once as a crashed process would: nothing is acked or given back."""
-        self._aborted = True
-        self.stop()
+        if self._run is not None:
+            self._run.aborted = True
+            self.stop()
 
     def runs_handler(self, task: asyncio.Task[object] | None) -> bool:
         """Whether ``task`` is one of the tasks running this consumer's handlers."""
-        return task is not None and any(task is t for t in self._tasks.values())
+        run = self._run
+        return run is not None and task is not None and any(task is t for t in run.tasks.values())
 
     async def wait_stopped(self) -> None:
         """Return once a running :meth:`run` has finished (at once if none runs)."""
-        if self._running and self._stopped is not None:
-            await self._stopped.wait()
+        if self._run is not None:
+            await self._run.stopped.wait()
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -146,9 +207,8 @@ class Consumer:
             max_attempts=self._router.max_attempts(topics),
         )
 
-    async def _claim_loop(self, topics: list[str]) -> None:
-        assert self._stop is not None and self._slot_freed is not None
-        stop, slot_freed, tasks = self._stop, self._slot_freed, self._tasks
+    async def _claim_loop(self, run: _Run, topics: list[str]) -> None:
+        stop, slot_freed, tasks = run.stop, run.slot_freed, run.tasks
         concurrency = self._options.concurrency
         # One claim asks for at most half the slots, so that while the handlers of one
         # batch run, the claim of the next is already on its way (with a remote store,
@@ -158,7 +218,7 @@ class Consumer:
         run_claimed = self._run_claimed
         while not stop.is_set():
             free = concurrency - len(tasks)
-            if free <= 0:
+            if free <= 0 or run.isolated is not None:
                 await slot_freed.wait()
                 slot_freed.clear()
                 continue
@@ -167,45 +227,67 @@ class Consumer:
                 claimed_at = time.monotonic()
                 messages = await self._claim(topics, ask)
                 if not messages:
-                    await self._idle(topics)
+                    await self._idle(run, topics)
                     continue
-            except TransportError as exc:
-                log.warning("claim failed, retrying in %.1fs: %s", _TRANSPORT_RETRY_DELAY, exc)
-                await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
+            except Exception as exc:
+                _log_failure("claim", exc, f"retrying in {_TRANSPORT_RETRY_DELAY}s")
+                await self._sleep_unless_stopped(run, _TRANSPORT_RETRY_DELAY)
                 continue
             for message in messages:
+                if message.isolated:
+                    run.isolated = message.receipt
                 # One task per event: each handler has its own task and context, as if
                 # the application had started it.
-                tasks[message.receipt] = create_task(run_claimed(message, claimed_at))
+                tasks[message.receipt] = create_task(run_claimed(run, message, claimed_at))
             if len(messages) < ask:
                 # The queue is (nearly) empty: let these handlers start before the next
                 # claim goes out, rather than after it (latency). A full claim goes on at
                 # once instead, so that it overlaps with the handlers (throughput).
                 await asyncio.sleep(0)
 
-    async def _run_claimed(self, message: Message, claimed_at: float) -> None:
+    async def _run_claimed(self, run: _Run, message: Message, claimed_at: float) -> None:
         """The task of one claimed event: process it, then give its slot back."""
+        receipt = message.receipt
         try:
+            if message.isolated:
+                await self._others_done(run, receipt)
             await self._process(message, claimed_at)
+        except asyncio.CancelledError:
+            run.cancelled.append(receipt)
+            raise
         finally:
             # Here rather than in a done-callback, which costs one more trip through the
             # event loop per event.
-            self._tasks.pop(message.receipt, None)
-            if self._slot_freed is not None:
-                self._slot_freed.set()
+            run.tasks.pop(receipt, None)
+            if run.isolated == receipt:
+                run.isolated = None
+            run.slot_freed.set()
 
-    async def _idle(self, topics: list[str]) -> None:
+    async def _others_done(self, run: _Run, receipt: Receipt) -> None:
+        """Wait until every other handler of this run has finished (its lease renewed)."""
+        others = [t for r, t in run.tasks.items() if r != receipt]
+        if others:
+            log.info(
+                "event %s (%s/%s) lost its last lease; it runs alone once %d running "
+                "handlers finish",
+                receipt.event_id,
+                receipt.topic,
+                receipt.group,
+                len(others),
+            )
+            await asyncio.wait(others)
+
+    async def _idle(self, run: _Run, topics: list[str]) -> None:
         """Wait for work, a stop, or the poll interval, whichever comes first.
 
         :meth:`stop` cancels the wait, so one task waits, not two.
         """
-        assert self._stop is not None
-        if self._stop.is_set():
+        if run.stop.is_set():
             return
         waiting = asyncio.ensure_future(
             self._transport.wait(self._group, topics, self._options.poll_interval)
         )
-        self._waiting = waiting
+        run.waiting = waiting
         try:
             await waiting
         except asyncio.CancelledError:
@@ -213,20 +295,16 @@ class Consumer:
             if waiting.cancelled() and task is not None and not task.cancelling():
                 return  # stop() cancelled the wait, not someone cancelling run()
             raise
-        except TransportError as exc:
-            log.warning("waiting for events failed: %s", exc)
-            await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
-        except Exception:
-            # A transport's bug, not an outage: say so, and do not turn it into a busy loop.
-            log.exception("the transport's wait() failed")
-            await self._sleep_unless_stopped(_TRANSPORT_RETRY_DELAY)
+        except Exception as exc:
+            # Not a busy loop either way: pause before claiming again.
+            _log_failure("waiting for events", exc, f"claiming in {_TRANSPORT_RETRY_DELAY}s")
+            await self._sleep_unless_stopped(run, _TRANSPORT_RETRY_DELAY)
         finally:
-            self._waiting = None
+            run.waiting = None
 
-    async def _sleep_unless_stopped(self, seconds: float) -> None:
-        assert self._stop is not None
+    async def _sleep_unless_stopped(self, run: _Run, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            await asyncio.wait_for(run.stop.wait(), seconds)
 
     # -- handling ------------------------------------------------------------------------
 
@@ -238,13 +316,12 @@ class Consumer:
         """
         try:
             await self._handle(message, claimed_at)
-        except TransportError as exc:
-            log.warning(
-                "could not settle event %s (%s/%s); it returns when its lease expires: %s",
-                message.event_id,
-                message.topic,
-                message.group,
+        except Exception as exc:
+            # Handlers' own exceptions are settled in _handle: this is the transport's.
+            _log_failure(
+                f"settling event {message.event_id} ({message.topic}/{message.group})",
                 exc,
+                "it returns when its lease expires",
             )
 
     async def _handle(self, message: Message, claimed_at: float) -> None:
@@ -253,7 +330,7 @@ class Consumer:
             event = decode(message.body, self._router.types)
         except DecodeError as exc:
             log.error("dead-lettering undecodable event %s: %s", message.event_id, exc)
-            await self._transport.kill(receipt, reason="undecodable", error=str(exc))
+            await self._transport.kill(receipt, reason="undecodable", error=safe_text(str(exc)))
             return
         route = self._router.route(receipt.topic, event)
         if route is None:
@@ -272,25 +349,26 @@ class Consumer:
         try:
             await route.invoke(event, delivery)
         except asyncio.CancelledError:
+            # Shut down before the handler finished: the caller gives the event back.
             self._deliveries.pop(receipt, None)
-            if not self._aborted:
-                # Shut down before the handler finished: give the event back at once.
-                await asyncio.shield(self._transport.nack(receipt, error="consumer stopped"))
             raise
         except Exception as exc:
             self._deliveries.pop(receipt, None)
-            if not self._aborted:
+            if not self._aborted():
                 await self._fail(delivery, route.retry, exc)
         else:
-            if self._aborted:
+            if self._aborted():
                 # A plain-function handler that outlived an abort: a crashed process
                 # would not have acked it either.
                 self._deliveries.pop(receipt, None)
             else:
                 self._queue_ack(receipt)
 
+    def _aborted(self) -> bool:
+        return self._run is not None and self._run.aborted
+
     async def _fail(self, delivery: Delivery[Event], retry: RetryPolicy, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        error = _describe(exc)
         if delivery.lease_lost:
             log.warning("handler failed after its lease was lost (%s): %s", delivery, error)
             return
@@ -310,31 +388,31 @@ class Consumer:
 
     def _queue_ack(self, receipt: Receipt) -> None:
         self._acks.append(receipt)
-        if self._acks_queued is not None:
-            self._acks_queued.set()
+        self._acking.add(receipt)
+        if self._run is not None:
+            self._run.acks_queued.set()
 
-    async def _ack_loop(self) -> None:
+    async def _ack_loop(self, run: _Run) -> None:
         # Acks queued while one batch is on the wire go together in the next call.
-        assert self._acks_queued is not None
         while True:
-            await self._acks_queued.wait()
-            self._acks_queued.clear()
+            await run.acks_queued.wait()
+            run.acks_queued.clear()
             await self._flush_acks()
-            if self._acks_closing and not self._acks:
+            if run.acks_closing and not self._acks:
                 return
 
-    async def _close_acks(self, acker: asyncio.Task[None]) -> None:
+    async def _close_acks(self, run: _Run, acker: asyncio.Task[None]) -> None:
         """Let the ack loop send what is queued (and on the wire), then end it."""
-        assert self._acks_queued is not None
-        if self._aborted:
+        if run.aborted:
             # A crashed process sends nothing: these events will be redelivered.
             acker.cancel()
             await asyncio.gather(acker, return_exceptions=True)
             self._acks.clear()
+            self._acking.clear()
             self._deliveries.clear()
             return
-        self._acks_closing = True
-        self._acks_queued.set()
+        run.acks_closing = True
+        run.acks_queued.set()
         await acker
 
     async def _flush_acks(self) -> None:
@@ -345,9 +423,10 @@ class Consumer:
             results = await self._transport.ack(batch)
         except Exception as exc:
             # Any failure, not only an outage: the loop must go on acking later events.
-            log.warning("%d acks failed; those events will be redelivered: %s", len(batch), exc)
+            _log_failure(f"acking {len(batch)} events", exc, "they will be redelivered")
             results = [True] * len(batch)
         for receipt, acked in zip(batch, results, strict=True):
+            self._acking.discard(receipt)
             delivery = self._deliveries.pop(receipt, None)
             if not acked:
                 log.warning(
@@ -388,7 +467,7 @@ class Consumer:
                 results = await self._transport.extend(receipts, lease)
             except Exception as exc:
                 # Deliveries notice by themselves once their leases run out unrenewed.
-                log.warning("lease renewal failed: %s", exc)
+                _log_failure("lease renewal", exc, "trying again next period")
                 continue
             for receipt, renewed in zip(receipts, results, strict=True):
                 delivery = self._deliveries.get(receipt)
@@ -396,32 +475,41 @@ class Consumer:
                     continue
                 if renewed:
                     delivery.renewed(asked_at + lease)
-                else:
+                elif receipt not in self._acking:
+                    # (An ack that overtook this renewal also makes it fail: the ack's
+                    # answer tells, when it comes.)
                     log.warning("lost the lease of %s", delivery)
                     delivery.mark_lease_lost()
 
     # -- stopping ------------------------------------------------------------------------
 
-    async def _shut_down(self, grace: float) -> None:
+    async def _shut_down(self, run: _Run, grace: float) -> None:
         try:
-            if self._tasks and not self._aborted and grace > 0:
-                await asyncio.wait(set(self._tasks.values()), timeout=grace)
+            if run.tasks and not run.aborted and grace > 0:
+                await asyncio.wait(set(run.tasks.values()), timeout=grace)
         finally:
             # Also when run() is cancelled during the grace period: no handler may go on
             # running once its lease stops being renewed.
-            await self._end_tasks()
+            await self._end_tasks(run)
 
-    async def _end_tasks(self) -> None:
-        tasks = list(self._tasks.values())
+    async def _end_tasks(self, run: _Run) -> None:
+        tasks = list(run.tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        never_started = list(self._tasks)
-        self._tasks.clear()
-        if self._aborted:
+        # Tasks cancelled before they started never removed themselves.
+        unhandled = [*run.cancelled, *run.tasks]
+        run.tasks.clear()
+        run.cancelled.clear()
+        if not run.aborted:
+            await self._give_back(unhandled)
+
+    async def _give_back(self, receipts: Sequence[Receipt]) -> None:
+        """Release events this consumer will not handle, in one call, under a deadline."""
+        if not receipts:
             return
-        for receipt in never_started:
-            try:
-                await self._transport.nack(receipt, error="consumer stopped")
-            except TransportError as exc:
-                log.warning("could not give back event %s: %s", receipt.event_id, exc)
+        try:
+            async with asyncio.timeout(_GIVE_BACK_TIMEOUT):
+                await self._transport.release(receipts)
+        except Exception as exc:
+            _log_failure(f"giving back {len(receipts)} events", exc, "their leases will expire")
