@@ -82,6 +82,7 @@ class _Run:
     """What one :meth:`Consumer.run` holds while it lasts."""
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     acks_queued: asyncio.Event = field(default_factory=asyncio.Event)
@@ -181,6 +182,7 @@ class Consumer:
         """Stop at once as a crashed process would: nothing is acked or given back."""
         if self._run is not None:
             self._run.aborted = True
+            self._run.abort.set()  # also cuts a shutdown grace in progress short
             self.stop()
 
     def runs_handler(self, task: asyncio.Task[object] | None) -> bool:
@@ -486,7 +488,15 @@ class Consumer:
     async def _shut_down(self, run: _Run, grace: float) -> None:
         try:
             if run.tasks and not run.aborted and grace > 0:
-                await asyncio.wait(set(run.tasks.values()), timeout=grace)
+                handlers = asyncio.ensure_future(asyncio.wait(set(run.tasks.values())))
+                aborting = asyncio.ensure_future(run.abort.wait())
+                try:
+                    await asyncio.wait(
+                        {handlers, aborting}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    handlers.cancel()
+                    aborting.cancel()
         finally:
             # Also when run() is cancelled during the grace period: no handler may go on
             # running once its lease stops being renewed.

@@ -89,7 +89,9 @@ def _is_async(func: Handler) -> bool:
     Also true of a decorator that kept its async function's identity (``functools.wraps``)
     and of an object with ``async def __call__``, which ``iscoroutinefunction`` misses.
     """
-    return any(inspect.iscoroutinefunction(f) for f in (func, inspect.unwrap(func), func.__call__))
+    return any(
+        inspect.iscoroutinefunction(f) for f in (func, inspect.unwrap(func), type(func).__call__)
+    )
 
 
 def _takes_delivery(func: Handler) -> bool:
