@@ -121,6 +121,9 @@ class RedisTransport:
         self._redis: Redis | None = None
         self._blocking: Redis | None = None
         self._scripts: ScriptRunner | None = None
+        # Concurrent connect() calls must build one pair of pools, not one pair each.
+        # (asyncio.Lock binds to the running loop only when first contended.)
+        self._connecting = asyncio.Lock()
         # The groups this process last saw subscribed to each topic: publish passes them
         # to its script, which answers with the real set if they changed.
         self._groups: dict[str, tuple[str, ...]] = {}
@@ -155,22 +158,27 @@ class RedisTransport:
         return pool
 
     async def connect(self) -> None:
-        """Open the connection pools, check the server answers, and load the scripts."""
-        if self._redis is not None:
-            return
-        redis = Redis(connection_pool=self._pool(self._socket_timeout))
-        # A blocking wait lasts up to sweep_interval, so its reads may take that long.
-        blocking = Redis(connection_pool=self._pool(self._sweep_interval + self._socket_timeout))
-        scripts = ScriptRunner(redis, self._error)
-        try:
-            await self._guard("connect", redis.ping())
-            await self._check_version(redis)
-            await scripts.load(load_script(name) for name in SCRIPT_NAMES)
-        except BaseException:
-            await redis.aclose(close_connection_pool=True)
-            await blocking.aclose(close_connection_pool=True)
-            raise
-        self._redis, self._blocking, self._scripts = redis, blocking, scripts
+        """Open the connection pools, check the server answers, and load the scripts.
+
+        Idempotent, also when called concurrently; after a failure it may be called again.
+        """
+        async with self._connecting:
+            if self._redis is not None:
+                return
+            redis = Redis(connection_pool=self._pool(self._socket_timeout))
+            # A blocking wait lasts up to sweep_interval, so its reads may take that long.
+            timeout = self._sweep_interval + self._socket_timeout
+            blocking = Redis(connection_pool=self._pool(timeout))
+            scripts = ScriptRunner(redis, self._error)
+            try:
+                await self._guard("connect", redis.ping())
+                await self._check_version(redis)
+                await scripts.load(load_script(name) for name in SCRIPT_NAMES)
+            except BaseException:
+                await redis.aclose(close_connection_pool=True)
+                await blocking.aclose(close_connection_pool=True)
+                raise
+            self._redis, self._blocking, self._scripts = redis, blocking, scripts
 
     async def _check_version(self, redis: Redis) -> None:
         """Refuse a server older than the commands the scripts use, with a clear message."""

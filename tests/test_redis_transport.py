@@ -125,6 +125,37 @@ async def test_server_restart_raises_transport_error_then_recovers(
         await tr.close()
 
 
+async def test_concurrent_connects_build_one_pair_of_pools(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    tr = RedisTransport(server.url)
+    with server.admin() as admin:
+        before = len(admin.client_list())
+        try:
+            await asyncio.gather(*(tr.connect() for _ in range(5)))
+            # One connection: the checks of one connect run one after another on it.
+            assert len(admin.client_list()) == before + 1
+            assert await tr.groups(T) == []
+        finally:
+            await tr.close()
+        assert len(admin.client_list()) == before, "a pool of a concurrent connect leaked"
+
+
+async def test_a_failed_connect_can_be_retried(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    server.stop()
+    tr = RedisTransport(server.url, socket_connect_timeout=1)
+    for _ in range(2):
+        with pytest.raises(TransportError, match="cannot reach Redis"):
+            await asyncio.gather(*(tr.connect() for _ in range(3)))
+    server.start()
+    await tr.connect()
+    try:
+        await tr.subscribe(T, G)
+        assert await tr.groups(T) == [G]
+    finally:
+        await tr.close()
+
+
 async def test_published_events_survive_a_crash_with_appendfsync_always(
     redis_factory: RedisFactory,
 ) -> None:
