@@ -73,6 +73,32 @@ def _flag(value: object) -> bool:
     return value == 1
 
 
+def _stored_text(text: str) -> bytes:
+    # A lone surrogate ('\udcff' from os.fsdecode, or '\ud800') would reach Redis as bytes
+    # that are not UTF-8, spoiling the JSON dead-letter record, or not encode at all.
+    # Spelled out as its escape (the six characters \udcff), the stored text is UTF-8.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _readable(text: str) -> str:
+    # The same escape for text read back: a record stored with bad bytes (by an older
+    # version, or by hand) arrives with them as lone surrogates (see _dead_record).
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dead_record(raw: bytes) -> dict[str, Any]:
+    """A dead letter's JSON record; one that is not JSON reads as empty, never raises.
+
+    Bytes that are not UTF-8 become lone surrogates here, for _readable to spell out, so
+    that one spoiled record cannot break the listing of a whole group.
+    """
+    try:
+        record = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _dead_args(event_ids: Sequence[str] | None) -> list[Arg]:
     """ARGV of replay_dead and purge_dead: every dead event, or those listed."""
     return ["all"] if event_ids is None else ["ids", *event_ids]
@@ -498,7 +524,7 @@ class RedisTransport:
             receipt.token,
         ]
         if error is not None:
-            args.append(error)
+            args.append(_stored_text(error))
         call = load_script("nack").call(args, group=self._keys.group(topic, group))
         [done] = await self._run("nack", [call])
         if _flag(done) and delay > 0:
@@ -512,10 +538,10 @@ class RedisTransport:
             self._now_arg(),
             receipt.event_id,
             receipt.token,
-            reason,
+            _stored_text(reason),
         ]
         if error is not None:
-            args.append(error)
+            args.append(_stored_text(error))
         call = load_script("kill").call(args, group=self._keys.group(receipt.topic, receipt.group))
         [done] = await self._run("kill", [call])
         return _flag(done)
@@ -530,15 +556,16 @@ class RedisTransport:
         [rows] = await self._run("dead_letters", [call])
         letters = []
         for i in range(0, len(rows), 3):
-            record = json.loads(rows[i + 1])
+            record = _dead_record(rows[i + 1])
+            error = record.get("error")
             letters.append(
                 DeadLetter(
                     topic=topic,
                     group=group,
                     event_id=_text(rows[i]),
                     body=rows[i + 2],
-                    reason=record.get("reason", "unknown"),
-                    error=record.get("error"),
+                    reason=_readable(str(record.get("reason", "unknown"))),
+                    error=None if error is None else _readable(str(error)),
                     attempts=int(record.get("attempts", 0)),
                     died_at=float(record.get("died_at", 0.0)),
                 )
