@@ -3,6 +3,9 @@
 All keys of one topic share the hash tag ``{<topic>}``, so every script, which
 only ever touches one topic, works unchanged on Redis Cluster. The only key outside a
 topic's slot is the registry of topics, which no script touches.
+
+The field names of :class:`TopicKeys` and :class:`GroupKeys` are the names each script's
+header declares its KEYS by (see :mod:`broker_redis.scripts`): a new key is a new field.
 """
 
 from __future__ import annotations
