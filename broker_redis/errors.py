@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from redis.exceptions import AuthenticationError, AuthorizationError, MaxConnectionsError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    MaxConnectionsError,
+    NoScriptError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -30,6 +35,9 @@ def transport_error(
         what = "Redis did not answer in time"
     elif isinstance(exc, RedisConnectionError | OSError):
         what = "cannot reach Redis"
+    elif isinstance(exc, NoScriptError):
+        # Only raised once reloading did not help: something keeps flushing the cache.
+        what = "Redis keeps losing its scripts"
     else:
         what = "Redis refused the command"
     detail = str(exc) or type(exc).__name__

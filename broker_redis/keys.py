@@ -3,6 +3,9 @@
 All keys of one topic share the hash tag ``{<topic>}``, so every script, which
 only ever touches one topic, works unchanged on Redis Cluster. The only key outside a
 topic's slot is the registry of topics, which no script touches.
+
+The field names of :class:`TopicKeys` and :class:`GroupKeys` are the names each script's
+header declares its KEYS by (see :mod:`broker_redis.scripts`): a new key is a new field.
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ class Keys:
     """Builds key names under one prefix; every name passed in is validated first.
 
     The keys of each (topic, group) are built, and its names validated, once: every
-    publish, claim and ack asks for them again. The caches keep the most recent
-    ``_CACHE_SIZE`` names, so a stream of distinct names cannot grow them without bound.
+    publish, claim and ack asks for them again. The caches hold at most ``_CACHE_SIZE``
+    names, first in, first out: when full, the name added longest ago is dropped (however
+    recently it was used), so a stream of distinct names cannot grow them without bound.
     """
 
     __slots__ = ("_group_keys", "_topic_keys", "prefix")
@@ -131,7 +135,7 @@ _V = TypeVar("_V")
 
 
 def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
-    """Add to a cache of at most _CACHE_SIZE entries, dropping the oldest when full."""
+    """Add to a cache of at most _CACHE_SIZE entries, dropping the first added when full."""
     if len(cache) >= _CACHE_SIZE:
         del cache[next(iter(cache))]
     cache[key] = value

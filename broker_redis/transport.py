@@ -25,12 +25,11 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.clock import Clock
@@ -41,30 +40,15 @@ from broker_core.urls import redact
 from broker_redis.errors import transport_error
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
-from broker_redis.scripts import SCRIPT_NAMES, Script, load_script
+from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 
 __all__ = ["DEFAULT_URL", "OPTION_NAMES", "RedisTransport"]
 
 _T = TypeVar("_T")
 
-# A NOSCRIPT answer means the cache was flushed (SCRIPT FLUSH, restart, failover); the
-# scripts are loaded again and the calls retried. More than this many rounds in one call
-# means something keeps flushing it.
-_NOSCRIPT_ROUNDS = 3
-
 # A publish retried this often still sees a different set of groups: subscribers change
 # faster than one round trip.
 _PUBLISH_ROUNDS = 5
-
-
-_Arg = str | bytes | int | float
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    script: Script
-    keys: Sequence[str]
-    args: Sequence[_Arg]
 
 
 MIN_REDIS_VERSION = (6, 2)
@@ -87,6 +71,37 @@ def _text(value: bytes | str) -> str:
 
 def _flag(value: object) -> bool:
     return value == 1
+
+
+def _stored_text(text: str) -> bytes:
+    # A lone surrogate ('\udcff' from os.fsdecode, or '\ud800') would reach Redis as bytes
+    # that are not UTF-8, spoiling the JSON dead-letter record, or not encode at all.
+    # Spelled out as its escape (the six characters \udcff), the stored text is UTF-8.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _readable(text: str) -> str:
+    # The same escape for text read back: a record stored with bad bytes (by an older
+    # version, or by hand) arrives with them as lone surrogates (see _dead_record).
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dead_record(raw: bytes) -> dict[str, Any]:
+    """A dead letter's JSON record; one that is not JSON reads as empty, never raises.
+
+    Bytes that are not UTF-8 become lone surrogates here, for _readable to spell out, so
+    that one spoiled record cannot break the listing of a whole group.
+    """
+    try:
+        record = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _dead_args(event_ids: Sequence[str] | None) -> list[Arg]:
+    """ARGV of replay_dead and purge_dead: every dead event, or those listed."""
+    return ["all"] if event_ids is None else ["ids", *event_ids]
 
 
 class RedisTransport:
@@ -131,6 +146,10 @@ class RedisTransport:
         self._clock = clock
         self._redis: Redis | None = None
         self._blocking: Redis | None = None
+        self._scripts: ScriptRunner | None = None
+        # Concurrent connect() calls must build one pair of pools, not one pair each.
+        # (asyncio.Lock binds to the running loop only when first contended.)
+        self._connecting = asyncio.Lock()
         # The groups this process last saw subscribed to each topic: publish passes them
         # to its script, which answers with the real set if they changed.
         self._groups: dict[str, tuple[str, ...]] = {}
@@ -165,21 +184,27 @@ class RedisTransport:
         return pool
 
     async def connect(self) -> None:
-        """Open the connection pools, check the server answers, and load the scripts."""
-        if self._redis is not None:
-            return
-        redis = Redis(connection_pool=self._pool(self._socket_timeout))
-        # A blocking wait lasts up to sweep_interval, so its reads may take that long.
-        blocking = Redis(connection_pool=self._pool(self._sweep_interval + self._socket_timeout))
-        try:
-            await self._guard("connect", redis.ping())
-            await self._check_version(redis)
-            await self._load_scripts(redis, [load_script(name) for name in SCRIPT_NAMES])
-        except BaseException:
-            await redis.aclose(close_connection_pool=True)
-            await blocking.aclose(close_connection_pool=True)
-            raise
-        self._redis, self._blocking = redis, blocking
+        """Open the connection pools, check the server answers, and load the scripts.
+
+        Idempotent, also when called concurrently; after a failure it may be called again.
+        """
+        async with self._connecting:
+            if self._redis is not None:
+                return
+            redis = Redis(connection_pool=self._pool(self._socket_timeout))
+            # A blocking wait lasts up to sweep_interval, so its reads may take that long.
+            timeout = self._sweep_interval + self._socket_timeout
+            blocking = Redis(connection_pool=self._pool(timeout))
+            scripts = ScriptRunner(redis, self._error)
+            try:
+                await self._guard("connect", redis.ping())
+                await self._check_version(redis)
+                await scripts.load(load_script(name) for name in SCRIPT_NAMES)
+            except BaseException:
+                await redis.aclose(close_connection_pool=True)
+                await blocking.aclose(close_connection_pool=True)
+                raise
+            self._redis, self._blocking, self._scripts = redis, blocking, scripts
 
     async def _check_version(self, redis: Redis) -> None:
         """Refuse a server older than the commands the scripts use, with a clear message."""
@@ -195,7 +220,7 @@ class RedisTransport:
     async def close(self) -> None:
         """Close both connection pools; what is stored stays in Redis."""
         clients = (self._redis, self._blocking)
-        self._redis = self._blocking = None
+        self._redis = self._blocking = self._scripts = None
         for client in clients:
             if client is not None:
                 await client.aclose(close_connection_pool=True)
@@ -221,56 +246,11 @@ class RedisTransport:
         except (RedisError, OSError) as exc:
             raise self._error(op, exc) from exc
 
-    async def _load_scripts(self, redis: Redis, scripts: Sequence[Script]) -> None:
-        async with redis.pipeline(transaction=False) as pipe:
-            for script in scripts:
-                pipe.script_load(script.source)
-            shas = await self._guard("loading scripts", pipe.execute())
-        for script, sha in zip(scripts, shas, strict=True):
-            if _text(sha) != script.sha:
-                raise TransportError(f"Redis named script {script.name} {sha!r}, not {script.sha}")
-
-    async def _run(self, op: str, calls: Sequence[_Call]) -> list[Any]:
-        """Run script calls in one round trip (EVALSHA), reloading scripts on NOSCRIPT.
-
-        A call answered NOSCRIPT did not run, so only those calls are sent again.
-        """
-        redis = self._client()
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _ in range(_NOSCRIPT_ROUNDS):
-            replies = await self._send(redis, op, [calls[i] for i in pending])
-            missing = []
-            for i, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, NoScriptError):
-                    missing.append(i)
-                elif isinstance(reply, Exception):
-                    raise self._error(op, reply) from reply
-                else:
-                    results[i] = reply
-            if not missing:
-                return results
-            await self._load_scripts(redis, list({calls[i].script for i in missing}))
-            pending = missing
-        raise TransportError(f"{op} failed: Redis at {self._safe_url} keeps losing its scripts")
-
-    async def _send(self, redis: Redis, op: str, calls: Sequence[_Call]) -> list[Any]:
-        """One round trip of EVALSHA calls: each call's reply, or the error it got."""
-        if len(calls) == 1:
-            # A pipeline of one call costs ~18 µs more than the call (publish, nack, kill
-            # and most claims and acks are single calls).
-            [call] = calls
-            try:
-                reply = await redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError as exc:
-                return [exc]
-            except (RedisError, OSError) as exc:
-                raise self._error(op, exc) from exc
-            return [reply]
-        async with redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return await self._guard(op, pipe.execute(raise_on_error=False))
+    async def _run(self, op: str, calls: Sequence[Call]) -> list[Any]:
+        """Run script calls in one round trip; see :class:`ScriptRunner`."""
+        self._client()
+        assert self._scripts is not None  # set together with _redis
+        return await self._scripts.run(op, calls)
 
     # -- time --------------------------------------------------------------------------
 
@@ -331,7 +311,7 @@ class RedisTransport:
         Ids the topic still holds are skipped. Returns the number of groups.
         """
         topic_keys = self._keys.topic(topic)  # validates the name (once: the keys are cached)
-        args: list[_Arg] = []
+        args: list[Arg] = []
         for event_id, body in events:
             if len(body) > self._max_body_bytes:
                 raise EventTooLarge(
@@ -341,11 +321,11 @@ class RedisTransport:
             args += (event_id, body)
         groups = self._groups.get(topic, ())
         for _ in range(_PUBLISH_ROUNDS):
-            keys = [topic_keys.msg, topic_keys.refs, topic_keys.groups]
-            for group in groups:
-                group_keys = self._keys.group(topic, group)
-                keys += (group_keys.ready, group_keys.marker)
-            call = _Call(load_script("publish"), keys, [len(groups), *groups, *args])
+            call = load_script("publish").call(
+                [len(groups), *groups, *args],
+                topic=topic_keys,
+                groups=[self._keys.group(topic, group) for group in groups],
+            )
             [reply] = await self._run("publish", [call])
             if isinstance(reply, int):
                 self._groups[topic] = groups
@@ -357,20 +337,17 @@ class RedisTransport:
 
     def _claim_call(
         self, topic: str, group: str, count: int, lease: float, max_attempts: int
-    ) -> _Call:
-        t, g = self._keys.topic(topic), self._keys.group(topic, group)
-        keys = [
-            t.msg, g.ready, g.leased, g.tokens, g.attempts, g.errors,
-            g.delayed, g.dead, g.deadinfo, g.marker,
-        ]  # fmt: skip
-        args: list[_Arg] = [
+    ) -> Call:
+        args: list[Arg] = [
             self._now_arg(),
             repr(lease),
             count,
             max_attempts,
             secrets.token_hex(12),
         ]
-        return _Call(load_script("claim"), keys, args)
+        return load_script("claim").call(
+            args, topic=self._keys.topic(topic), group=self._keys.group(topic, group)
+        )
 
     def _messages(self, topic: str, group: str, reply: list[Any]) -> list[Message]:
         now, deadline, next_due, *rows = reply
@@ -430,8 +407,7 @@ class RedisTransport:
         calls = []
         for topic in topics:
             g = self._keys.group(topic, group)
-            keys = [g.ready, g.leased, g.tokens, g.delayed, g.marker]
-            calls.append(_Call(load_script("poll"), keys, [self._now_arg()]))
+            calls.append(load_script("poll").call([self._now_arg()], group=g))
         ready = 0
         for topic, (count, now, next_due) in zip(
             topics, await self._run("wait", calls), strict=True
@@ -513,16 +489,13 @@ class RedisTransport:
         queues = self._by_queue(receipts)
         calls = []
         for (topic, group), positions in queues.items():
-            t, g = self._keys.topic(topic), self._keys.group(topic, group)
-            if lease is None:
-                keys = [t.msg, t.refs, g.leased, g.tokens, g.attempts, g.errors]
-                args: list[_Arg] = [self._now_arg()]
-            else:
-                keys = [g.leased, g.tokens]
-                args = [self._now_arg(), repr(lease)]
+            args: list[Arg] = [self._now_arg()]
+            if lease is not None:
+                args.append(repr(lease))
             for i in positions:
                 args += (receipts[i].event_id, receipts[i].token)
-            calls.append(_Call(script, keys, args))
+            t, g = self._keys.topic(topic), self._keys.group(topic, group)
+            calls.append(script.call(args, topic=t, group=g))
         answers = [False] * len(receipts)
         for positions, reply in zip(queues.values(), await self._run(op, calls), strict=True):
             for i, flag in zip(positions, reply, strict=True):
@@ -544,17 +517,16 @@ class RedisTransport:
         if delay < 0:
             raise ValueError(f"delay must not be negative, got {delay}")
         topic, group = receipt.topic, receipt.group
-        g = self._keys.group(topic, group)
-        keys = [g.ready, g.leased, g.tokens, g.errors, g.delayed, g.marker]
-        args: list[_Arg] = [
+        args: list[Arg] = [
             self._now_arg(),
             repr(delay),
             receipt.event_id,
             receipt.token,
         ]
         if error is not None:
-            args.append(error)
-        [done] = await self._run("nack", [_Call(load_script("nack"), keys, args)])
+            args.append(_stored_text(error))
+        call = load_script("nack").call(args, group=self._keys.group(topic, group))
+        [done] = await self._run("nack", [call])
         if _flag(done) and delay > 0:
             due = self._local_now() + delay
             self._due[(group, topic)] = min(self._due.get((group, topic), due), due)
@@ -562,17 +534,16 @@ class RedisTransport:
 
     async def kill(self, receipt: Receipt, *, reason: str, error: str | None = None) -> bool:
         """Move a leased event to DEAD with ``reason``; False (no change) if stale."""
-        g = self._keys.group(receipt.topic, receipt.group)
-        keys = [g.leased, g.tokens, g.attempts, g.errors, g.dead, g.deadinfo]
-        args: list[_Arg] = [
+        args: list[Arg] = [
             self._now_arg(),
             receipt.event_id,
             receipt.token,
-            reason,
+            _stored_text(reason),
         ]
         if error is not None:
-            args.append(error)
-        [done] = await self._run("kill", [_Call(load_script("kill"), keys, args)])
+            args.append(_stored_text(error))
+        call = load_script("kill").call(args, group=self._keys.group(receipt.topic, receipt.group))
+        [done] = await self._run("kill", [call])
         return _flag(done)
 
     # -- dead letters and stats ----------------------------------------------------------
@@ -581,19 +552,20 @@ class RedisTransport:
         """Up to ``limit`` dead events of (topic, group), oldest death first."""
         topic, group = validate_topic(topic), validate_group(group)
         t, g = self._keys.topic(topic), self._keys.group(topic, group)
-        call = _Call(load_script("dead_letters"), [t.msg, g.dead, g.deadinfo], [limit])
+        call = load_script("dead_letters").call([limit], topic=t, group=g)
         [rows] = await self._run("dead_letters", [call])
         letters = []
         for i in range(0, len(rows), 3):
-            record = json.loads(rows[i + 1])
+            record = _dead_record(rows[i + 1])
+            error = record.get("error")
             letters.append(
                 DeadLetter(
                     topic=topic,
                     group=group,
                     event_id=_text(rows[i]),
                     body=rows[i + 2],
-                    reason=record.get("reason", "unknown"),
-                    error=record.get("error"),
+                    reason=_readable(str(record.get("reason", "unknown"))),
+                    error=None if error is None else _readable(str(error)),
                     attempts=int(record.get("attempts", 0)),
                     died_at=float(record.get("died_at", 0.0)),
                 )
@@ -605,8 +577,8 @@ class RedisTransport:
     ) -> int:
         """Move dead events (all, or those listed) to the back of READY, attempts reset."""
         g = self._keys.group(validate_topic(topic), validate_group(group))
-        keys = [g.ready, g.dead, g.deadinfo, g.marker]
-        return await self._for_dead("replay_dead", keys, event_ids)
+        call = load_script("replay_dead").call(_dead_args(event_ids), group=g)
+        return await self._for_dead("replay_dead", call, event_ids)
 
     async def purge_dead(
         self, topic: str, group: str, event_ids: Sequence[str] | None = None
@@ -616,23 +588,21 @@ class RedisTransport:
             self._keys.topic(validate_topic(topic)),
             self._keys.group(topic, validate_group(group)),
         )
-        keys = [t.msg, t.refs, g.dead, g.deadinfo]
-        return await self._for_dead("purge_dead", keys, event_ids)
+        call = load_script("purge_dead").call(_dead_args(event_ids), topic=t, group=g)
+        return await self._for_dead("purge_dead", call, event_ids)
 
-    async def _for_dead(self, name: str, keys: list[str], event_ids: Sequence[str] | None) -> int:
+    async def _for_dead(self, op: str, call: Call, event_ids: Sequence[str] | None) -> int:
         """Run replay_dead or purge_dead on every dead event, or on those listed."""
         if event_ids is not None and not event_ids:
             return 0
-        args = ["all"] if event_ids is None else ["ids", *event_ids]
-        [count] = await self._run(name, [_Call(load_script(name), keys, args)])
+        [count] = await self._run(op, [call])
         return int(count)
 
     async def stats(self, topic: str, group: str) -> QueueStats:
         """Counts per state, after applying expired leases and due retries."""
         topic, group = validate_topic(topic), validate_group(group)
-        g = self._keys.group(topic, group)
-        keys = [g.ready, g.leased, g.tokens, g.delayed, g.dead, g.marker]
-        [reply] = await self._run("stats", [_Call(load_script("stats"), keys, [self._now_arg()])])
+        call = load_script("stats").call([self._now_arg()], group=self._keys.group(topic, group))
+        [reply] = await self._run("stats", [call])
         ready, leased, delayed, dead, now, next_due = reply
         self._note_due(group, topic, now, next_due)
         return QueueStats(topic, group, int(ready), int(leased), int(delayed), int(dead))

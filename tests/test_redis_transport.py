@@ -125,6 +125,37 @@ async def test_server_restart_raises_transport_error_then_recovers(
         await tr.close()
 
 
+async def test_concurrent_connects_build_one_pair_of_pools(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    tr = RedisTransport(server.url)
+    with server.admin() as admin:
+        before = len(admin.client_list())
+        try:
+            await asyncio.gather(*(tr.connect() for _ in range(5)))
+            # One connection: the checks of one connect run one after another on it.
+            assert len(admin.client_list()) == before + 1
+            assert await tr.groups(T) == []
+        finally:
+            await tr.close()
+        assert len(admin.client_list()) == before, "a pool of a concurrent connect leaked"
+
+
+async def test_a_failed_connect_can_be_retried(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    server.stop()
+    tr = RedisTransport(server.url, socket_connect_timeout=1)
+    for _ in range(2):
+        with pytest.raises(TransportError, match="cannot reach Redis"):
+            await asyncio.gather(*(tr.connect() for _ in range(3)))
+    server.start()
+    await tr.connect()
+    try:
+        await tr.subscribe(T, G)
+        assert await tr.groups(T) == [G]
+    finally:
+        await tr.close()
+
+
 async def test_published_events_survive_a_crash_with_appendfsync_always(
     redis_factory: RedisFactory,
 ) -> None:
@@ -221,6 +252,54 @@ async def test_broker_dead_letters_a_planted_payload(
         keys.topics.encode(),
         keys.topic(T).groups.encode(),
     }
+
+
+@pytest.mark.parametrize("bad", ["\udcff", "\ud800"], ids=["fsdecoded-byte", "lone-surrogate"])
+async def test_errors_that_are_not_utf8_are_stored_readably(make: MakeTransport, bad: str) -> None:
+    # '\udcff' is what os.fsdecode makes of a byte that is not UTF-8; '\ud800' cannot be
+    # encoded at all. Both are stored spelled out as their escape.
+    tr = await make()
+    await tr.subscribe(T, G)
+    await tr.publish(T, [("e1", b"x"), ("e2", b"y")])
+    first, second = await tr.claim(G, [T], max_count=2, lease=30, max_attempts=5)
+    assert await tr.nack(first.receipt, error=f"nacked {bad}")
+    [again] = await tr.claim(G, [T], max_count=1, lease=30, max_attempts=5)
+    assert await tr.kill(again.receipt, reason="handler")  # keeps the nack's error
+    assert await tr.kill(second.receipt, reason=f"why {bad}", error=f"boom {bad}")
+    escaped = bad.encode("unicode_escape").decode()
+    letters = await tr.dead_letters(T, G)
+    assert [(d.event_id, d.reason, d.error) for d in letters] == [
+        ("e1", "handler", f"nacked {escaped}"),
+        ("e2", f"why {escaped}", f"boom {escaped}"),
+    ]
+    for letter in letters:
+        assert letter.error is not None
+        letter.error.encode()
+        letter.reason.encode()
+
+
+async def test_a_dead_letter_record_with_bad_bytes_spoils_no_listing(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix)
+    await tr.subscribe(T, G)
+    await tr.publish(T, [(f"e{i}", b"x") for i in range(4)])
+    for message in await tr.claim(G, [T], max_count=4, lease=30, max_attempts=5):
+        assert await tr.kill(message.receipt, reason="handler", error="boom")
+    deadinfo = Keys(prefix).group(T, G).deadinfo
+    with redis_server.admin() as admin:
+        # Written by hand or by an older version: a byte that is not UTF-8, and no JSON.
+        admin.hset(deadinfo, "e1", b'{"reason":"handler","error":"bad \xff","attempts":2}')
+        admin.hset(deadinfo, "e2", b"\xfe not json")
+    letters = await tr.dead_letters(T, G)
+    assert [(d.event_id, d.reason, d.error) for d in letters] == [
+        ("e0", "handler", "boom"),
+        ("e1", "handler", "bad \\udcff"),
+        ("e2", "unknown", None),
+        ("e3", "handler", "boom"),
+    ]
+    assert letters[1].attempts == 2
 
 
 # -- credentials, TLS, sockets -----------------------------------------------------------

@@ -8,8 +8,8 @@ The client passes the groups it believes are subscribed, because every key a scr
 touches must be declared in KEYS; if the subscribed set differs, nothing is written and
 the script answers with the real set so that the client can retry.
 
-KEYS: 1 msg (HASH id -> body)  2 refs (HASH id -> groups holding it)  3 groups (SET)
-      then per group g = 1..n: 2+2g ready (LIST), 3+2g marker (LIST)
+KEYS: 1 msg  2 refs  3 groups
+      then per group g = 1..n: 2+2g ready  3+2g marker
 ARGV: 1 n, 2..n+1 the group names, then pairs: event id, body
 Returns: n (integer) once published, or the subscribed group names (array) when they
          differ from the ones passed.
@@ -42,8 +42,9 @@ for i = n + 2, #ARGV, 2 do
 end
 if #fresh > 0 then
   for g = 1, n do
-    call_chunked('RPUSH', KEYS[2 + 2 * g], fresh, 1, #fresh)
-    wake(KEYS[3 + 2 * g])
+    local ready, marker = KEYS[2 + 2 * g], KEYS[3 + 2 * g]
+    call_chunked('RPUSH', ready, fresh, 1, #fresh)
+    wake(marker)
   end
 end
 return n

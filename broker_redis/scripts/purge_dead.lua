@@ -9,8 +9,8 @@ Returns: how many were deleted
 --- @include "dead"
 --- @include "release"
 
-local msg, refs = KEYS[1], KEYS[2]
-local taken = take_dead(KEYS[3], KEYS[4], ARGV[1] == 'ids' and ARGV, 2)
+local msg, refs, dead, deadinfo = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local taken = take_dead(dead, deadinfo, ARGV[1] == 'ids' and ARGV, 2)
 for _, id in ipairs(taken) do
   release(msg, refs, id)
 end

@@ -10,8 +10,8 @@ Returns: how many moved
 --- @include "dead"
 --- @include "wake"
 
-local ready, marker = KEYS[1], KEYS[4]
-local taken = take_dead(KEYS[2], KEYS[3], ARGV[1] == 'ids' and ARGV, 2)
+local ready, dead, deadinfo, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local taken = take_dead(dead, deadinfo, ARGV[1] == 'ids' and ARGV, 2)
 if #taken > 0 then
   call_chunked('RPUSH', ready, taken, 1, #taken)
   wake(marker)

@@ -1,0 +1,221 @@
+"""Each script's KEYS agree three ways: its header, its code, and the Python that calls it.
+
+The header is the one declaration (see broker_redis/scripts.py); loading a script checks
+the code's ``KEYS[i]`` against it, and every caller builds KEYS from its names. None of
+these tests needs a Redis server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import pytest
+
+from broker_core.transport import Receipt
+from broker_redis.keys import GroupKeys, Keys, TopicKeys
+from broker_redis.scripts import SCRIPT_NAMES, Call, load_script, parse_script
+from broker_redis.transport import RedisTransport
+
+T, G, G2 = "orders", "billing", "shipping"
+TOPIC_FIELDS = {f.name for f in fields(TopicKeys)}
+
+
+def lua(keys: str, body: str) -> str:
+    """A script's text with ``keys`` as its header's KEYS section."""
+    return f"--[[ test: a script\n\nKEYS: {keys}\nARGV: none\n]]\n{body}\n"
+
+
+def test_every_script_declares_its_keys_and_its_code_binds_them_by_those_names() -> None:
+    assert {"claim", "publish", "ack"} <= set(SCRIPT_NAMES)
+    for name in SCRIPT_NAMES:
+        script = load_script(name)  # raises if the code and the header disagree
+        assert script.keys, name
+        assert len(set(script.keys)) == len(script.keys), name
+
+
+def test_topic_and_group_keys_share_no_field_name() -> None:
+    # A header name picks its key set by name alone.
+    assert not TOPIC_FIELDS & {f.name for f in fields(GroupKeys)}
+
+
+def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
+    keys = Keys("p")
+    t, g = keys.topic(T), keys.group(T, G)
+    call = load_script("nack").call(["", "0", "e1", "tok"], topic=t, group=g)
+    assert call.keys == [
+        f"p:{{{T}}}:g:{G}:{name}"
+        for name in ("ready", "leased", "tokens", "errors", "delayed", "marker")
+    ]
+    publish = load_script("publish").call([], topic=t, groups=[g, keys.group(T, G2)])
+    assert publish.keys == [
+        f"p:{{{T}}}:msg",
+        f"p:{{{T}}}:refs",
+        f"p:{{{T}}}:groups",
+        f"p:{{{T}}}:g:{G}:ready",
+        f"p:{{{T}}}:g:{G}:marker",
+        f"p:{{{T}}}:g:{G2}:ready",
+        f"p:{{{T}}}:g:{G2}:marker",
+    ]
+
+
+def test_a_call_missing_a_key_set_it_needs_fails_loudly() -> None:
+    keys = Keys("p")
+    with pytest.raises(ValueError, match="ack needs the topic's keys for 'msg'"):
+        load_script("ack").call([""], group=keys.group(T, G))
+    with pytest.raises(ValueError, match="nack needs the group's keys"):
+        load_script("nack").call([""], topic=keys.topic(T))
+    with pytest.raises(ValueError, match="takes no keys per group"):
+        load_script("stats").call([""], group=keys.group(T, G), groups=[keys.group(T, G)])
+
+
+def test_the_grammar_of_a_header_with_keys_per_group() -> None:
+    script = parse_script(
+        "fan_out",
+        lua(
+            "1 msg  2 groups\n      then per group g = 1..n: 1+2g ready  2+2g marker",
+            "local msg, groups = KEYS[1], KEYS[2]\n"
+            "local k = {marker = KEYS[2 + 2 * g], ready = KEYS[1 + 2 * g]}",
+        ),
+    )
+    assert (script.keys, script.keys_per_group) == (("msg", "groups"), ("ready", "marker"))
+
+
+@pytest.mark.parametrize(
+    ("keys", "body", "error"),
+    [
+        pytest.param(
+            "1 ready  2 leased",
+            "local leased, ready = KEYS[1], KEYS[2]",
+            "binds leased = KEYS.1., but its header names that key ready",
+            id="locals-swapped",
+        ),
+        pytest.param(
+            "1 ready  2 leased",
+            "local ready = KEYS[1]\nlocal k = {tokens = KEYS[2]}",
+            "binds tokens = KEYS.2., but its header names that key leased",
+            id="table-field-misnamed",
+        ),
+        pytest.param(
+            "1 ready  2 leased",
+            "local ready, leased, marker = KEYS[1], KEYS[2], KEYS[3]",
+            "binds marker = KEYS.3., but its header names that key nothing",
+            id="past-the-header",
+        ),
+        pytest.param(
+            "1 ready  2 leased  3 marker",
+            "local ready, leased = KEYS[1], KEYS[2]",
+            r"declares KEYS its code never binds: \['marker'\]",
+            id="declared-not-bound",
+        ),
+        pytest.param(
+            "1 ready  2 leased",
+            "local ready, leased = KEYS[1], KEYS[2]\nredis.call('LLEN', KEYS[1])",
+            "reads KEYS other than as 'name = KEYS.i.'",
+            id="read-outside-a-binding",
+        ),
+        pytest.param(
+            "1 ready  2 suspects",
+            "local ready, suspects = KEYS[1], KEYS[2]",
+            "'suspects' is no field of TopicKeys or GroupKeys",
+            id="not-in-keys-py",
+        ),
+        pytest.param(
+            "1 ready  3 leased",
+            "local ready, leased = KEYS[1], KEYS[3]",
+            "not numbered 1, 2",
+            id="header-misnumbered",
+        ),
+        pytest.param(
+            "1 ready (LIST)  2 leased",
+            "local ready, leased = KEYS[1], KEYS[2]",
+            "KEYS must read",
+            id="header-prose",
+        ),
+        pytest.param(
+            "1 msg\n      then per group g = 1..n: 0+2g ready  1+2g marker",
+            "local msg = KEYS[1]\nlocal ready, marker = KEYS[1 + 2 * g], KEYS[0 + 2 * g]",
+            "binds ready = KEYS.1 . 2 . g., but its header names that key marker",
+            id="per-group-swapped",
+        ),
+        pytest.param(
+            "1 msg\n      then per group g = 1..n: 2+2g ready  3+2g marker",
+            "local msg = KEYS[1]",
+            "per group key ready is misnumbered",
+            id="per-group-misnumbered",
+        ),
+    ],
+)
+def test_a_script_whose_code_and_header_disagree_does_not_load(
+    keys: str, body: str, error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_script("broken", lua(keys, body))
+
+
+def test_a_script_without_a_keys_line_does_not_load() -> None:
+    with pytest.raises(ValueError, match="no 'KEYS:' line"):
+        parse_script("broken", "--[[ no header of keys ]]\nreturn 1\n")
+
+
+# What each script answers when nothing is there, for the transport to go on.
+EMPTY_REPLIES: dict[str, Any] = {
+    "claim": [b"1", b"31", b""],
+    "poll": [0, b"1", b""],
+    "stats": [0, 0, 0, 0, b"1", b""],
+    "dead_letters": [],
+    "ack": [1],
+    "extend": [1],
+}
+
+
+async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tr = RedisTransport("redis://127.0.0.1:1", key_prefix="p")  # never connects
+    calls: list[Call] = []
+    subscribed = [[G.encode(), G2.encode()], 2]  # publish learns the groups, then succeeds
+
+    async def run(op: str, batch: Sequence[Call]) -> list[Any]:
+        calls.extend(batch)
+        return [
+            subscribed.pop(0)
+            if call.script.name == "publish"
+            else EMPTY_REPLIES.get(call.script.name, 1)
+            for call in batch
+        ]
+
+    monkeypatch.setattr(tr, "_run", run)
+    receipt = Receipt(T, G, "e1", "tok")
+    await tr.publish(T, [("e1", b"x")])
+    await tr.claim(G, [T], max_count=1, lease=30, max_attempts=3)
+    await tr._poll(G, [T])
+    await tr.ack([receipt])
+    await tr.extend([receipt], 30)
+    await tr.nack(receipt, error="boom")
+    await tr.kill(receipt, reason="handler")
+    await tr.dead_letters(T, G)
+    await tr.replay_dead(T, G)
+    await tr.purge_dead(T, G)
+    await tr.stats(T, G)
+    assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [3, 7]
+    for call in calls:
+        assert call.keys == expected_keys(call), call.script.name
+
+
+def expected_keys(call: Call) -> list[str]:
+    """The KEYS its header names, spelled out for topic T and group G.
+
+    Publish's keys per group are those of the groups it passes in ARGV (n, then names).
+    """
+    script = call.script
+    names = [
+        f"p:{{{T}}}:{name}" if name in TOPIC_FIELDS else f"p:{{{T}}}:g:{G}:{name}"
+        for name in script.keys
+    ]
+    if script.keys_per_group:
+        for group in call.args[1 : 1 + int(call.args[0])]:
+            names += [f"p:{{{T}}}:g:{group!s}:{name}" for name in script.keys_per_group]
+    return names
