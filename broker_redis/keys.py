@@ -69,6 +69,8 @@ class GroupKeys:
     """HASH event id -> JSON {reason, error, attempts, died_at}."""
     marker: str
     """LIST holding at most one element while READY may have events; waiters block on it."""
+    suspects: str
+    """SET of event ids whose last lease expired: each is handed out alone."""
 
 
 class Keys:
@@ -123,6 +125,7 @@ class Keys:
             dead=f"{base}:dead",
             deadinfo=f"{base}:deadinfo",
             marker=f"{base}:marker",
+            suspects=f"{base}:suspects",
         )
         _remember(self._group_keys, (topic, group), keys)
         return keys

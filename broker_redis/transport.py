@@ -336,7 +336,13 @@ class RedisTransport:
     # -- claim and wait ------------------------------------------------------------------
 
     def _claim_call(
-        self, topic: str, group: str, count: int, lease: float, max_attempts: int
+        self,
+        topic: str,
+        group: str,
+        count: int,
+        lease: float,
+        max_attempts: int,
+        may_isolate: bool,
     ) -> Call:
         args: list[Arg] = [
             self._now_arg(),
@@ -344,24 +350,28 @@ class RedisTransport:
             count,
             max_attempts,
             secrets.token_hex(12),
+            "1" if may_isolate else "0",
         ]
         return load_script("claim").call(
             args, topic=self._keys.topic(topic), group=self._keys.group(topic, group)
         )
 
-    def _messages(self, topic: str, group: str, reply: list[Any]) -> list[Message]:
-        now, deadline, next_due, *rows = reply
+    def _messages(self, topic: str, group: str, reply: list[Any]) -> tuple[list[Message], bool]:
+        """A claim script's messages, and whether it stopped before a suspect."""
+        now, deadline, next_due, stopped, *rows = reply
         self._note_due(group, topic, now, next_due)
         lease_deadline = float(deadline)
-        return [
+        messages = [
             Message(
                 receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
-                body=rows[i + 3],
+                body=rows[i + 4],
                 attempt=int(rows[i + 2]),
                 lease_deadline=lease_deadline,
+                isolated=_flag(rows[i + 3]),
             )
-            for i in range(0, len(rows), 4)
+            for i in range(0, len(rows), 5)
         ]
+        return messages, _flag(stopped)
 
     async def claim(
         self,
@@ -377,6 +387,11 @@ class RedisTransport:
         One claim script per topic, all in one round trip. ``max_count`` is shared out
         between the topics; topics that filled their share are asked again for what is
         left, so one busy topic can still fill the whole claim.
+
+        Only the first script of a claim that has nothing yet may hand out a suspect
+        (isolated) event; the others stop before one. If the first did while others took
+        events, those are released again (uncounted), so the isolated event goes alone;
+        if every topic stopped before a suspect, one more call takes one.
         """
         group = validate_group(group)
         names = list(dict.fromkeys(validate_topic(t) for t in topics))
@@ -385,22 +400,42 @@ class RedisTransport:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         messages: list[Message] = []
+        blocked: list[str] = []  # topics whose script stopped before a suspect
         remaining, open_topics = max_count, names
         while remaining > 0 and open_topics:
             share, extra = divmod(remaining, len(open_topics))
             quotas = [share + (i < extra) for i in range(len(open_topics))]
             asked = [(t, q) for t, q in zip(open_topics, quotas, strict=True) if q > 0]
-            calls = [self._claim_call(t, group, q, lease, max_attempts) for t, q in asked]
+            calls = [
+                self._claim_call(t, group, q, lease, max_attempts, not messages and n == 0)
+                for n, (t, q) in enumerate(asked)
+            ]
             replies = await self._run("claim", calls)
             still_open = [t for t, q in zip(open_topics, quotas, strict=True) if q == 0]
             for (topic, quota), reply in zip(asked, replies, strict=True):
-                got = self._messages(topic, group, reply)
+                got, stopped = self._messages(topic, group, reply)
                 messages += got
                 remaining -= len(got)
-                if len(got) == quota:
+                if stopped:
+                    blocked.append(topic)
+                elif len(got) == quota:
                     still_open.append(topic)
+            isolated = [m for m in messages if m.isolated]
+            if isolated:
+                return await self._alone(isolated[0], messages)
             open_topics = still_open
+        if not messages and blocked:
+            call = self._claim_call(blocked[0], group, 1, lease, max_attempts, True)
+            [reply] = await self._run("claim", [call])
+            messages, _ = self._messages(blocked[0], group, reply)
         return messages
+
+    async def _alone(self, isolated: Message, claimed: list[Message]) -> list[Message]:
+        """Hand out ``isolated`` alone: release the events claimed beside it."""
+        others = [m.receipt for m in claimed if m is not isolated]
+        if others:
+            await self.release(others)
+        return [isolated]
 
     async def _poll(self, group: str, topics: Sequence[str]) -> int:
         """Run the poll script on ``topics``: how many events are READY for ``group``."""
@@ -507,10 +542,14 @@ class RedisTransport:
         return await self._settle("ack", receipts, load_script("ack"))
 
     async def extend(self, receipts: Sequence[Receipt], lease: float) -> list[bool]:
-        """Set each live lease to expire ``lease`` seconds from now; False where stale."""
+        """Make each live lease last at least ``lease`` s from now; False where stale."""
         if lease <= 0:
             raise ValueError(f"lease must be positive, got {lease}")
         return await self._settle("extend", receipts, load_script("extend"), lease)
+
+    async def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        """Give leased events back to the front of READY, attempts uncounted."""
+        return await self._settle("release", receipts, load_script("release"))
 
     async def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
         """Give a leased event back: to the front of READY, or DELAYED for ``delay`` s."""

@@ -46,7 +46,7 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
     call = load_script("nack").call(["", "0", "e1", "tok"], topic=t, group=g)
     assert call.keys == [
         f"p:{{{T}}}:g:{G}:{name}"
-        for name in ("ready", "leased", "tokens", "errors", "delayed", "marker")
+        for name in ("ready", "leased", "tokens", "errors", "delayed", "suspects", "marker")
     ]
     publish = load_script("publish").call([], topic=t, groups=[g, keys.group(T, G2)])
     assert publish.keys == [
@@ -116,9 +116,9 @@ def test_the_grammar_of_a_header_with_keys_per_group() -> None:
             id="read-outside-a-binding",
         ),
         pytest.param(
-            "1 ready  2 suspects",
-            "local ready, suspects = KEYS[1], KEYS[2]",
-            "'suspects' is no field of TopicKeys or GroupKeys",
+            "1 ready  2 suspicions",
+            "local ready, suspicions = KEYS[1], KEYS[2]",
+            "'suspicions' is no field of TopicKeys or GroupKeys",
             id="not-in-keys-py",
         ),
         pytest.param(
@@ -161,12 +161,13 @@ def test_a_script_without_a_keys_line_does_not_load() -> None:
 
 # What each script answers when nothing is there, for the transport to go on.
 EMPTY_REPLIES: dict[str, Any] = {
-    "claim": [b"1", b"31", b""],
+    "claim": [b"1", b"31", b"", 0],
     "poll": [0, b"1", b""],
     "stats": [0, 0, 0, 0, b"1", b""],
     "dead_letters": [],
     "ack": [1],
     "extend": [1],
+    "release": [1],
 }
 
 
@@ -193,6 +194,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr._poll(G, [T])
     await tr.ack([receipt])
     await tr.extend([receipt], 30)
+    await tr.release([receipt])
     await tr.nack(receipt, error="boom")
     await tr.kill(receipt, reason="handler")
     await tr.dead_letters(T, G)

@@ -3,15 +3,15 @@
 A receipt counts only while its lease is live (same token, deadline not passed); a stale
 one changes nothing. The body is freed once no group holds the event.
 
-KEYS: 1 msg  2 refs  3 leased  4 tokens  5 attempts  6 errors
+KEYS: 1 msg  2 refs  3 leased  4 tokens  5 attempts  6 errors  7 suspects
 ARGV: 1 now ('' = server TIME), then pairs: event id, token
 Returns: per pair, 1 if acked, 0 if stale
 ]]
 --- @include "now"
 --- @include "chunks"
---- @include "release"
+--- @include "refs"
 
-local msg, refs, leased, tokens, attempts, errors = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local msg, refs, leased, tokens, attempts, errors, suspects = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now = now_from(ARGV[1])
 -- Every lookup and every write is one call per key for the whole batch, not per event.
 local ids = {}
@@ -36,5 +36,6 @@ call_chunked('ZREM', leased, done, 1, #done)
 call_chunked('HDEL', tokens, done, 1, #done)
 call_chunked('HDEL', attempts, done, 1, #done)
 call_chunked('HDEL', errors, done, 1, #done)
-release_all(msg, refs, done)
+call_chunked('SREM', suspects, done, 1, #done)
+drop_refs(msg, refs, done)
 return out

@@ -6,15 +6,19 @@ backlog, earliest first, then the head of the list. Each one's attempt count goe
 with its claim, in this same atomic step, so an event that kills its consumer still runs
 out of attempts. An event that would exceed max_attempts goes to DEAD ("max_attempts")
 instead of being handed out (at most MAX_BURIALS per call). Each lease gets a fresh
-token. Afterwards the marker is left set only while READY still has events, so other
-idle consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
+token. A suspect (an event whose last lease expired: it may have crashed its consumer)
+is handed out alone, marked isolated, when it is the first event the call takes and
+ARGV[6] allows it; otherwise the call stops before it, leaving it at the front.
+Afterwards the marker is left set only while READY still has events, so other idle
+consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
 MAX_BURIALS) work, whatever the size of the queues.
 
 KEYS: 1 msg  2 ready  3 leased  4 tokens  5 attempts  6 errors  7 delayed  8 dead
-      9 deadinfo  10 marker
+      9 deadinfo  10 suspects  11 marker
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
-      5 token prefix (random, unique to this call)
-Returns: {now, deadline, next_due ('' if none), then per event: id, token, attempt, body}
+      5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
+Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
+         else 0), then per event: id, token, attempt, isolated (1 or 0), body}
 ]]
 --- @include "now"
 --- @include "requeue_due"
@@ -22,16 +26,20 @@ Returns: {now, deadline, next_due ('' if none), then per event: id, token, attem
 --- @include "chunks"
 
 local MAX_BURIALS = 1000
-local msg, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[10]
-local k = {attempts = KEYS[5], errors = KEYS[6], dead = KEYS[8], deadinfo = KEYS[9]}
+local msg, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[11]
+local k = {attempts = KEYS[5], errors = KEYS[6], dead = KEYS[8], deadinfo = KEYS[9], suspects = KEYS[10]}
 local now = now_from(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local max_count, max_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
+local may_isolate = ARGV[6] == '1'
 
-requeue_due(ready, leased, tokens, delayed, marker, now)
+requeue_due(ready, leased, tokens, delayed, k.suspects, marker, now)
 
 local out = {}
 local claimed, buried = 0, 0
+-- 'isolated' once a suspect was taken, 'stopped' once the call stopped before one.
+local ending = false
+local isolated_id = nil
 -- Leases taken but not yet written: written together, a few calls per batch instead of
 -- a few per event (see flush).
 local ids, attempts_of, leases, token_of = {}, {}, {}, {}
@@ -49,6 +57,7 @@ local function flush()
     out[#out + 1] = ids[i]
     out[#out + 1] = token_of[2 * i]
     out[#out + 1] = attempts_of[2 * i]
+    out[#out + 1] = ids[i] == isolated_id and 1 or 0
     out[#out + 1] = bodies[i] or ''
   end
   ids, attempts_of, leases, token_of = {}, {}, {}, {}
@@ -57,17 +66,35 @@ end
 -- Whether the ZSETs may still hold expired leases or due retries: they come before the
 -- list. Once none is found, none appears in this call (`now` does not move).
 local backlog = true
-while claimed < max_count and buried < MAX_BURIALS do
+-- Where each event of the current batch taken from the backlog came from: {zset, score}.
+local origin = {}
+
+-- The events of `batch` from position `first` on go back where they were, in front of
+-- the rest in the same order: backlog events to their ZSET, the others to the list.
+local function put_back(batch, first)
+  for i = #batch, first, -1 do
+    local from = origin[i]
+    if from then
+      redis.call('ZADD', from[1], from[2], batch[i])
+    else
+      redis.call('LPUSH', ready, batch[i])
+    end
+  end
+end
+
+while not ending and claimed < max_count and buried < MAX_BURIALS do
   -- A batch never holds more events than may still be claimed or buried, so the call
   -- stops after the same event as it would taking them one at a time.
   local want = math.min(max_count - claimed, MAX_BURIALS - buried)
   local batch = {}
+  origin = {}
   while backlog and #batch < want do
-    local id = pop_due(leased, tokens, delayed, now)
+    local id, zset, score = pop_due(leased, tokens, delayed, k.suspects, now)
     if not id then
       backlog = false
     else
       batch[#batch + 1] = id
+      origin[#batch] = {zset, score}
     end
   end
   if #batch < want then
@@ -79,11 +106,13 @@ while claimed < max_count and buried < MAX_BURIALS do
     break
   end
   local counts = get_chunked('HMGET', k.attempts, batch)
+  local suspect = get_chunked('SMISMEMBER', k.suspects, batch)
   for i, id in ipairs(batch) do
     local count = counts[i]
     if touched[id] then
       flush()
       count = redis.call('HGET', k.attempts, id)
+      suspect[i] = redis.call('SISMEMBER', k.suspects, id)
     end
     touched[id] = true
     local attempt = tonumber(count or 0) + 1
@@ -91,7 +120,15 @@ while claimed < max_count and buried < MAX_BURIALS do
       flush()  -- keeps every write in the order of the events
       bury(k, id, now, 'max_attempts', false, attempt - 1)
       buried = buried + 1
+    elseif suspect[i] == 1 and (claimed > 0 or not may_isolate) then
+      put_back(batch, i)
+      ending = 'stopped'
+      break
     else
+      if suspect[i] == 1 then
+        isolated_id = id
+        ending = 'isolated'
+      end
       claimed = claimed + 1
       ids[#ids + 1] = id
       attempts_of[#attempts_of + 1] = id
@@ -100,6 +137,10 @@ while claimed < max_count and buried < MAX_BURIALS do
       leases[#leases + 1] = id
       token_of[#token_of + 1] = id
       token_of[#token_of + 1] = ARGV[5] .. '.' .. claimed
+      if ending then
+        put_back(batch, i + 1)
+        break
+      end
     end
   end
 end
@@ -112,7 +153,7 @@ else
   redis.call('DEL', marker)
 end
 
-local head = {num(now), num(deadline), next_due(leased, delayed)}
+local head = {num(now), num(deadline), next_due(leased, delayed), ending == 'stopped' and 1 or 0}
 for i = 1, #out do
   head[#head + 1] = out[i]
 end

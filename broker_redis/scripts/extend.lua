@@ -1,6 +1,7 @@
---[[ extend: make live leases of one (topic, group) expire `lease` seconds from now.
+--[[ extend: make live leases of one (topic, group) last at least `lease` seconds from now.
 
-It may also shorten a lease. Stale receipts change nothing.
+A lease never gets shorter (GT keeps the later deadline), so a consumer's own idea of its
+lease never outlives this one (fencing). Stale receipts change nothing.
 
 KEYS: 1 leased  2 tokens
 ARGV: 1 now ('' = server TIME)  2 lease (seconds), then pairs: event id, token
@@ -16,7 +17,7 @@ local out = {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if holds_lease(leased, tokens, id, ARGV[i + 1], now) then
-    redis.call('ZADD', leased, 'XX', deadline, id)
+    redis.call('ZADD', leased, 'XX', 'GT', deadline, id)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

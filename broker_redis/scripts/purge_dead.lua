@@ -7,11 +7,11 @@ ARGV: 1 'all' or 'ids', then the ids
 Returns: how many were deleted
 ]]
 --- @include "dead"
---- @include "release"
+--- @include "refs"
 
 local msg, refs, dead, deadinfo = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local taken = take_dead(dead, deadinfo, ARGV[1] == 'ids' and ARGV, 2)
 for _, id in ipairs(taken) do
-  release(msg, refs, id)
+  drop_ref(msg, refs, id)
 end
 return #taken

@@ -4,16 +4,16 @@ Applies expired leases and due retries first, like claim, and counts those left 
 their ZSETs by a bounded requeue as READY, so the counts describe the state machine at
 the current time.
 
-KEYS: 1 ready  2 leased  3 tokens  4 delayed  5 dead  6 marker
+KEYS: 1 ready  2 leased  3 tokens  4 delayed  5 dead  6 suspects  7 marker
 ARGV: 1 now ('' = server TIME)
 Returns: {ready, leased, delayed, dead, now, next_due ('' if none)}
 ]]
 --- @include "now"
 --- @include "requeue_due"
 
-local ready, leased, tokens, delayed, dead, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ready, leased, tokens, delayed, dead, suspects, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now = now_from(ARGV[1])
-requeue_due(ready, leased, tokens, delayed, marker, now)
+requeue_due(ready, leased, tokens, delayed, suspects, marker, now)
 local expired, due = count_due(leased, delayed, now)
 return {
   redis.call('LLEN', ready) + expired + due,

@@ -16,4 +16,5 @@ local function bury(k, id, now, reason, err, attempts)
   redis.call('HSET', k.deadinfo, id, cjson.encode(info))
   redis.call('HDEL', k.errors, id)
   redis.call('HDEL', k.attempts, id)
+  redis.call('SREM', k.suspects, id)
 end

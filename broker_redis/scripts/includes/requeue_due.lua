@@ -13,10 +13,11 @@ local MAX_REQUEUE = 1000
 
 -- Move up to MAX_REQUEUE of the expired leases and due retries to the head of `ready`,
 -- forgetting the tokens of the expired leases (their receipts are stale even if nobody
--- claims the events again), and wake a waiter if anything moved. The LATEST ones move:
+-- claims the events again) and marking those events suspects (each may have crashed its
+-- consumer, so it is handed out alone), and wake a waiter if anything moved. The LATEST ones move:
 -- they belong right in front of `ready`, and the earlier ones still waiting will land in
 -- front of them in a later call, so the order is the one an unbounded sweep would give.
-local function requeue_due(ready, leased, tokens, delayed, marker, now)
+local function requeue_due(ready, leased, tokens, delayed, suspects, marker, now)
   local expired = redis.call('ZRANGE', leased, now, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, MAX_REQUEUE, 'WITHSCORES')
   local due = redis.call('ZRANGE', delayed, now, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, MAX_REQUEUE, 'WITHSCORES')
   if #expired == 0 and #due == 0 then
@@ -42,6 +43,7 @@ local function requeue_due(ready, leased, tokens, delayed, marker, now)
   if #was_leased > 0 then
     call_chunked('ZREM', leased, was_leased, 1, #was_leased)
     call_chunked('HDEL', tokens, was_leased, 1, #was_leased)
+    call_chunked('SADD', suspects, was_leased, 1, #was_leased)
   end
   if #was_delayed > 0 then
     call_chunked('ZREM', delayed, was_delayed, 1, #was_delayed)
@@ -49,29 +51,33 @@ local function requeue_due(ready, leased, tokens, delayed, marker, now)
   wake(marker)
 end
 
--- The earliest score of `zset` if it is due at `now`, else nil.
+-- The earliest member of `zset` and its score (as a number, and as the exact string) if
+-- it is due at `now`, else nil.
 local function due_head(zset, now)
   local head = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
   if head[2] and tonumber(head[2]) <= now then
-    return head[1], tonumber(head[2])
+    return head[1], tonumber(head[2]), head[2]
   end
   return nil
 end
 
 -- Take the front of the backlog that requeue_due left in the ZSETs: the earliest expired
--- lease or due retry (the lease on equal times), or nil when none is left. O(log n).
-local function pop_due(leased, tokens, delayed, now)
-  local lease_id, lease_at = due_head(leased, now)
-  local retry_id, retry_at = due_head(delayed, now)
+-- lease or due retry (the lease on equal times), or nil when none is left; an expired
+-- lease's event becomes a suspect, as in requeue_due. Also returns the ZSET it came from
+-- and its score there, so that a caller can put it back where it was. O(log n).
+local function pop_due(leased, tokens, delayed, suspects, now)
+  local lease_id, lease_at, lease_score = due_head(leased, now)
+  local retry_id, retry_at, retry_score = due_head(delayed, now)
   if lease_id and (not retry_id or lease_at <= retry_at) then
     redis.call('ZREM', leased, lease_id)
     redis.call('HDEL', tokens, lease_id)
-    return lease_id
+    redis.call('SADD', suspects, lease_id)
+    return lease_id, leased, lease_score
   end
   if retry_id then
     redis.call('ZREM', delayed, retry_id)
   end
-  return retry_id
+  return retry_id, delayed, retry_score
 end
 
 -- How many expired leases and due retries are still in their ZSETs. O(log n).

@@ -2,16 +2,16 @@
 
 -- One group is done with event `id` (acked, or dead and purged): free the body when it
 -- was the last group holding it. A missing count (a planted id) also frees.
-local function release(msg, refs, id)
+local function drop_ref(msg, refs, id)
   if redis.call('HINCRBY', refs, id, -1) <= 0 then
     redis.call('HDEL', refs, id)
     redis.call('HDEL', msg, id)
   end
 end
 
--- release() for many distinct ids, with one HMGET and one HDEL per key for all of them
+-- drop_ref() for many distinct ids, with one HMGET and one HDEL per key for all of them
 -- (only ids other groups still hold take a call of their own).
-local function release_all(msg, refs, ids)
+local function drop_refs(msg, refs, ids)
   local counts = get_chunked('HMGET', refs, ids)
   local freed = {}
   for i, id in ipairs(ids) do
