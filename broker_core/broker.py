@@ -92,7 +92,8 @@ class Broker:
         return self.options.group
 
     def _require_group(self, group: str | None = None) -> str:
-        group = group or self.options.group
+        # ``is None``, not ``or``: an empty name must reach validation and be refused.
+        group = self.options.group if group is None else group
         if group is None:
             raise ValueError("this needs a group: Broker.from_url(url, group='my-service')")
         return validate_group(group)
@@ -164,7 +165,7 @@ class Broker:
     def _topic_of(event: Event, topic: str | None) -> str:
         if not isinstance(event, Event):
             raise TypeError(f"publish takes Event instances, got {type(event).__name__}")
-        name = topic or event.topic
+        name = event.topic if topic is None else topic
         if name is None:
             raise ValueError(
                 f"{type(event).__name__} has no topic: set `topic: ClassVar[str]` on the class "
