@@ -134,8 +134,9 @@ class Broker:
         """Publish ``event`` to ``topic`` (default: its class's ``topic``).
 
         Returns how many groups it reached; 0 when nobody subscribed (not an error).
-        Raises EventTooLarge, before anything is stored, if it exceeds
-        ``max_event_bytes``.
+        Before anything is stored, raises InvalidEvent, naming the field, if it holds a
+        value the wire format cannot carry (docs/wire-format.md), and EventTooLarge if it
+        exceeds ``max_event_bytes``.
         """
         name = self._topic_of(event, topic)
         return await self.transport.publish(name, [(event.id, self._encode(event, name))])

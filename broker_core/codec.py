@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from broker_core.errors import BrokerError
+from broker_core.errors import BrokerError, InvalidEvent
 from broker_core.events import Event, UnknownEvent, event_class
 
 __all__ = ["FORMAT_VERSION", "DecodeError", "Envelope", "decode", "encode"]
@@ -35,11 +37,22 @@ class Envelope(BaseModel):
 
 
 # One encoder for every call: ``json.dumps`` with options builds a new one each time.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Without allow_nan=False it writes NaN and Infinity, which are not JSON: consumers in
+# other languages refuse them.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode(event: Event, topic: str) -> bytes:
-    """Serialise ``event`` as published to ``topic``."""
+    """Serialise ``event`` as published to ``topic``.
+
+    Raises InvalidEvent, naming the field, for a value the wire format cannot carry: a
+    string with a lone surrogate, a NaN or infinite float, an integer too long for
+    Python to write out, or a value pydantic cannot serialise.
+    """
+    try:
+        data = event.payload()
+    except PydanticSerializationError as exc:
+        raise InvalidEvent(f"cannot publish {_name(event)}: {exc}") from exc
     envelope = {
         "v": FORMAT_VERSION,
         "id": event.id,
@@ -47,9 +60,62 @@ def encode(event: Event, topic: str) -> bytes:
         "topic": topic,
         "occurred_at": event.occurred_at.isoformat(),
         "headers": event.headers,
-        "data": event.payload(),
+        "data": data,
     }
-    return _ENCODER.encode(envelope).encode()
+    try:
+        return _ENCODER.encode(envelope).encode()
+    except ValueError as exc:  # UnicodeEncodeError is one too
+        # The encoder does not say where it failed; searching the envelope costs a walk
+        # over all of it, so only a failed encode pays for it.
+        raise InvalidEvent(
+            f"cannot publish {_name(event)}: {_culprit(envelope, '') or exc}"
+        ) from exc
+
+
+def _name(event: Event) -> str:
+    # repr: the id or type may itself hold the surrogate, which a message must not.
+    return f"{event.type_name!r} event {event.id!r}"
+
+
+def _culprit(value: object, path: str) -> str | None:
+    """Say which value in ``value`` (JSON-like data at ``path``) the encoder refuses, and why.
+
+    None if it refuses none.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"{path} holds a lone surrogate {value[exc.start]!r} at index {exc.start}, "
+                "which UTF-8 cannot encode (os.fsdecode makes these of undecodable bytes)"
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{path} is {value!r}, which JSON cannot represent"
+    elif isinstance(value, int):
+        try:
+            repr(value)
+        except ValueError:
+            return f"{path} is an integer too long to write out (see sys.set_int_max_str_digits)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _culprit(key, f"the key {key!r} of {path}") or _culprit(item, _child(path, key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _culprit(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _child(path: str, key: str) -> str:
+    """The path of ``key`` in the object at ``path``: ``data.name``, or ``data['a.b']``."""
+    if key.isprintable() and key and not any(c in key for c in ".[]'"):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
 
 
 def decode(body: bytes, types: Mapping[str, type[Event]] | None = None) -> Event:

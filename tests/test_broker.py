@@ -14,6 +14,7 @@ from broker_core import (
     Delivery,
     Event,
     EventTooLarge,
+    InvalidEvent,
     InvalidName,
     LeaseLost,
     ManualClock,
@@ -267,6 +268,27 @@ async def test_oversized_event_is_refused_and_nothing_is_stored(
         await broker.publish_many(
             [OrderPlaced(order_id="ok", total=1), OrderPlaced(order_id="x" * 500, total=1)]
         )
+    [stats] = await broker.stats("orders")
+    assert stats.ready == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        (OrderPlaced(order_id="\udcff", total=1), "data.order_id holds a lone surrogate"),
+        (OrderPlaced(order_id="1", total=1, headers={"x": "\ud800"}), "headers.x holds"),
+        (OrderPlaced(order_id="1", total=float("inf")), "data.total is inf"),
+    ],
+)
+async def test_events_the_wire_cannot_carry_are_refused_and_nothing_is_stored(
+    make: Callable[..., Broker], bad: OrderPlaced, where: str
+) -> None:
+    broker = await started(make())
+    await broker.subscribe("orders")
+    with pytest.raises(InvalidEvent, match=f"'OrderPlaced' event '{bad.id}': {where}"):
+        await broker.publish(bad)
+    with pytest.raises(InvalidEvent, match=where):
+        await broker.publish_many([OrderPlaced(order_id="ok", total=1), bad])
     [stats] = await broker.stats("orders")
     assert stats.ready == 0
 

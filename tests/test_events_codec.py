@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from broker_core import DecodeError, Event, UnknownEvent
+from broker_core import BrokerError, DecodeError, Event, InvalidEvent, UnknownEvent
 from broker_core.codec import FORMAT_VERSION, decode, encode
 from broker_core.events import new_event_id
 
@@ -109,6 +110,45 @@ def test_unknown_type_decodes_as_unknown_event() -> None:
 def test_undecodable_bodies_say_why(body: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         decode(body)
+
+
+class Item(BaseModel):
+    name: str
+
+
+class Listing(Event):
+    topic: ClassVar[str] = "listings"
+    items: list[Item] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+BAD_NAME = os.fsdecode(b"report-\xff.txt")  # a bad filename: "report-\udcff.txt"
+
+
+@pytest.mark.parametrize(
+    ("event", "where"),
+    [
+        (
+            Listing(items=[Item(name="a"), Item(name="b"), Item(name=BAD_NAME)]),
+            r"data\.items\[2\]\.name holds a lone surrogate '\\udcff' at index 7",
+        ),
+        (Listing(headers={"x": "\ud800"}), r"headers\.x holds a lone surrogate '\\ud800'"),
+        (Listing(headers={"\ud800": "x"}), r"the key '\\ud800' of headers holds"),
+        (Listing(extra={"a.b": ["\udc80"]}), r"data\.extra\['a\.b'\]\[0\] holds"),
+        (Listing(id="bad-\udc80"), r"^cannot publish 'Listing' event 'bad-\\udc80': id holds"),
+        (Shipped(parcel="p", weight=float("nan")), "data.weight is nan, which JSON cannot"),
+        (Shipped(parcel="p", weight=float("-inf")), "data.weight is -inf, which JSON cannot"),
+        (Listing(extra={"n": [10**5000]}), r"data\.extra\.n\[0\] is an integer too long"),
+        (Listing(extra={"thing": object()}), "Unable to serialize unknown type"),
+    ],
+)
+def test_what_the_wire_cannot_carry_is_refused_with_the_field(event: Event, where: str) -> None:
+    with pytest.raises(InvalidEvent, match=where) as info:
+        encode(event, "t")
+    assert isinstance(info.value, BrokerError)
+    assert f"{event.type_name!r} event {event.id!r}" in str(info.value)
+    # The message itself is printable anywhere: the culprit is escaped.
+    str(info.value).encode()
 
 
 def test_ids_are_unique_and_time_ordered() -> None:
