@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ENVELOPE_FIELDS", "Event", "UnknownEvent", "event_class", "new_event_id"]
 
@@ -64,7 +64,8 @@ class Event(BaseModel):
 
     Subclasses declare their payload as pydantic fields and may set the class variables
     ``topic`` (where ``publish`` sends it unless told otherwise) and ``event_type`` (its
-    name on the wire; the class name by default)::
+    name on the wire; the class name by default). ``occurred_at`` (default: now) must be
+    timezone-aware and is kept in UTC::
 
         class OrderPlaced(Event):
             topic: ClassVar[str] = "orders"
@@ -80,6 +81,19 @@ class Event(BaseModel):
     id: str = Field(default_factory=new_event_id)
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware_in_utc(cls, value: datetime) -> datetime:
+        # The wire format requires an offset, so a naive time would be undecodable by
+        # every consumer. In UTC because isoformat writes the seconds of a historic
+        # zone's offset (+00:19:32), which pydantic, decoding the envelope, refuses.
+        if value.utcoffset() is None:
+            raise ValueError(
+                "occurred_at must be timezone-aware (the wire format needs an offset): "
+                "pass e.g. datetime.now(UTC)"
+            )
+        return value.astimezone(UTC)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

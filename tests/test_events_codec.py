@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from broker_core import BrokerError, DecodeError, Event, InvalidEvent, UnknownEvent
 from broker_core.codec import FORMAT_VERSION, decode, encode
@@ -149,6 +149,43 @@ def test_what_the_wire_cannot_carry_is_refused_with_the_field(event: Event, wher
     assert f"{event.type_name!r} event {event.id!r}" in str(info.value)
     # The message itself is printable anywhere: the culprit is escaped.
     str(info.value).encode()
+
+
+def test_naive_occurred_at_is_refused_at_construction() -> None:
+    with pytest.raises(ValidationError, match=r"occurred_at must be timezone-aware.*now\(UTC\)"):
+        Shipped(parcel="p", weight=1, occurred_at=datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [timedelta(hours=5, minutes=30), timedelta(minutes=19, seconds=32), -timedelta(seconds=1)],
+)
+def test_occurred_at_is_kept_in_utc_and_round_trips(offset: timedelta) -> None:
+    # A historic zone's offset has seconds (Amsterdam's was +00:19:32), which isoformat
+    # writes and the envelope's parser refuses: UTC is always decodable.
+    local = datetime(1900, 1, 1, 12, tzinfo=timezone(offset))
+    event = Shipped(parcel="p", weight=1, occurred_at=local)
+    assert event.occurred_at == local
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    assert json.loads(encode(event, "t"))["occurred_at"].endswith("+00:00")
+    assert decode(encode(event, "t")) == event
+
+
+class Appointment(Event):
+    at: datetime
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 3, 1, 9, 30),
+        datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=-3))),
+    ],
+)
+def test_datetimes_in_data_keep_their_awareness(at: datetime) -> None:
+    decoded = decode(encode(Appointment(at=at), "t"))
+    assert isinstance(decoded, Appointment)
+    assert (decoded.at, decoded.at.utcoffset()) == (at, at.utcoffset())
 
 
 def test_ids_are_unique_and_time_ordered() -> None:
