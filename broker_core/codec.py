@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
-from pydantic_core import PydanticSerializationError
 
 from broker_core.errors import BrokerError, InvalidEvent
 from broker_core.events import Event, UnknownEvent, event_class
@@ -40,6 +39,7 @@ class Envelope(BaseModel):
 # Without allow_nan=False it writes NaN and Infinity, which are not JSON: consumers in
 # other languages refuse them.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_REPLACEMENT = "\ufffd".encode()
 
 
 def encode(event: Event, topic: str) -> bytes:
@@ -50,26 +50,33 @@ def encode(event: Event, topic: str) -> bytes:
     Python to write out, or a value pydantic cannot serialise.
     """
     try:
-        data = event.payload()
-    except PydanticSerializationError as exc:
-        raise InvalidEvent(f"cannot publish {_name(event)}: {exc}") from exc
-    envelope = {
-        "v": FORMAT_VERSION,
-        "id": event.id,
-        "type": event.type_name,
-        "topic": topic,
-        "occurred_at": event.occurred_at.isoformat(),
-        "headers": event.headers,
-        "data": data,
-    }
-    try:
-        return _ENCODER.encode(envelope).encode()
-    except ValueError as exc:  # UnicodeEncodeError is one too
-        # The encoder does not say where it failed; searching the envelope costs a walk
-        # over all of it, so only a failed encode pays for it.
-        raise InvalidEvent(
-            f"cannot publish {_name(event)}: {_culprit(envelope, '') or exc}"
-        ) from exc
+        envelope = {
+            "v": FORMAT_VERSION,
+            "id": event.id,
+            "type": event.type_name,
+            "topic": topic,
+            "occurred_at": event.occurred_at.isoformat(),
+            "headers": event.headers,
+            "data": event.payload(),
+        }
+        body = _ENCODER.encode(envelope).encode()
+    # pydantic's serialisation errors and UnicodeEncodeError are ValueErrors too.
+    except ValueError as exc:
+        # Neither pydantic nor the encoder says where it failed; finding out walks the
+        # whole event, so only a failed encode pays for it.
+        raise InvalidEvent(f"cannot publish {_name(event)}: {_culprit_in(event) or exc}") from exc
+    # pydantic writes a dict key holding a lone surrogate as U+FFFD instead of failing.
+    # Looking for U+FFFD is a fast byte search; only the rare body holding one is walked.
+    if _REPLACEMENT in body and (reason := _culprit_in(event)):
+        raise InvalidEvent(f"cannot publish {_name(event)}: {reason}")
+    return body
+
+
+def _culprit_in(event: Event) -> str | None:
+    """Say which value of ``event`` the wire format cannot carry, and why; None if none."""
+    # The Python values, not the JSON ones: pydantic has replaced surrogates in keys there.
+    sent = {"id": event.id, "type": event.type_name, "headers": event.headers}
+    return _culprit({**sent, "data": event.payload("python")}, "")
 
 
 def _name(event: Event) -> str:
@@ -103,7 +110,7 @@ def _culprit(value: object, path: str) -> str | None:
             found = _culprit(key, f"the key {key!r} of {path}") or _culprit(item, _child(path, key))
             if found:
                 return found
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             found = _culprit(item, f"{path}[{index}]")
             if found:

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -73,7 +73,9 @@ class Event(BaseModel):
             total: float
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # pydantic writes a NaN or infinity held in an ``Any`` field as null, silently; as the
+    # float it is, the codec refuses it, as it refuses one in a ``float`` field.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     topic: ClassVar[str | None] = None
     event_type: ClassVar[str] = "Event"
@@ -107,9 +109,11 @@ class Event(BaseModel):
         """This event's type name on the wire."""
         return self.event_type
 
-    def payload(self) -> dict[str, Any]:
-        """The event's own fields as JSON-compatible data (the envelope's ``data``)."""
-        return self.model_dump(mode="json", exclude=_EXCLUDE)
+    def payload(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
+        """The event's own fields, the envelope's ``data``: as JSON-compatible data, or
+        with ``mode="python"`` as the Python objects they hold.
+        """
+        return self.model_dump(mode=mode, exclude=_EXCLUDE)
 
 
 ENVELOPE_FIELDS: frozenset[str] = frozenset({"id", "occurred_at", "headers"})
@@ -134,6 +138,6 @@ class UnknownEvent(Event):
         """The wire type this event arrived with."""
         return self.type
 
-    def payload(self) -> dict[str, Any]:
-        """The data exactly as it arrived."""
+    def payload(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
+        """The data exactly as it arrived, in either mode."""
         return dict(self.data)
