@@ -110,7 +110,7 @@ def _culprit(value: object, path: str) -> str | None:
             found = _culprit(key, f"the key {key!r} of {path}") or _culprit(item, _child(path, key))
             if found:
                 return found
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple | set | frozenset):  # as the JSON list they become
         for index, item in enumerate(value):
             found = _culprit(item, f"{path}[{index}]")
             if found:
@@ -118,9 +118,10 @@ def _culprit(value: object, path: str) -> str | None:
     return None
 
 
-def _child(path: str, key: str) -> str:
-    """The path of ``key`` in the object at ``path``: ``data.name``, or ``data['a.b']``."""
-    if key.isprintable() and key and not any(c in key for c in ".[]'"):
+def _child(path: str, key: object) -> str:
+    """The path of ``key`` under ``path``: ``data.name``, ``data['a.b']``, ``data[3]``."""
+    # Keys of the Python values need not be strings: pydantic writes dict[int, str] keys out.
+    if isinstance(key, str) and key.isprintable() and key and not any(c in key for c in ".[]'"):
         return f"{path}.{key}" if path else key
     return f"{path}[{key!r}]"
 

@@ -111,6 +111,7 @@ class Listing(Event):
     topic: ClassVar[str] = "listings"
     items: list[Item] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
+    by_number: dict[int, str] = Field(default_factory=dict)
 
 
 BAD_NAME = os.fsdecode(b"report-\xff.txt")  # a bad filename: "report-\udcff.txt"
@@ -129,6 +130,7 @@ BAD_NAME = os.fsdecode(b"report-\xff.txt")  # a bad filename: "report-\udcff.txt
         # pydantic turns this key into U+FFFD rather than failing.
         (Listing(extra={"\udc80": 1}), r"the key '\\udc80' of data\.extra holds"),
         (Listing(extra={"n": float("nan")}), r"data\.extra\.n is nan"),
+        (Listing(by_number={3: "\udc80"}), r"data\.by_number\[3\] holds"),
         (Listing(id="bad-\udc80"), r"^cannot publish 'Listing' event 'bad-\\udc80': id holds"),
         (Shipped(parcel="p", weight=float("nan")), "data.weight is nan, which JSON cannot"),
         (Shipped(parcel="p", weight=float("-inf")), "data.weight is -inf, which JSON cannot"),
