@@ -11,6 +11,7 @@ from broker_core.delivery import Delivery
 from broker_core.errors import (
     BrokerError,
     EventTooLarge,
+    InvalidEvent,
     InvalidName,
     LeaseLost,
     TransportError,
@@ -34,6 +35,7 @@ __all__ = [
     "Delivery",
     "Event",
     "EventTooLarge",
+    "InvalidEvent",
     "InvalidName",
     "LeaseLost",
     "ManualClock",

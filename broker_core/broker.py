@@ -92,7 +92,8 @@ class Broker:
         return self.options.group
 
     def _require_group(self, group: str | None = None) -> str:
-        group = group or self.options.group
+        # ``is None``, not ``or``: an empty name must reach validation and be refused.
+        group = self.options.group if group is None else group
         if group is None:
             raise ValueError("this needs a group: Broker.from_url(url, group='my-service')")
         return validate_group(group)
@@ -133,22 +134,31 @@ class Broker:
         """Publish ``event`` to ``topic`` (default: its class's ``topic``).
 
         Returns how many groups it reached; 0 when nobody subscribed (not an error).
-        Raises EventTooLarge, before anything is stored, if it exceeds
-        ``max_event_bytes``.
+        Before anything is stored, raises InvalidEvent, naming the field, if it holds a
+        value the wire format cannot carry (docs/wire-format.md), and EventTooLarge if it
+        exceeds ``max_event_bytes`` or the transport's own ``max_body_bytes``.
         """
         name = self._topic_of(event, topic)
-        return await self.transport.publish(name, [(event.id, self._encode(event, name))])
+        body = self._encode(event, name, self._size_limit())
+        return await self.transport.publish(name, [(event.id, body)])
 
     async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
         """Publish several events, one transport call per topic, all topics at once.
 
         Events of one topic keep their order. Returns the number of (event, group)
-        copies enqueued. Nothing is published if any event is invalid or too large.
+        copies enqueued. Every event is checked, as by :meth:`publish`, before anything
+        is sent: if one is refused, nothing is published.
+
+        Each topic's batch is stored atomically (one transport call), but the topics are
+        published concurrently: if the store fails midway (TransportError), some topics
+        may hold their events and others not. Retrying the whole call is safe then,
+        since a topic skips the ids it still holds.
         """
+        limit = self._size_limit()
         batches: dict[str, list[tuple[str, bytes]]] = {}
         for event in events:
             name = self._topic_of(event, topic)
-            batches.setdefault(name, []).append((event.id, self._encode(event, name)))
+            batches.setdefault(name, []).append((event.id, self._encode(event, name, limit)))
         if len(batches) == 1:
             # The usual case: one topic, one call, no task to run it in.
             [(name, batch)] = batches.items()
@@ -164,7 +174,7 @@ class Broker:
     def _topic_of(event: Event, topic: str | None) -> str:
         if not isinstance(event, Event):
             raise TypeError(f"publish takes Event instances, got {type(event).__name__}")
-        name = topic or event.topic
+        name = event.topic if topic is None else topic
         if name is None:
             raise ValueError(
                 f"{type(event).__name__} has no topic: set `topic: ClassVar[str]` on the class "
@@ -172,12 +182,24 @@ class Broker:
             )
         return validate_topic(name)
 
-    def _encode(self, event: Event, topic: str) -> bytes:
+    def _size_limit(self) -> tuple[int, str]:
+        """The largest encoded event publish may send, and the option that sets it."""
+        own = self.options.max_event_bytes
+        # The transport's limit counts too: its refusal would come after other topics of a
+        # publish_many were already stored.
+        store = self.transport.max_body_bytes
+        if store is not None and store < own:
+            return store, f"the transport's max_body_bytes={store}"
+        return own, f"max_event_bytes={own}"
+
+    @staticmethod
+    def _encode(event: Event, topic: str, limit: tuple[int, str]) -> bytes:
         body = encode(event, topic)
-        if len(body) > self.options.max_event_bytes:
+        most, option = limit
+        if len(body) > most:
             raise EventTooLarge(
                 f"event {event.id} ({event.type_name}) is {len(body)} bytes encoded; "
-                f"the limit is max_event_bytes={self.options.max_event_bytes}"
+                f"the limit is {option}"
             )
         return body
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from broker_core.errors import BrokerError
+from broker_core.errors import BrokerError, InvalidEvent
 from broker_core.events import Event, UnknownEvent, event_class
 
 __all__ = ["FORMAT_VERSION", "DecodeError", "Envelope", "decode", "encode"]
@@ -35,21 +36,94 @@ class Envelope(BaseModel):
 
 
 # One encoder for every call: ``json.dumps`` with options builds a new one each time.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Without allow_nan=False it writes NaN and Infinity, which are not JSON: consumers in
+# other languages refuse them.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_REPLACEMENT = "\ufffd".encode()
 
 
 def encode(event: Event, topic: str) -> bytes:
-    """Serialise ``event`` as published to ``topic``."""
-    envelope = {
-        "v": FORMAT_VERSION,
-        "id": event.id,
-        "type": event.type_name,
-        "topic": topic,
-        "occurred_at": event.occurred_at.isoformat(),
-        "headers": event.headers,
-        "data": event.payload(),
-    }
-    return _ENCODER.encode(envelope).encode()
+    """Serialise ``event`` as published to ``topic``.
+
+    Raises InvalidEvent, naming the field, for a value the wire format cannot carry: a
+    string with a lone surrogate, a NaN or infinite float, an integer too long for
+    Python to write out, or a value pydantic cannot serialise.
+    """
+    try:
+        envelope = {
+            "v": FORMAT_VERSION,
+            "id": event.id,
+            "type": event.type_name,
+            "topic": topic,
+            "occurred_at": event.occurred_at.isoformat(),
+            "headers": event.headers,
+            "data": event.payload(),
+        }
+        body = _ENCODER.encode(envelope).encode()
+    # pydantic's serialisation errors and UnicodeEncodeError are ValueErrors too.
+    except ValueError as exc:
+        # Neither pydantic nor the encoder says where it failed; finding out walks the
+        # whole event, so only a failed encode pays for it.
+        raise InvalidEvent(f"cannot publish {_name(event)}: {_culprit_in(event) or exc}") from exc
+    # pydantic writes a dict key holding a lone surrogate as U+FFFD instead of failing.
+    # Looking for U+FFFD is a fast byte search; only the rare body holding one is walked.
+    if _REPLACEMENT in body and (reason := _culprit_in(event)):
+        raise InvalidEvent(f"cannot publish {_name(event)}: {reason}")
+    return body
+
+
+def _culprit_in(event: Event) -> str | None:
+    """Say which value of ``event`` the wire format cannot carry, and why; None if none."""
+    # The Python values, not the JSON ones: pydantic has replaced surrogates in keys there.
+    sent = {"id": event.id, "type": event.type_name, "headers": event.headers}
+    return _culprit({**sent, "data": event.payload("python")}, "")
+
+
+def _name(event: Event) -> str:
+    # repr: the id or type may itself hold the surrogate, which a message must not.
+    return f"{event.type_name!r} event {event.id!r}"
+
+
+def _culprit(value: object, path: str) -> str | None:
+    """Say which value in ``value`` (JSON-like data at ``path``) the encoder refuses, and why.
+
+    None if it refuses none.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"{path} holds a lone surrogate {value[exc.start]!r} at index {exc.start}, "
+                "which UTF-8 cannot encode (os.fsdecode makes these of undecodable bytes)"
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{path} is {value!r}, which JSON cannot represent"
+    elif isinstance(value, int):
+        try:
+            repr(value)
+        except ValueError:
+            return f"{path} is an integer too long to write out (see sys.set_int_max_str_digits)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _culprit(key, f"the key {key!r} of {path}") or _culprit(item, _child(path, key))
+            if found:
+                return found
+    elif isinstance(value, list | tuple | set | frozenset):  # as the JSON list they become
+        for index, item in enumerate(value):
+            found = _culprit(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _child(path: str, key: object) -> str:
+    """The path of ``key`` under ``path``: ``data.name``, ``data['a.b']``, ``data[3]``."""
+    # Keys of the Python values need not be strings: pydantic writes dict[int, str] keys out.
+    if isinstance(key, str) and key.isprintable() and key and not any(c in key for c in ".[]'"):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
 
 
 def decode(body: bytes, types: Mapping[str, type[Event]] | None = None) -> Event:

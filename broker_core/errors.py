@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "EventTooLarge",
+    "InvalidEvent",
     "InvalidName",
     "LeaseLost",
     "TransportError",
@@ -18,6 +19,13 @@ class BrokerError(Exception):
 
 class InvalidName(BrokerError, ValueError):
     """A topic or group name that would not be safe as part of a storage key."""
+
+
+class InvalidEvent(BrokerError, ValueError):
+    """An event holds a value the wire format cannot carry; nothing was published.
+
+    The message names the event and the field, e.g. ``data.items[2].name``.
+    """
 
 
 class EventTooLarge(BrokerError, ValueError):

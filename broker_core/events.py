@@ -6,9 +6,9 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ENVELOPE_FIELDS", "Event", "UnknownEvent", "event_class", "new_event_id"]
 
@@ -64,7 +64,8 @@ class Event(BaseModel):
 
     Subclasses declare their payload as pydantic fields and may set the class variables
     ``topic`` (where ``publish`` sends it unless told otherwise) and ``event_type`` (its
-    name on the wire; the class name by default)::
+    name on the wire; the class name by default). ``occurred_at`` (default: now) must be
+    timezone-aware and is kept in UTC::
 
         class OrderPlaced(Event):
             topic: ClassVar[str] = "orders"
@@ -72,7 +73,9 @@ class Event(BaseModel):
             total: float
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # pydantic writes a NaN or infinity held in an ``Any`` field as null, silently; as the
+    # float it is, the codec refuses it, as it refuses one in a ``float`` field.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     topic: ClassVar[str | None] = None
     event_type: ClassVar[str] = "Event"
@@ -80,6 +83,19 @@ class Event(BaseModel):
     id: str = Field(default_factory=new_event_id)
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware_in_utc(cls, value: datetime) -> datetime:
+        # The wire format requires an offset, so a naive time would be undecodable by
+        # every consumer. In UTC because isoformat writes the seconds of a historic
+        # zone's offset (+00:19:32), which pydantic, decoding the envelope, refuses.
+        if value.utcoffset() is None:
+            raise ValueError(
+                "occurred_at must be timezone-aware (the wire format needs an offset): "
+                "pass e.g. datetime.now(UTC)"
+            )
+        return value.astimezone(UTC)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -93,9 +109,11 @@ class Event(BaseModel):
         """This event's type name on the wire."""
         return self.event_type
 
-    def payload(self) -> dict[str, Any]:
-        """The event's own fields as JSON-compatible data (the envelope's ``data``)."""
-        return self.model_dump(mode="json", exclude=_EXCLUDE)
+    def payload(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
+        """The event's own fields, the envelope's ``data``: as JSON-compatible data, or
+        with ``mode="python"`` as the Python objects they hold.
+        """
+        return self.model_dump(mode=mode, exclude=_EXCLUDE)
 
 
 ENVELOPE_FIELDS: frozenset[str] = frozenset({"id", "occurred_at", "headers"})
@@ -120,6 +138,6 @@ class UnknownEvent(Event):
         """The wire type this event arrived with."""
         return self.type
 
-    def payload(self) -> dict[str, Any]:
-        """The data exactly as it arrived."""
+    def payload(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
+        """The data exactly as it arrived, in either mode."""
         return dict(self.data)

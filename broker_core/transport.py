@@ -112,6 +112,15 @@ class QueueStats:
 class Transport(Protocol):
     """What a store must do to carry events; see the module docstring for the states."""
 
+    @property
+    def max_body_bytes(self) -> int | None:
+        """The largest body this transport stores, or None for no limit of its own.
+
+        The Broker refuses a larger event before it calls ``publish``, so that a batch
+        over several topics is never stored for some topics and refused for others.
+        """
+        ...
+
     async def connect(self) -> None:
         """Open connections. Called once before any other method; idempotent."""
         ...

@@ -593,6 +593,11 @@ class MemoryTransport:
             raise ValueError("clock differs from the clock of the given store")
         self.store = store
 
+    @property
+    def max_body_bytes(self) -> None:
+        """None: a memory store keeps bodies of any size."""
+        return None
+
     async def connect(self) -> None:
         """Nothing to open."""
 

@@ -157,6 +157,11 @@ class RedisTransport:
         # due retry the scripts reported: a waiter must not sleep past it.
         self._due: dict[tuple[str, str], float] = {}
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body ``publish`` stores (option ``max_body_bytes``)."""
+        return self._max_body_bytes
+
     def __repr__(self) -> str:
         return f"RedisTransport({self._safe_url!r}, key_prefix={self._keys.prefix!r})"
 

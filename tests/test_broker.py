@@ -14,6 +14,7 @@ from broker_core import (
     Delivery,
     Event,
     EventTooLarge,
+    InvalidEvent,
     InvalidName,
     LeaseLost,
     ManualClock,
@@ -271,6 +272,27 @@ async def test_oversized_event_is_refused_and_nothing_is_stored(
     assert stats.ready == 0
 
 
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        (OrderPlaced(order_id="\udcff", total=1), "data.order_id holds a lone surrogate"),
+        (OrderPlaced(order_id="1", total=1, headers={"x": "\ud800"}), "headers.x holds"),
+        (OrderPlaced(order_id="1", total=float("inf")), "data.total is inf"),
+    ],
+)
+async def test_events_the_wire_cannot_carry_are_refused_and_nothing_is_stored(
+    make: Callable[..., Broker], bad: OrderPlaced, where: str
+) -> None:
+    broker = await started(make())
+    await broker.subscribe("orders")
+    with pytest.raises(InvalidEvent, match=f"'OrderPlaced' event '{bad.id}': {where}"):
+        await broker.publish(bad)
+    with pytest.raises(InvalidEvent, match=where):
+        await broker.publish_many([OrderPlaced(order_id="ok", total=1), bad])
+    [stats] = await broker.stats("orders")
+    assert stats.ready == 0
+
+
 async def test_bad_names_and_topicless_events_are_refused(make: Callable[..., Broker]) -> None:
     broker = await started(make())
     with pytest.raises(InvalidName, match="topic"):
@@ -285,9 +307,41 @@ async def test_bad_names_and_topicless_events_are_refused(make: Callable[..., Br
         broker.on(Topicless)
     with pytest.raises(InvalidName, match="group"):
         make("bad group")
+    with pytest.raises(InvalidName, match="group"):
+        make("")
     with pytest.raises(ValueError, match="needs a group"):
         await make(None).subscribe("orders")
     assert await broker.publish(Topicless(value=1), topic="misc") == 0
+
+
+EMPTY_NAME_CALLS: dict[str, Callable[[Broker], Any]] = {
+    "publish topic": lambda b: b.publish(OrderPlaced(order_id="1", total=1), topic=""),
+    "publish_many topic": lambda b: b.publish_many([OrderPlaced(order_id="1", total=1)], topic=""),
+    "subscribe topic": lambda b: b.subscribe(""),
+    "on topic": lambda b: b.on(""),
+    "stats topic": lambda b: b.stats(""),
+    "dead_letters topic": lambda b: b.dead_letters(""),
+    "dead_letters group": lambda b: b.dead_letters("orders", group=""),
+    "replay_dead topic": lambda b: b.replay_dead(""),
+    "replay_dead group": lambda b: b.replay_dead("orders", group=""),
+    "purge_dead topic": lambda b: b.purge_dead(""),
+    "purge_dead group": lambda b: b.purge_dead("orders", group=""),
+}
+
+
+@pytest.mark.parametrize("call", EMPTY_NAME_CALLS.values(), ids=EMPTY_NAME_CALLS.keys())
+async def test_empty_names_are_refused_everywhere(
+    make: Callable[..., Broker], call: Callable[[Broker], Any]
+) -> None:
+    # An empty name must not fall back to the class's topic or the broker's own group.
+    broker = await started(make())
+    await broker.subscribe("orders")
+    with pytest.raises(InvalidName, match="''"):
+        result = call(broker)
+        if asyncio.iscoroutine(result):
+            await result
+    [stats] = await broker.stats("orders")
+    assert stats.ready == 0
 
 
 async def test_duplicate_handlers_are_refused(make: Callable[..., Broker]) -> None:

@@ -45,6 +45,7 @@ def _memory(url: str, **options: object) -> MemoryTransport:
 
 def test_memory_transport_is_a_transport() -> None:
     assert isinstance(MemoryTransport(), Transport)
+    assert MemoryTransport().max_body_bytes is None
 
 
 @pytest.mark.asyncio

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
+import pytest
+
 from broker_core.broker import Broker
 from broker_core.delivery import Delivery
 from broker_core.demo import GROUPS, run_demo
-from broker_core.errors import TransportError
+from broker_core.errors import EventTooLarge, TransportError
 from broker_core.events import Event
 from broker_redis.testing import RedisFactory, unique_prefix
 
@@ -83,6 +85,45 @@ async def test_run_rides_through_redis_going_away(redis_factory: RedisFactory) -
         consumer.stop()
         async with asyncio.timeout(10):
             await run  # returns normally: no exception escaped
+
+
+class Filed(Event):
+    """An event of the size limit test, on topic "filed"."""
+
+    topic: ClassVar[str] = "filed"
+    text: str
+
+
+class Archived(Event):
+    """An event of the size limit test, on topic "archived"."""
+
+    topic: ClassVar[str] = "archived"
+    text: str
+
+
+async def test_the_transports_smaller_limit_is_checked_before_anything_is_sent(
+    redis_url: str, key_prefix: str
+) -> None:
+    # max_body_bytes below max_event_bytes: publish_many used to store the topic whose
+    # events fit, then have the transport refuse the other topic's.
+    url = f"{redis_url}?key_prefix={key_prefix}&max_body_bytes=300"
+    async with Broker.from_url(url, group=GROUP, max_event_bytes=1000) as broker:
+        await broker.subscribe("filed", "archived")
+        big = Archived(text="x" * 400)
+        refused = f"event {big.id} .* the limit is the transport's max_body_bytes=300"
+        with pytest.raises(EventTooLarge, match=refused):
+            await broker.publish_many([Filed(text="fits"), big])
+        with pytest.raises(EventTooLarge, match=refused):
+            await broker.publish(big)
+        assert [(s.topic, s.ready) for s in await broker.stats()] == [
+            ("archived", 0),
+            ("filed", 0),
+        ]
+        claimed = await broker.transport.claim(
+            GROUP, ["filed", "archived"], max_count=10, lease=5, max_attempts=5
+        )
+        assert claimed == []
+        assert broker.transport.max_body_bytes == 300
 
 
 async def test_demo_on_redis_loses_nothing(redis_url: str, key_prefix: str) -> None:
