@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
 from typer.testing import CliRunner
 
 from broker_core import Broker, Event
@@ -155,3 +156,69 @@ def test_operator_commands_show_replay_and_purge_dead_letters(redis_url: str) ->
     assert purged.exit_code == 0, purged.output
     # The replayed event failed again on its fresh attempt, next to the new one.
     assert "purged 2 dead events of pings/ops" in purged.output
+
+
+OPERATOR_COMMANDS = [
+    ["stats"],
+    ["dead", "--topic", "pings", "--group", "ops"],
+    ["replay", "--topic", "pings", "--group", "ops"],
+    ["purge", "--topic", "pings", "--group", "ops"],
+]
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=lambda c: c[0])
+def test_operator_commands_without_a_store_are_an_error(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"BROKER_URL": None})
+    assert result.exit_code == 2, result.output
+    assert "no store given" in result.output
+    assert "--url" in result.output and "BROKER_URL" in result.output
+    assert "visible only inside the process" in result.output
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("url", ["memory://", "memory://shop"])
+def test_operator_commands_refuse_an_in_memory_store(command: list[str], url: str) -> None:
+    # From --url and from BROKER_URL alike: either way the answer would always be empty.
+    for result in (
+        runner.invoke(app, [*command, "--url", url], env={"BROKER_URL": None}),
+        runner.invoke(app, command, env={"BROKER_URL": url}),
+    ):
+        assert result.exit_code == 2, result.output
+        assert f"{url} is an in-memory store" in result.output
+        assert f"`broker {command[0]}` runs in a process of its own" in result.output
+        assert "--url" in result.output and "BROKER_URL" in result.output
+
+
+def test_operator_commands_read_the_store_from_broker_url(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=cli-env"
+    event_id = asyncio.run(_one_dead_letter(url))
+    env = {"BROKER_URL": url}
+
+    listed = runner.invoke(app, ["dead", "--topic", "pings", "--group", "ops"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.output
+
+    stats = runner.invoke(app, ["stats"], env=env)
+    assert stats.exit_code == 0, stats.output
+    assert "pings" in stats.output and "ops" in stats.output
+
+    replayed = runner.invoke(app, ["replay", "--topic", "pings", "--group", "ops"], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 dead events of pings/ops" in replayed.output
+
+    asyncio.run(_one_dead_letter(url))
+    purged = runner.invoke(app, ["purge", "--topic", "pings", "--group", "ops"], env=env)
+    assert purged.exit_code == 0, purged.output
+    assert "purged 2 dead events of pings/ops" in purged.output
+
+
+def test_an_explicit_url_wins_over_broker_url(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=cli-explicit"
+    event_id = asyncio.run(_one_dead_letter(url))
+    listed = runner.invoke(
+        app,
+        ["dead", "--url", url, "--topic", "pings", "--group", "ops"],
+        env={"BROKER_URL": "memory://"},
+    )
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.output
