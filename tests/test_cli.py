@@ -18,6 +18,7 @@ from broker_core import Broker, Event
 from broker_core.cli import app
 
 runner = CliRunner()
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_plugins_lists_the_bundled_transports() -> None:
@@ -87,20 +88,37 @@ async def _publish_when_subscribed(url: str, process: subprocess.Popen[str]) -> 
         assert await publisher.publish(Ping(n=7)) == 1
 
 
-def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
-    tmp_path: Path, redis_url: str
-) -> None:
-    (tmp_path / "service.py").write_text(SERVICE)
-    url = f"{redis_url}?key_prefix=cli-run"
-    env = {**os.environ, "BROKER_URL": url, "BROKER_GROUP": "svc", "BROKER_POLL_INTERVAL": "0.1"}
-    process = subprocess.Popen(
+def _start_service(
+    directory: Path, source: str, url: str, **settings: str
+) -> subprocess.Popen[str]:
+    """``broker run service:broker`` on ``source``, in a process of its own."""
+    (directory / "service.py").write_text(source)
+    env = {
+        **os.environ,
+        # The code under test, not whichever checkout the interpreter has installed.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPOSITORY), os.environ.get("PYTHONPATH")) if p
+        ),
+        "BROKER_URL": url,
+        "BROKER_GROUP": "svc",
+        "BROKER_POLL_INTERVAL": "0.1",
+        **settings,
+    }
+    return subprocess.Popen(
         [sys.executable, "-m", "broker_core", "run", "service:broker"],
-        cwd=tmp_path,
+        cwd=directory,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
+    tmp_path: Path, redis_url: str
+) -> None:
+    url = f"{redis_url}?key_prefix=cli-run"
+    process = _start_service(tmp_path, SERVICE, url)
     try:
         asyncio.run(_publish_when_subscribed(url, process))
         deadline = time.monotonic() + 20
