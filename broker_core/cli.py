@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -90,6 +92,10 @@ def demo(
     console.print("[green]nothing lost[/green]")
 
 
+_ABORT_DEADLINE = 2.0
+"""Seconds an aborted ``broker run`` gives the broker to end before the process exits anyway."""
+
+
 @app.command()
 def run(
     target: Annotated[
@@ -99,31 +105,70 @@ def run(
 ) -> None:
     """Run the handlers of your service's broker until SIGTERM or Ctrl-C, then stop gracefully.
 
-    NAME is a Broker, or a function returning one, with its handlers registered.
+    NAME is a Broker, or a function returning one, with its handlers registered. A second
+    SIGTERM or Ctrl-C aborts the graceful stop as a crash would: nothing more is settled,
+    the events still held return to other consumers when their leases expire, and the
+    process exits with status 128 + the signal's number, within seconds even if a handler
+    is stuck.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     broker = _load_broker(target)
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            console.print(
+                f"stopping: running handlers get {broker.options.shutdown_grace:g} s to "
+                "finish (signal again to abort)"
+            )
+            broker.stop()
+        elif len(signals) == 2:
+            console.print(
+                "aborting: nothing more is settled; events still held return to other "
+                "consumers when their leases expire"
+            )
+            broker.abort()
+            _exit_after(_ABORT_DEADLINE, 128 + signum)
 
     async def serve() -> None:
-        signalled = asyncio.Event()
-
-        def on_signal() -> None:
-            signalled.set()
-            broker.stop()
-
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal)
+            loop.add_signal_handler(signum, on_signal, signum)
         async with broker:
             # A signal while connecting found no run() to stop.
-            if not signalled.is_set():
+            if not signals:
                 console.print(f"running group {broker.group!r} on {redact(broker.options.url)}")
                 await broker.run()
-        console.print("stopped")
 
     _run(serve)
+    if len(signals) > 1:
+        console.print("aborted")
+        raise typer.Exit(128 + signals[1])
+    console.print("stopped")
+
+
+def _exit_after(seconds: float, status: int) -> None:
+    """End the process with ``status`` in ``seconds``, whatever it is doing by then."""
+
+    def exit_now() -> None:
+        console.print(
+            f"not ended {seconds:g} s after the abort: exiting without waiting for the "
+            "handlers still running"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit, which from this thread would end only the thread; and a normal
+        # exit would wait for the stuck worker thread forever.
+        os._exit(status)
+
+    # A thread, not the event loop: the wait may outlast the loop, e.g. in the
+    # interpreter joining a handler's worker thread at exit.
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def _load_broker(target: str) -> Broker:

@@ -134,6 +134,56 @@ def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
     assert (tmp_path / "handled").read_text() == "7"
 
 
+STUCK_SERVICE = """
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+from broker_core import Broker, Event
+
+
+class Ping(Event):
+    topic: ClassVar[str] = "pings"
+    n: int
+
+
+broker = Broker.from_settings()
+
+
+@broker.on(Ping)
+def handle(event: Ping) -> None:
+    Path("started").write_text(str(event.n))
+    threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_second_signal_aborts_run_even_with_a_handler_stuck_in_its_thread(
+    tmp_path: Path, redis_url: str, signum: signal.Signals
+) -> None:
+    url = f"{redis_url}?key_prefix=cli-abort"
+    # A grace far longer than the test waits: only the abort can end this run in time.
+    process = _start_service(tmp_path, STUCK_SERVICE, url, BROKER_SHUTDOWN_GRACE="600")
+    try:
+        asyncio.run(_publish_when_subscribed(url, process))
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists()
+        process.send_signal(signum)
+        time.sleep(0.5)
+        assert process.poll() is None, "the first signal must wait for the stuck handler"
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signum, output
+    assert "stopping" in output
+    assert "aborting" in output
+
+
 async def _one_dead_letter(url: str) -> str:
     async with Broker.from_url(url, group="ops", max_attempts=1) as broker:
 
