@@ -151,9 +151,10 @@ def _resolve(future: asyncio.Future[bool], work: bool) -> None:
 class MemoryStore:
     """Every topic, group and event of one in-memory broker world, read against ``clock``.
 
-    All methods are synchronous and each is one atomic transition (a lock makes that hold
-    across threads too). :class:`MemoryTransport` exposes them as the Transport protocol.
-    The store keeps no asyncio objects, so it outlives event loops.
+    Every method but the coroutine :meth:`wait` is synchronous, and each is one atomic
+    transition (a lock makes that hold across threads too). :class:`MemoryTransport`
+    exposes them as the Transport protocol. The store keeps no asyncio objects, so it
+    outlives event loops.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
