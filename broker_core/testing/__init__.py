@@ -13,7 +13,7 @@ A transport package proves itself with two lines of test code::
 ``TransportConformance`` holds async pytest tests of every transition of the delivery
 state machine, and ``test_state_machine``, which runs :func:`run_transport_state_machine`:
 a hypothesis state machine that drives the transport and a pure model side by side and
-checks the brief's seven invariants after every step.
+checks invariants 1-7 of docs/semantics.md after every step.
 """
 
 from broker_core.testing.conformance import TransportConformance
