@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -28,6 +31,15 @@ console = Console()
 T = TypeVar("T")
 
 Url = Annotated[str, typer.Option("--url", envvar="BROKER_URL", help="Transport URL.")]
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="BROKER_URL",
+        help="URL of the store your services share, e.g. redis://host:6379/0 (not memory://).",
+        show_default=False,
+    ),
+]
 TopicArg = Annotated[str, typer.Option("--topic", help="Topic name.")]
 GroupArg = Annotated[str, typer.Option("--group", help="Group (subscribing service) name.")]
 
@@ -80,6 +92,10 @@ def demo(
     console.print("[green]nothing lost[/green]")
 
 
+_ABORT_DEADLINE = 2.0
+"""Seconds an aborted ``broker run`` gives the broker to end before the process exits anyway."""
+
+
 @app.command()
 def run(
     target: Annotated[
@@ -89,31 +105,70 @@ def run(
 ) -> None:
     """Run the handlers of your service's broker until SIGTERM or Ctrl-C, then stop gracefully.
 
-    NAME is a Broker, or a function returning one, with its handlers registered.
+    NAME is a Broker, or a function returning one, with its handlers registered. A second
+    SIGTERM or Ctrl-C aborts the graceful stop as a crash would: nothing more is settled,
+    the events still held return to other consumers when their leases expire, and the
+    process exits with status 128 + the signal's number, within seconds even if a handler
+    is stuck.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     broker = _load_broker(target)
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        if len(signals) == 1:
+            console.print(
+                f"stopping: running handlers get {broker.options.shutdown_grace:g} s to "
+                "finish (signal again to abort)"
+            )
+            broker.stop()
+        elif len(signals) == 2:
+            console.print(
+                "aborting: nothing more is settled; events still held return to other "
+                "consumers when their leases expire"
+            )
+            broker.abort()
+            _exit_after(_ABORT_DEADLINE, 128 + signum)
 
     async def serve() -> None:
-        signalled = asyncio.Event()
-
-        def on_signal() -> None:
-            signalled.set()
-            broker.stop()
-
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal)
+            loop.add_signal_handler(signum, on_signal, signum)
         async with broker:
             # A signal while connecting found no run() to stop.
-            if not signalled.is_set():
+            if not signals:
                 console.print(f"running group {broker.group!r} on {redact(broker.options.url)}")
                 await broker.run()
-        console.print("stopped")
 
     _run(serve)
+    if len(signals) > 1:
+        console.print("aborted")
+        raise typer.Exit(128 + signals[1])
+    console.print("stopped")
+
+
+def _exit_after(seconds: float, status: int) -> None:
+    """End the process with ``status`` in ``seconds``, whatever it is doing by then."""
+
+    def exit_now() -> None:
+        console.print(
+            f"not ended {seconds:g} s after the abort: exiting without waiting for the "
+            "handlers still running"
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit, which from this thread would end only the thread; and a normal
+        # exit would wait for the stuck worker thread forever.
+        os._exit(status)
+
+    # A thread, not the event loop: the wait may outlast the loop, e.g. in the
+    # interpreter joining a handler's worker thread at exit.
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 def _load_broker(target: str) -> Broker:
@@ -144,17 +199,42 @@ def plugins() -> None:
     console.print(table)
 
 
+def _shared_store(url: str | None, command: str) -> str:
+    """``url``, or an error exit if it names no store that ``broker command`` could inspect."""
+    # An in-memory store lives inside the process that created it. An operator command
+    # runs in a process of its own, so it would see a fresh, empty store and report
+    # nothing at all, which reads as "all is well".
+    in_memory = "an in-memory store is visible only inside the process that holds it"
+    if url is None:
+        problem = f"no store given (memory:// is no default here: {in_memory})"
+    elif urlsplit(url).scheme == "memory":
+        problem = (
+            f"{redact(url)} is an in-memory store, visible only inside the process that "
+            f"holds it: `broker {command}` runs in a process of its own and would always "
+            "find it empty"
+        )
+    else:
+        return url
+    console.print(
+        f"[red]error:[/red] {problem}. Pass --url or set BROKER_URL to the store your "
+        "services share, e.g. redis://host:6379/0",
+        soft_wrap=True,
+    )
+    raise typer.Exit(2)
+
+
 @app.command()
 def stats(
-    url: Url = "memory://",
+    url: StoreUrl = None,
     topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
 ) -> None:
     """Ready, leased, delayed and dead events per topic and group."""
+    store = _shared_store(url, "stats")
 
     async def collect() -> None:
-        async with Broker.from_url(url) as broker:
+        async with Broker.from_url(store) as broker:
             rows = await broker.stats(topic)
-        table = Table(title=f"queues on {redact(url)}")
+        table = Table(title=f"queues on {redact(store)}")
         for column in ("topic", "group", "ready", "leased", "delayed", "dead"):
             table.add_column(column, justify="left" if column in ("topic", "group") else "right")
         for row in rows:
@@ -175,13 +255,14 @@ def stats(
 def dead(
     topic: TopicArg,
     group: GroupArg,
-    url: Url = "memory://",
+    url: StoreUrl = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
 ) -> None:
     """List dead events of a topic and group, with why they died."""
+    store = _shared_store(url, "dead")
 
     async def collect() -> None:
-        async with Broker.from_url(url, group=group) as broker:
+        async with Broker.from_url(store, group=group) as broker:
             letters = await broker.dead_letters(topic, limit=limit)
         table = Table(title=f"dead letters of {topic}/{group}")
         for column in ("event id", "reason", "attempts", "last error"):
@@ -196,29 +277,34 @@ def dead(
 EventIds = Annotated[list[str] | None, typer.Option("--id", help="Only these events (repeatable).")]
 
 
-def _on_dead(url: str, topic: str, group: str, event_ids: list[str] | None, verb: str) -> None:
+def _on_dead(
+    url: str | None, topic: str, group: str, event_ids: list[str] | None, command: str
+) -> None:
+    store = _shared_store(url, command)
+
     async def act() -> int:
-        async with Broker.from_url(url, group=group) as broker:
-            operation = broker.replay_dead if verb == "replayed" else broker.purge_dead
+        async with Broker.from_url(store, group=group) as broker:
+            operation = broker.replay_dead if command == "replay" else broker.purge_dead
             return await operation(topic, event_ids)
 
+    verb = "replayed" if command == "replay" else "purged"
     console.print(f"{verb} {_run(act)} dead events of {topic}/{group}")
 
 
 @app.command()
 def replay(
-    topic: TopicArg, group: GroupArg, url: Url = "memory://", event_id: EventIds = None
+    topic: TopicArg, group: GroupArg, url: StoreUrl = None, event_id: EventIds = None
 ) -> None:
     """Give dead events another full set of attempts."""
-    _on_dead(url, topic, group, event_id, "replayed")
+    _on_dead(url, topic, group, event_id, "replay")
 
 
 @app.command()
 def purge(
-    topic: TopicArg, group: GroupArg, url: Url = "memory://", event_id: EventIds = None
+    topic: TopicArg, group: GroupArg, url: StoreUrl = None, event_id: EventIds = None
 ) -> None:
     """Delete dead events for good."""
-    _on_dead(url, topic, group, event_id, "purged")
+    _on_dead(url, topic, group, event_id, "purge")
 
 
 def main() -> None:

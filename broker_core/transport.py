@@ -1,11 +1,16 @@
 """The boundary between the broker and a store: the ``Transport`` protocol and its data.
 
 A transport keeps, per topic, the bodies of published events and, per (topic, group), the
-delivery state machine of the design brief::
+delivery state machine of docs/semantics.md::
 
-    publish -> READY -claim-> LEASED -ack-> DONE
-    LEASED -expiry / nack(0)-> READY (front)      LEASED -nack(delay)-> DELAYED -due-> READY
-    LEASED / READY -attempts exhausted, kill()-> DEAD -replay-> READY
+    publish ──► READY ──claim──► LEASED ──ack──► DONE
+                ▲ ▲ │              │
+                │ └─┼─expiry/nack0─┤   (back at the FRONT, attempt counted)
+                │   │              ├─nack(delay)──► DELAYED ──due──► READY
+                │   │              └─kill: attempts exhausted / undecodable──┐
+                │   │                                                        ▼
+                │   └─claim finds attempts exhausted (max_attempts)───────► DEAD
+                └──────────────────────────replay────────────────────────────┘
 
 Only plain data crosses this boundary: names, event ids, bytes, floats and the frozen
 dataclasses below. The core never imports a transport; transports are found through the

@@ -7,9 +7,9 @@ several brokers, groups and consumers in one process) share a store, and
 
 Choices the protocol leaves open, made here and relied on by nobody else:
 
-- Expired leases and due DELAYED events both go back to the FRONT of READY (brief,
-  invariant 5: redeliveries go to the front). When several become READY at once, the one
-  that expired or fell due first comes out first.
+- Expired leases and due DELAYED events both go back to the FRONT of READY
+  (docs/semantics.md, invariant 5: redeliveries go to the front). When several become
+  READY at once, the one that expired or fell due first comes out first.
 - ``replay_dead`` appends to the back of READY in the order the events died.
 - A nack or kill without ``error`` keeps the last error recorded for the event, so a dead
   letter carries the last error seen.
@@ -155,9 +155,10 @@ def _resolve(future: asyncio.Future[bool], work: bool) -> None:
 class MemoryStore:
     """Every topic, group and event of one in-memory broker world, read against ``clock``.
 
-    All methods are synchronous and each is one atomic transition (a lock makes that hold
-    across threads too). :class:`MemoryTransport` exposes them as the Transport protocol.
-    The store keeps no asyncio objects, so it outlives event loops.
+    Every method but the coroutine :meth:`wait` is synchronous, and each is one atomic
+    transition (a lock makes that hold across threads too). :class:`MemoryTransport`
+    exposes them as the Transport protocol. The store keeps no asyncio objects, so it
+    outlives event loops.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:

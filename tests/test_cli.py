@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
 from typer.testing import CliRunner
 
 from broker_core import Broker, Event
 from broker_core.cli import app
 
 runner = CliRunner()
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_plugins_lists_the_bundled_transports() -> None:
@@ -86,20 +88,37 @@ async def _publish_when_subscribed(url: str, process: subprocess.Popen[str]) -> 
         assert await publisher.publish(Ping(n=7)) == 1
 
 
-def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
-    tmp_path: Path, redis_url: str
-) -> None:
-    (tmp_path / "service.py").write_text(SERVICE)
-    url = f"{redis_url}?key_prefix=cli-run"
-    env = {**os.environ, "BROKER_URL": url, "BROKER_GROUP": "svc", "BROKER_POLL_INTERVAL": "0.1"}
-    process = subprocess.Popen(
+def _start_service(
+    directory: Path, source: str, url: str, **settings: str
+) -> subprocess.Popen[str]:
+    """``broker run service:broker`` on ``source``, in a process of its own."""
+    (directory / "service.py").write_text(source)
+    env = {
+        **os.environ,
+        # The code under test, not whichever checkout the interpreter has installed.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPOSITORY), os.environ.get("PYTHONPATH")) if p
+        ),
+        "BROKER_URL": url,
+        "BROKER_GROUP": "svc",
+        "BROKER_POLL_INTERVAL": "0.1",
+        **settings,
+    }
+    return subprocess.Popen(
         [sys.executable, "-m", "broker_core", "run", "service:broker"],
-        cwd=tmp_path,
+        cwd=directory,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
+    tmp_path: Path, redis_url: str
+) -> None:
+    url = f"{redis_url}?key_prefix=cli-run"
+    process = _start_service(tmp_path, SERVICE, url)
     try:
         asyncio.run(_publish_when_subscribed(url, process))
         deadline = time.monotonic() + 20
@@ -113,6 +132,56 @@ def test_run_serves_a_module_and_stops_gracefully_on_sigterm(
     assert process.returncode == 0, output
     assert "stopped" in output
     assert (tmp_path / "handled").read_text() == "7"
+
+
+STUCK_SERVICE = """
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+from broker_core import Broker, Event
+
+
+class Ping(Event):
+    topic: ClassVar[str] = "pings"
+    n: int
+
+
+broker = Broker.from_settings()
+
+
+@broker.on(Ping)
+def handle(event: Ping) -> None:
+    Path("started").write_text(str(event.n))
+    threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_second_signal_aborts_run_even_with_a_handler_stuck_in_its_thread(
+    tmp_path: Path, redis_url: str, signum: signal.Signals
+) -> None:
+    url = f"{redis_url}?key_prefix=cli-abort"
+    # A grace far longer than the test waits: only the abort can end this run in time.
+    process = _start_service(tmp_path, STUCK_SERVICE, url, BROKER_SHUTDOWN_GRACE="600")
+    try:
+        asyncio.run(_publish_when_subscribed(url, process))
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "started").exists()
+        process.send_signal(signum)
+        time.sleep(0.5)
+        assert process.poll() is None, "the first signal must wait for the stuck handler"
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signum, output
+    assert "stopping" in output
+    assert "aborting" in output
 
 
 async def _one_dead_letter(url: str) -> str:
@@ -155,3 +224,69 @@ def test_operator_commands_show_replay_and_purge_dead_letters(redis_url: str) ->
     assert purged.exit_code == 0, purged.output
     # The replayed event failed again on its fresh attempt, next to the new one.
     assert "purged 2 dead events of pings/ops" in purged.output
+
+
+OPERATOR_COMMANDS = [
+    ["stats"],
+    ["dead", "--topic", "pings", "--group", "ops"],
+    ["replay", "--topic", "pings", "--group", "ops"],
+    ["purge", "--topic", "pings", "--group", "ops"],
+]
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=lambda c: c[0])
+def test_operator_commands_without_a_store_are_an_error(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"BROKER_URL": None})
+    assert result.exit_code == 2, result.output
+    assert "no store given" in result.output
+    assert "--url" in result.output and "BROKER_URL" in result.output
+    assert "visible only inside the process" in result.output
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("url", ["memory://", "memory://shop"])
+def test_operator_commands_refuse_an_in_memory_store(command: list[str], url: str) -> None:
+    # From --url and from BROKER_URL alike: either way the answer would always be empty.
+    for result in (
+        runner.invoke(app, [*command, "--url", url], env={"BROKER_URL": None}),
+        runner.invoke(app, command, env={"BROKER_URL": url}),
+    ):
+        assert result.exit_code == 2, result.output
+        assert f"{url} is an in-memory store" in result.output
+        assert f"`broker {command[0]}` runs in a process of its own" in result.output
+        assert "--url" in result.output and "BROKER_URL" in result.output
+
+
+def test_operator_commands_read_the_store_from_broker_url(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=cli-env"
+    event_id = asyncio.run(_one_dead_letter(url))
+    env = {"BROKER_URL": url}
+
+    listed = runner.invoke(app, ["dead", "--topic", "pings", "--group", "ops"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.output
+
+    stats = runner.invoke(app, ["stats"], env=env)
+    assert stats.exit_code == 0, stats.output
+    assert "pings" in stats.output and "ops" in stats.output
+
+    replayed = runner.invoke(app, ["replay", "--topic", "pings", "--group", "ops"], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 dead events of pings/ops" in replayed.output
+
+    asyncio.run(_one_dead_letter(url))
+    purged = runner.invoke(app, ["purge", "--topic", "pings", "--group", "ops"], env=env)
+    assert purged.exit_code == 0, purged.output
+    assert "purged 2 dead events of pings/ops" in purged.output
+
+
+def test_an_explicit_url_wins_over_broker_url(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=cli-explicit"
+    event_id = asyncio.run(_one_dead_letter(url))
+    listed = runner.invoke(
+        app,
+        ["dead", "--url", url, "--topic", "pings", "--group", "ops"],
+        env={"BROKER_URL": "memory://"},
+    )
+    assert listed.exit_code == 0, listed.output
+    assert event_id in listed.output

@@ -2,7 +2,8 @@
 
 The consumers (tests/redis_consumer.py) use the server's clock and short leases; the
 test kills one with SIGKILL mid-handler, or freezes one with SIGSTOP past its lease, and
-checks the invariants of the brief on what every process reported. Every wait is bounded.
+checks the invariants of docs/semantics.md on what every process reported. Every wait is
+bounded.
 """
 
 from __future__ import annotations

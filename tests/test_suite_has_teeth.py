@@ -1,8 +1,9 @@
 """The conformance suite and the state machine catch deliberately broken transports.
 
-Each broken store below gets one rule of the brief wrong. For each, the hypothesis state
-machine must raise, and a test class subclassing ``TransportConformance`` (run in a
-nested pytest session, in strict asyncio mode) must report the expected failures.
+Each broken store below gets one rule of docs/semantics.md wrong. For each, the
+hypothesis state machine must raise, and a test class subclassing
+``TransportConformance`` (run in a nested pytest session, in strict asyncio mode) must
+report the expected failures.
 """
 
 from __future__ import annotations

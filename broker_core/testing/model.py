@@ -1,7 +1,7 @@
 """A pure model of the delivery state machine, per (event, group); no I/O, no clock.
 
 The model is what the state machine test holds a transport to. It is deliberately only
-as strict as the brief: where the protocol leaves a choice open it accepts every
+as strict as docs/semantics.md: where the protocol leaves a choice open it accepts every
 allowed answer and then adopts the transport's (see :meth:`DeliveryModel.take`).
 
 READY order is kept as a list of blocks. Block 0 is the *redelivery pool*: events back
@@ -166,7 +166,8 @@ class DeliveryModel:
 
         ``leased`` holds (event id, receipt, lease deadline) in claim order and ``died`` the
         ids the claim moved to DEAD, in death order. Call :meth:`reap` first. Returns a
-        list of violations (empty if the transport's answer is one the brief allows).
+        list of violations (empty if the transport's answer is one docs/semantics.md
+        allows).
         """
         g = self.group(topic, group)
         if g is None:

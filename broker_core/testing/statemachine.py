@@ -6,7 +6,7 @@ extend, kill), replay and purge dead letters, move the clock, and crash consumer
 their receipts). There are few rules, each with many choices, because hypothesis enables
 a random subset of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step the seven invariants of the brief are checked against the
+purpose. After every step invariants 1-7 of docs/semantics.md are checked against the
 model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
