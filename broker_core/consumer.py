@@ -266,7 +266,11 @@ class Consumer:
             run.slot_freed.set()
 
     async def _others_done(self, run: _Run, receipt: Receipt) -> None:
-        """Wait until every other handler of this run has finished (its lease renewed)."""
+        """Wait until every other handler of this run has finished and its ack is answered.
+
+        Meanwhile the isolated event's lease is renewed. Should it crash the process, no
+        other event is then charged: none is leased but by its own handler's outcome.
+        """
         others = [t for r, t in run.tasks.items() if r != receipt]
         if others:
             log.info(
@@ -278,6 +282,11 @@ class Consumer:
                 len(others),
             )
             await asyncio.wait(others)
+        while self._acking:
+            if self._acks:
+                await self._flush_acks()
+            else:
+                await asyncio.sleep(0.001)  # an ack is on the wire: its answer is near
 
     async def _idle(self, run: _Run, topics: list[str]) -> None:
         """Wait for work, a stop, or the poll interval, whichever comes first.

@@ -6,6 +6,7 @@ delivery state machine of docs/semantics.md::
     publish ──► READY ──claim──► LEASED ──ack──► DONE
                 ▲ ▲ │              │
                 │ └─┼─expiry/nack0─┤   (back at the FRONT, attempt counted)
+                │ └─┼───release────┤   (back at the FRONT, attempt uncounted)
                 │   │              ├─nack(delay)──► DELAYED ──due──► READY
                 │   │              └─kill: attempts exhausted / undecodable──┐
                 │   │                                                        ▼

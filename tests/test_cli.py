@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from checkout import checkout_env
 from typer.testing import CliRunner
 
 from broker_core import Broker, Event
 from broker_core.cli import app
 
 runner = CliRunner()
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_plugins_lists_the_bundled_transports() -> None:
@@ -93,17 +92,7 @@ def _start_service(
 ) -> subprocess.Popen[str]:
     """``broker run service:broker`` on ``source``, in a process of its own."""
     (directory / "service.py").write_text(source)
-    env = {
-        **os.environ,
-        # The code under test, not whichever checkout the interpreter has installed.
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPOSITORY), os.environ.get("PYTHONPATH")) if p
-        ),
-        "BROKER_URL": url,
-        "BROKER_GROUP": "svc",
-        "BROKER_POLL_INTERVAL": "0.1",
-        **settings,
-    }
+    env = checkout_env(BROKER_URL=url, BROKER_GROUP="svc", BROKER_POLL_INTERVAL="0.1", **settings)
     return subprocess.Popen(
         [sys.executable, "-m", "broker_core", "run", "service:broker"],
         cwd=directory,

@@ -22,6 +22,7 @@ from typing import IO
 
 import pytest
 import pytest_asyncio
+from checkout import checkout_env
 
 from broker_core.transport import QueueStats
 from broker_redis.testing import RedisServer
@@ -69,7 +70,7 @@ def start_consumer(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartC
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
-            cwd=Path(__file__).parent.parent,
+            env=checkout_env(),
         )
         consumer = Consumer(process, log, out)
         consumers.append(consumer)

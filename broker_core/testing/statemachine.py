@@ -2,23 +2,28 @@
 
 Rules publish (batches, with event ids reused so idempotent publish and the lifetime of
 bodies are exercised), subscribe, claim, settle (ack, nack with and without delay,
-extend, kill), replay and purge dead letters, move the clock, and crash consumers (forget
-their receipts). There are few rules, each with many choices, because hypothesis enables
-a random subset of rules per example. Settling picks receipts from those a consumer
+extend, release, kill), renew held leases (mostly asking for less than is left), replay
+and purge dead letters, move the clock, and crash consumers (forget their receipts).
+There are few rules, each with many choices, because hypothesis enables a random subset
+of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step invariants 1-7 of docs/semantics.md are checked against the
-model:
+purpose. After every step invariants 1-7 and 11 of docs/semantics.md are checked
+against the model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
    dead letters equal the model's, which places every published copy in one state;
 2. one lease at a time: a claim only hands out events the model has READY;
-3. fencing: settling with a stale receipt returns False and changes no count;
-4. progress: a claim returning fewer than ``max_count`` leaves nothing READY; expiries and
-   due delays are READY at the next look;
+3. fencing: settling with a stale receipt returns False and changes no count, and an
+   extend never ends a lease sooner;
+4. progress: a claim returning fewer than ``max_count`` leaves nothing READY, unless it
+   stopped before an event that must go out alone; expiries and due delays are READY at
+   the next look;
 5. order: claims take the front of the queue, first deliveries in publish order behind
    redeliveries (see :mod:`broker_core.testing.model`);
 6. bounded attempts: attempt numbers match the model and never pass ``max_attempts``;
-7. isolation: every group is checked on its own after every step.
+7. isolation: every group is checked on its own after every step;
+11. no collateral charge: an event whose last lease expired is marked isolated and is
+    the only message of its claim, and a release takes back the claim's attempt.
 
 Time moves in whole seconds from a whole-second start, and leases and delays end in
 ``.5``, so no deadline ever coincides with a clock reading.
