@@ -219,7 +219,7 @@ class RedisTransport:
             needed = ".".join(map(str, MIN_REDIS_VERSION))
             raise TransportError(
                 f"Redis {version} at {self._safe_url} is too old: this transport needs "
-                f"{needed} or newer (LPOP with a count, ZMSCORE, BLMOVE)"
+                f"{needed} or newer (LPOP with a count, ZMSCORE, SMISMEMBER, ZADD GT, BLMOVE)"
             )
 
     async def close(self) -> None:
