@@ -22,6 +22,9 @@ __all__ = ["Broker"]
 
 H = TypeVar("H", bound=Handler)
 
+_PROTOCOL = sorted(name for name in vars(Transport) if not name.startswith("_"))
+"""The members every transport must have."""
+
 
 class Broker:
     """An event broker inside one service instance.
@@ -46,6 +49,14 @@ class Broker:
         self.options = options or BrokerOptions()
         if self.options.group is not None:
             validate_group(self.options.group)
+        # A transport written against an older protocol fails here, by name, rather than
+        # deep inside the first publish or stop that needs what it lacks.
+        missing = [name for name in _PROTOCOL if not hasattr(transport, name)]
+        if missing:
+            raise TypeError(
+                f"{type(transport).__name__} does not implement the Transport protocol: "
+                f"it lacks {', '.join(missing)} (see docs/plugins.md)"
+            )
         self.transport = transport
         self._retry = self.options.retry_policy()
         self._router = Router()

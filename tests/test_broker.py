@@ -11,6 +11,7 @@ import pytest
 
 from broker_core import (
     Broker,
+    BrokerOptions,
     Delivery,
     Event,
     EventTooLarge,
@@ -22,6 +23,7 @@ from broker_core import (
     UnknownEvent,
     UnknownTransport,
 )
+from broker_memory import MemoryTransport
 
 NO_WAIT = RetryPolicy(max_attempts=3, initial_delay=0, max_delay=0, jitter=0)
 
@@ -581,3 +583,16 @@ async def test_from_settings_reads_the_environment(
         3,
         broker_url,
     )
+
+
+def test_a_transport_of_an_older_protocol_is_refused_by_name() -> None:
+    class OldTransport(MemoryTransport):
+        """A third-party transport written before release and max_body_bytes existed."""
+
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("release", "max_body_bytes"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    with pytest.raises(TypeError, match=r"OldTransport .* lacks max_body_bytes, release"):
+        Broker(OldTransport(), BrokerOptions(group="g"))
