@@ -86,6 +86,7 @@ class _Run:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     acks_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    acks_answered: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: dict[Receipt, asyncio.Task[None]] = field(default_factory=dict)
     """The task of each claimed event while it runs. A task cancelled before it started
     never removes itself: its event was claimed but never handled."""
@@ -129,8 +130,12 @@ class Consumer:
     async def pick(self, topics: list[str]) -> bool:
         """Claim at most one event of ``topics``, handle and settle it; False if none.
 
-        A failing claim raises, as it does for any direct call to the transport.
+        A failing claim raises, as it does for any direct call to the transport. Refused
+        while :meth:`run` is in progress, whose claims it would bypass (an event that
+        must run alone would not).
         """
+        if self._run is not None:
+            raise RuntimeError("pick() while this broker's run() is in progress")
         claimed_at = time.monotonic()
         messages = await self._claim(topics, 1)
         if not messages:
@@ -183,6 +188,8 @@ class Consumer:
         if self._run is not None:
             self._run.aborted = True
             self._run.abort.set()  # also cuts a shutdown grace in progress short
+            # A crashed process renews nothing: the leases run out as they would.
+            self._deliveries.clear()
             self.stop()
 
     def runs_handler(self, task: asyncio.Task[object] | None) -> bool:
@@ -235,6 +242,8 @@ class Consumer:
                 _log_failure("claim", exc, f"retrying in {_TRANSPORT_RETRY_DELAY}s")
                 await self._sleep_unless_stopped(run, _TRANSPORT_RETRY_DELAY)
                 continue
+            if len(messages) > 1 and any(m.isolated for m in messages):
+                messages = await self._keep_alone(messages)
             for message in messages:
                 if message.isolated:
                     run.isolated = message.receipt
@@ -247,12 +256,21 @@ class Consumer:
                 # once instead, so that it overlaps with the handlers (throughput).
                 await asyncio.sleep(0)
 
+    async def _keep_alone(self, messages: list[Message]) -> list[Message]:
+        """The first isolated message alone; the others a faulty transport sent, released."""
+        first = next(m for m in messages if m.isolated)
+        log.error(
+            "the transport handed out an isolated event with %d others, against the "
+            "protocol; giving those back",
+            len(messages) - 1,
+        )
+        await self._give_back([m.receipt for m in messages if m is not first])
+        return [first]
+
     async def _run_claimed(self, run: _Run, message: Message, claimed_at: float) -> None:
         """The task of one claimed event: process it, then give its slot back."""
         receipt = message.receipt
         try:
-            if message.isolated:
-                await self._others_done(run, receipt)
             await self._process(message, claimed_at)
         except asyncio.CancelledError:
             run.cancelled.append(receipt)
@@ -269,7 +287,9 @@ class Consumer:
         """Wait until every other handler of this run has finished and its ack is answered.
 
         Meanwhile the isolated event's lease is renewed. Should it crash the process, no
-        other event is then charged: none is leased but by its own handler's outcome.
+        other event is then charged: none is leased but by its own handler's outcome. The
+        wait for acks is bounded by one lease: a store that does not answer them must not
+        hold the consumer up for good.
         """
         others = [t for r, t in run.tasks.items() if r != receipt]
         if others:
@@ -282,11 +302,14 @@ class Consumer:
                 len(others),
             )
             await asyncio.wait(others)
-        while self._acking:
-            if self._acks:
-                await self._flush_acks()
-            else:
-                await asyncio.sleep(0.001)  # an ack is on the wire: its answer is near
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._options.lease):
+                while self._acking:
+                    run.acks_answered.clear()
+                    if self._acks:
+                        await self._flush_acks()
+                    else:
+                        await run.acks_answered.wait()  # an ack is on the wire
 
     async def _idle(self, run: _Run, topics: list[str]) -> None:
         """Wait for work, a stop, or the poll interval, whichever comes first.
@@ -357,12 +380,30 @@ class Consumer:
         expires_at = claimed_at + self._options.lease
         delivery: Delivery[Event] = Delivery(event, message, self._transport, expires_at)
         self._deliveries[receipt] = delivery
+        run = self._run
+        if message.isolated and run is not None:
+            try:
+                await self._others_done(run, receipt)
+            except BaseException:
+                self._deliveries.pop(receipt, None)
+                raise  # cancelled by the shutdown: the caller gives it back
+            if run.stop.is_set() or delivery.lease_lost:
+                # Not started: a stopping consumer gives it back uncharged, and a lost
+                # lease leaves it to its new holder.
+                self._deliveries.pop(receipt, None)
+                if not delivery.lease_lost and not run.aborted:
+                    await self._give_back([receipt])
+                return
         try:
             await route.invoke(event, delivery)
-        except asyncio.CancelledError:
-            # Shut down before the handler finished: the caller gives the event back.
+        except asyncio.CancelledError as exc:
             self._deliveries.pop(receipt, None)
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # shut down before the handler finished: the caller gives it back
+            # The handler's own code raised it (a cancelled future it awaited): a failure.
+            if not self._aborted():
+                await self._fail(delivery, route.retry, exc)
         except Exception as exc:
             self._deliveries.pop(receipt, None)
             if not self._aborted():
@@ -378,7 +419,9 @@ class Consumer:
     def _aborted(self) -> bool:
         return self._run is not None and self._run.aborted
 
-    async def _fail(self, delivery: Delivery[Event], retry: RetryPolicy, exc: Exception) -> None:
+    async def _fail(
+        self, delivery: Delivery[Event], retry: RetryPolicy, exc: BaseException
+    ) -> None:
         error = _describe(exc)
         if delivery.lease_lost:
             log.warning("handler failed after its lease was lost (%s): %s", delivery, error)
@@ -436,6 +479,15 @@ class Consumer:
             # Any failure, not only an outage: the loop must go on acking later events.
             _log_failure(f"acking {len(batch)} events", exc, "they will be redelivered")
             results = [True] * len(batch)
+        except BaseException:
+            # Cancelled with the batch on the wire: its answer will never be read.
+            for receipt in batch:
+                self._acking.discard(receipt)
+                self._deliveries.pop(receipt, None)
+            raise
+        finally:
+            if self._run is not None:
+                self._run.acks_answered.set()
         for receipt, acked in zip(batch, results, strict=True):
             self._acking.discard(receipt)
             delivery = self._deliveries.pop(receipt, None)

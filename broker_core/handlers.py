@@ -84,14 +84,14 @@ async def _uninterruptible(thread: asyncio.Future[Any]) -> Any:
 
 
 def _is_async(func: Handler) -> bool:
-    """Whether calling ``func`` starts a coroutine: so it is called on the event loop.
+    """Whether ``func`` is called on the event loop: a coroutine function, or an object
+    with ``async def __call__`` (which ``iscoroutinefunction`` misses).
 
-    Also true of a decorator that kept its async function's identity (``functools.wraps``)
-    and of an object with ``async def __call__``, which ``iscoroutinefunction`` misses.
+    Any other callable, a ``functools.wraps`` wrapper of an async function included, runs
+    in a worker thread, since its own code may block; the coroutine it may return is then
+    awaited on the loop.
     """
-    return any(
-        inspect.iscoroutinefunction(f) for f in (func, inspect.unwrap(func), type(func).__call__)
-    )
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
 def _takes_delivery(func: Handler) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Sequence
@@ -43,6 +44,8 @@ from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 
 __all__ = ["DEFAULT_URL", "OPTION_NAMES", "RedisTransport"]
+
+log = logging.getLogger("broker.redis")
 
 _T = TypeVar("_T")
 
@@ -436,10 +439,22 @@ class RedisTransport:
         return messages
 
     async def _alone(self, isolated: Message, claimed: list[Message]) -> list[Message]:
-        """Hand out ``isolated`` alone: release the events claimed beside it."""
+        """Hand out ``isolated`` alone: release the events claimed beside it.
+
+        Should the release fail, the isolated event is still handed out (it is leased
+        either way); the others come back when their leases expire.
+        """
         others = [m.receipt for m in claimed if m is not isolated]
         if others:
-            await self.release(others)
+            try:
+                await self.release(others)
+            except TransportError as exc:
+                log.warning(
+                    "could not give back %d events claimed beside an isolated one; "
+                    "they return when their leases expire: %s",
+                    len(others),
+                    exc,
+                )
         return [isolated]
 
     async def _poll(self, group: str, topics: Sequence[str]) -> int:

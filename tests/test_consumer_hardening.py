@@ -6,8 +6,10 @@ Real time with short leases, as in test_consumer_lifecycle.py; every wait is bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import pytest
@@ -318,3 +320,193 @@ async def test_an_event_whose_lease_expired_runs_alone(broker_url: str) -> None:
         await asyncio.wait_for(run, 5)
     assert len(alone) == 8
     assert all(attempt == 2 and others == 1 for attempt, others in alone), alone
+
+
+Handler = Callable[[Job, Delivery[Job]], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def suspect_behind_a_neighbour(
+    url: str, handler: Handler, *, lease: float
+) -> AsyncIterator[tuple[Broker, asyncio.Task[None]]]:
+    """A consumer crashed holding event 0; a survivor runs ``handler`` and is given event 1.
+
+    The survivor claims event 1 first; event 0 comes back isolated once its lease
+    expires, while the survivor may still be handling event 1. Yields the survivor and
+    its run; both brokers are closed afterwards.
+    """
+    crashed = Broker.from_url(url, group="g", lease=lease, concurrency=1, retry=NO_WAIT)
+    survivor = Broker.from_url(url, group="g", lease=lease, concurrency=4, retry=NO_WAIT)
+    held = asyncio.Event()
+
+    @crashed.on(Job)
+    async def doomed(event: Job) -> None:
+        held.set()
+        await asyncio.sleep(3600)
+
+    survivor.on(Job)(handler)
+    async with crashed, survivor:
+        await crashed.subscribe("jobs")
+        await crashed.publish(Job(n=0))
+        crash = asyncio.create_task(crashed.run())
+        async with asyncio.timeout(5):
+            await held.wait()
+        crashed.abort()
+        await asyncio.wait_for(crash, 5)
+        await crashed.publish(Job(n=1))
+        run = asyncio.create_task(survivor.run())
+        try:
+            yield survivor, run
+        finally:
+            survivor.stop()
+            await asyncio.wait_for(run, 5)
+
+
+async def test_an_isolated_event_keeps_its_lease_while_it_waits(broker_url: str) -> None:
+    runs: list[tuple[int, int, bool]] = []
+
+    async def handle(event: Job, delivery: Delivery[Job]) -> None:
+        runs.append((event.n, delivery.attempt, delivery.lease_lost))
+        if event.n == 1:
+            await asyncio.sleep(1.2)  # four leases: the isolated event waits all along
+
+    async with suspect_behind_a_neighbour(broker_url, handle, lease=0.3) as (survivor, _):
+        await asyncio.sleep(0.1)
+        await _settled(survivor)
+        assert await survivor.dead_letters("jobs") == []
+    assert sorted(runs) == [(0, 2, False), (1, 1, False)]
+
+
+async def test_an_isolated_event_waiting_at_stop_is_given_back_unstarted(
+    broker_url: str,
+) -> None:
+    runs: list[tuple[int, int]] = []
+    neighbour = asyncio.Event()
+
+    async def handle(event: Job, delivery: Delivery[Job]) -> None:
+        runs.append((event.n, delivery.attempt))
+        if event.n == 1:
+            neighbour.set()
+            await asyncio.sleep(1.0)
+
+    async with suspect_behind_a_neighbour(broker_url, handle, lease=0.3) as (survivor, run):
+        async with asyncio.timeout(5):
+            await neighbour.wait()
+        await asyncio.sleep(0.5)  # event 0 expired and was claimed: it waits, isolated
+        survivor.stop()
+        await asyncio.wait_for(run, 5)
+        [stats] = await survivor.stats("jobs")
+        assert (stats.ready, stats.leased) == (1, 0)
+        taken = await survivor.transport.claim("g", ["jobs"], max_count=5, lease=5, max_attempts=5)
+    assert runs == [(1, 1)]  # event 0 never started on the stopping consumer
+    assert [(m.attempt, m.isolated) for m in taken] == [(2, True)]  # uncharged by the stop
+
+
+class SlowFirstAck(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = True
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        if self.slow:
+            self.slow = False
+            await asyncio.sleep(1)
+        return await super().ack(receipts)
+
+
+async def test_an_ack_cancelled_on_the_wire_holds_nothing_up() -> None:
+    transport = SlowFirstAck()
+    broker = Broker(transport, BrokerOptions(group="g", lease=0.3, retry=NO_WAIT))
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.append(event.n)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=0))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(broker.pick(), 0.2)  # cancelled during its ack
+        await broker.publish_many([Job(n=i) for i in range(1, 4)])
+        run = asyncio.create_task(broker.run())
+        # Event 0's lease expires: it comes back isolated, and must not wait for the
+        # answer of an ack nobody will read.
+        await _settled(broker, 3)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert sorted(handled) == [0, 0, 1, 2, 3]
+
+
+async def test_a_handler_raising_cancelled_error_is_retried_at_once() -> None:
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g", lease=30, retry=NO_WAIT))
+    attempts: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job, delivery: Delivery[Job]) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            raise asyncio.CancelledError  # e.g. it awaited a future someone cancelled
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        run = asyncio.create_task(broker.run())
+        await _settled(broker, 3)  # not after the 30 s lease
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert attempts == [1, 2]
+
+
+class IsolatesEverything(MemoryTransport):
+    """A faulty transport: every claimed event comes out marked isolated."""
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        messages = await super().claim(
+            group, topics, max_count=max_count, lease=lease, max_attempts=max_attempts
+        )
+        return [dataclasses.replace(m, isolated=True) for m in messages]
+
+
+async def test_isolated_events_in_company_do_not_deadlock_the_consumer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = Broker(IsolatesEverything(), BrokerOptions(group="g", retry=NO_WAIT))
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.append(event.n)
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish_many([Job(n=i) for i in range(6)])
+        run = asyncio.create_task(broker.run())
+        await _settled(broker)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert sorted(handled) == list(range(6))
+    assert "against the protocol" in caplog.text
+
+
+async def test_pick_is_refused_while_run_is_in_progress() -> None:
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g"))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None: ...
+
+    async with broker:
+        run = asyncio.create_task(broker.run())
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="run"):
+            await broker.pick()
+        broker.stop()
+        await asyncio.wait_for(run, 5)

@@ -99,3 +99,25 @@ async def test_a_decorated_handler_that_fails_is_retried(broker_url: str) -> Non
             while not await broker.pick():
                 await asyncio.sleep(0.01)
     assert attempts == [1, 2]
+
+
+async def test_a_blocking_wrapper_of_an_async_function_runs_in_a_thread(broker_url: str) -> None:
+    # A wrapper that keeps the async function's identity but drives it itself, blocking
+    # (asyncio.run): it must not be called on the event loop.
+    done: list[int] = []
+    broker = Broker.from_url(broker_url, group="g", retry=NO_WAIT)
+
+    async def work(event: Job) -> None:
+        done.append(event.n)
+
+    @functools.wraps(work)
+    def blocking(event: Job) -> None:
+        asyncio.run(work(event))
+
+    broker.on(Job)(blocking)
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=7))
+        assert await broker.pick()
+        assert await broker.dead_letters("jobs") == []
+    assert done == [7]
