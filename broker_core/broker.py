@@ -144,42 +144,50 @@ class Broker:
     async def publish(self, event: Event, *, topic: str | None = None) -> int:
         """Publish ``event`` to ``topic`` (default: its class's ``topic``).
 
-        Returns how many groups it reached; 0 when nobody subscribed (not an error).
-        Before anything is stored, raises InvalidEvent, naming the field, if it holds a
-        value the wire format cannot carry (docs/wire-format.md), and EventTooLarge if it
-        exceeds ``max_event_bytes`` or the transport's own ``max_body_bytes``.
+        Returns how many groups it reached; 0 when nobody subscribed (not an error), and
+        0 for a duplicate: an event whose id the topic still holds, or was published to
+        the topic less than ``dedup_window`` seconds ago (an outbox relay re-sending it,
+        a retry after a timeout). Before anything is stored, raises InvalidEvent, naming
+        the field, if it holds a value the wire format cannot carry (docs/wire-format.md),
+        and EventTooLarge if it exceeds ``max_event_bytes`` or the transport's own
+        ``max_body_bytes``.
         """
         name = self._topic_of(event, topic)
         body = self._encode(event, name, self._size_limit())
-        return await self.transport.publish(name, [(event.id, body)])
+        return await self.transport.publish(
+            name, [(event.id, body)], dedup_window=self.options.dedup_window
+        )
 
     async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
         """Publish several events, one transport call per topic, all topics at once.
 
         Events of one topic keep their order. Returns the number of (event, group)
-        copies enqueued. Every event is checked, as by :meth:`publish`, before anything
+        copies enqueued; duplicates (see :meth:`publish`) are skipped one by one while
+        the rest go through. Every event is checked, as by :meth:`publish`, before anything
         is sent: if one is refused, nothing is published.
 
         Each topic's batch is stored atomically (one transport call), but the topics are
         published concurrently: if the store fails midway (TransportError), some topics
-        may hold their events and others not. Retrying the whole call is safe then,
-        since a topic skips the ids it still holds.
+        may hold their events and others not. Retrying the whole call within the dedup
+        window is safe then: the topics skip the ids already published.
         """
         limit = self._size_limit()
         batches: dict[str, list[tuple[str, bytes]]] = {}
         for event in events:
             name = self._topic_of(event, topic)
             batches.setdefault(name, []).append((event.id, self._encode(event, name, limit)))
+        window = self.options.dedup_window
         if len(batches) == 1:
             # The usual case: one topic, one call, no task to run it in.
             [(name, batch)] = batches.items()
-            return await self.transport.publish(name, batch) * len(batch)
-        reached = await asyncio.gather(
-            *(self.transport.publish(name, batch) for name, batch in batches.items())
+            return await self.transport.publish(name, batch, dedup_window=window)
+        copies = await asyncio.gather(
+            *(
+                self.transport.publish(name, batch, dedup_window=window)
+                for name, batch in batches.items()
+            )
         )
-        return sum(
-            groups * len(batch) for groups, batch in zip(reached, batches.values(), strict=True)
-        )
+        return sum(copies)
 
     @staticmethod
     def _topic_of(event: Event, topic: str | None) -> str:

@@ -42,6 +42,13 @@ class BrokerOptions(BaseModel):
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds stop() lets running handlers finish."
     )
+    dedup_window: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds during which publishing an event id already published to "
+        "the topic enqueues nothing, even once every group is done with it (0: only "
+        "while some group still holds it).",
+    )
 
     def retry_policy(self) -> RetryPolicy:
         """The retry policy with the ``max_attempts`` shorthand applied."""

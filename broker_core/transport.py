@@ -150,12 +150,18 @@ class Transport(Protocol):
         """Every topic that has at least one subscribed group, sorted."""
         ...
 
-    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+    async def publish(
+        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+    ) -> int:
         """Append ``(event_id, body)`` pairs, in order, to the READY queue of every group.
 
-        All of one call's events become visible atomically. An event id that the topic
-        still holds is skipped (idempotent publish). Returns the number of groups
-        subscribed to the topic (0 when none; not an error).
+        All of one call's events become visible atomically. An event is skipped when the
+        topic still holds its id (some group is not done with it), or when its id was
+        published to the topic less than the ``dedup_window`` it was published with ago
+        (in seconds on the transport's clock), even if every group is done with it since
+        (invariant 10). A skipped duplicate does not extend that window. Ids are recorded
+        only while the topic has subscribers. Returns the number of copies enqueued:
+        events not skipped, times the groups subscribed (0 when none; not an error).
         """
         ...
 

@@ -116,13 +116,26 @@ class _Queue:
 
 
 class _Topic:
-    __slots__ = ("groups", "held")
+    __slots__ = ("groups", "held", "published", "windows")
 
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
         # How many groups still hold each event id (not DONE): the id is skipped by
         # publish, and its body kept, while this is above zero.
         self.held: dict[str, int] = {}
+        # Event id -> end of its dedup window; ``windows`` holds the same in order of
+        # publication, so that ended windows are forgotten a few per publish.
+        self.published: dict[str, float] = {}
+        self.windows: deque[tuple[float, str]] = deque()
+
+    def forget_windows(self, now: float, budget: int) -> None:
+        """Drop up to ``budget`` ended dedup windows, oldest published first."""
+        windows, published = self.windows, self.published
+        while budget > 0 and windows and windows[0][0] <= now:
+            ends, event_id = windows.popleft()
+            if published.get(event_id) == ends:
+                del published[event_id]
+            budget -= 1
 
 
 class _Waiter:
@@ -197,22 +210,31 @@ class MemoryStore:
 
     # -- publish and claim --------------------------------------------------------------
 
-    def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+    def publish(
+        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+    ) -> int:
         """See :meth:`broker_core.transport.Transport.publish`."""
         validate_topic(topic)
         with self._lock:
             t = self._topics.get(topic)
             if t is None or not t.groups:
                 return 0
+            now = self.clock.now()
+            # Forget at least as many ended windows as this call can add: bounded work,
+            # and the record never outgrows the ids published within a window.
+            t.forget_windows(now, 2 * len(events) + 16)
             queues = list(t.groups.items())
             n = len(queues)
-            held = t.held
-            added = False
+            held, published = t.held, t.published
+            added = 0
             for event_id, body in events:
-                if event_id in held:
+                if event_id in held or published.get(event_id, -math.inf) > now:
                     continue
                 held[event_id] = n
-                added = True
+                added += 1
+                if dedup_window > 0:
+                    published[event_id] = ends = now + dedup_window
+                    t.windows.append((ends, event_id))
                 for _, q in queues:
                     c = _Copy(event_id, body)
                     q.copies[event_id] = c
@@ -220,7 +242,7 @@ class MemoryStore:
             if added:
                 for group, _ in queues:
                     self._notify(group, topic, work=True)
-            return n
+            return added * n
 
     def claim(
         self,
@@ -617,9 +639,11 @@ class MemoryTransport:
         """See :meth:`broker_core.transport.Transport.topics`."""
         return self.store.topics()
 
-    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+    async def publish(
+        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+    ) -> int:
         """See :meth:`broker_core.transport.Transport.publish`."""
-        return self.store.publish(topic, events)
+        return self.store.publish(topic, events, dedup_window=dedup_window)
 
     async def claim(
         self,

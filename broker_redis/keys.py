@@ -45,6 +45,8 @@ class TopicKeys:
     """HASH event id -> number of groups that still hold the event (not acked or purged)."""
     groups: str
     """SET of subscribed group names."""
+    dedup: str
+    """ZSET event id -> end of its dedup window (seconds on the transport's clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,9 @@ class Keys:
         except (KeyError, TypeError):  # TypeError: unhashable, so not a name
             pass
         base = self._tag(topic)
-        keys = TopicKeys(msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups")
+        keys = TopicKeys(
+            msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups", dedup=f"{base}:dedup"
+        )
         _remember(self._topic_keys, topic, keys)
         return keys
 

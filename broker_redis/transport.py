@@ -313,11 +313,16 @@ class RedisTransport:
 
     # -- publish -----------------------------------------------------------------------
 
-    async def publish(self, topic: str, events: Sequence[tuple[str, bytes]]) -> int:
+    async def publish(
+        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+    ) -> int:
         """Append events to every subscribed group's READY queue in one atomic script.
 
-        Ids the topic still holds are skipped. Returns the number of groups.
+        Ids the topic still holds, or published within their dedup window, are skipped.
+        Returns the number of copies enqueued.
         """
+        if dedup_window < 0:
+            raise ValueError(f"dedup_window must not be negative, got {dedup_window}")
         topic_keys = self._keys.topic(topic)  # validates the name (once: the keys are cached)
         args: list[Arg] = []
         for event_id, body in events:
@@ -330,7 +335,7 @@ class RedisTransport:
         groups = self._groups.get(topic, ())
         for _ in range(_PUBLISH_ROUNDS):
             call = load_script("publish").call(
-                [len(groups), *groups, *args],
+                [self._now_arg(), repr(dedup_window), len(groups), *groups, *args],
                 topic=topic_keys,
                 groups=[self._keys.group(topic, group) for group in groups],
             )

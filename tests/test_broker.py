@@ -364,9 +364,9 @@ async def test_publish_many_is_one_transport_call_per_topic(make: Callable[..., 
     calls: list[tuple[str, int]] = []
     publish = broker.transport.publish
 
-    async def counting(topic: str, events: Any) -> int:
+    async def counting(topic: str, events: Any, **options: Any) -> int:
         calls.append((topic, len(events)))
-        return await publish(topic, events)
+        return await publish(topic, events, **options)
 
     broker.transport.publish = counting  # type: ignore[method-assign]
     events: list[Event] = [OrderPlaced(order_id=str(i), total=i) for i in range(5)]
@@ -596,3 +596,49 @@ def test_a_transport_of_an_older_protocol_is_refused_by_name() -> None:
 
     with pytest.raises(TypeError, match=r"OldTransport .* lacks max_body_bytes, release"):
         Broker(OldTransport(), BrokerOptions(group="g"))
+
+
+async def test_a_resent_event_is_handled_once_within_the_dedup_window(
+    make: Callable[..., Broker], clock: ManualClock
+) -> None:
+    broker = await started(make())
+    seen: list[str] = []
+
+    @broker.on(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        seen.append(event.order_id)
+
+    await broker.subscribe("orders")
+    event = OrderPlaced(order_id="1", total=1)
+    assert await broker.publish(event) == 1
+    assert await broker.pick()
+    clock.advance(299)  # acked long ago, its body freed: the relay re-sends it
+    assert await broker.publish(event) == 0
+    other = OrderPlaced(order_id="2", total=2)
+    assert await broker.publish_many([event, other]) == 1  # the duplicate is skipped alone
+    assert await broker.pick()
+    assert await broker.pick() is False
+    clock.advance(2)  # the default window of 300 s has ended
+    assert await broker.publish(event) == 1
+    assert await broker.pick()
+    assert seen == ["1", "2", "1"]
+
+
+async def test_without_a_dedup_window_a_done_event_is_new_again(
+    make: Callable[..., Broker],
+) -> None:
+    broker = await started(make(dedup_window=0))
+    seen: list[str] = []
+
+    @broker.on(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        seen.append(event.order_id)
+
+    await broker.subscribe("orders")
+    event = OrderPlaced(order_id="1", total=1)
+    assert await broker.publish(event) == 1
+    assert await broker.publish(event) == 0  # still held: skipped all the same
+    assert await broker.pick()
+    assert await broker.publish(event) == 1
+    assert await broker.pick()
+    assert seen == ["1", "1"]

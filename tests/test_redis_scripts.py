@@ -53,6 +53,7 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:msg",
         f"p:{{{T}}}:refs",
         f"p:{{{T}}}:groups",
+        f"p:{{{T}}}:dedup",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
         f"p:{{{T}}}:g:{G2}:ready",
@@ -202,7 +203,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.purge_dead(T, G)
     await tr.stats(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [3, 7]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [4, 8]
     for call in calls:
         assert call.keys == expected_keys(call), call.script.name
 
@@ -210,7 +211,8 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
 def expected_keys(call: Call) -> list[str]:
     """The KEYS its header names, spelled out for topic T and group G.
 
-    Publish's keys per group are those of the groups it passes in ARGV (n, then names).
+    Publish's keys per group are those of the groups it passes in ARGV (after the time
+    and the dedup window: n, then the names).
     """
     script = call.script
     names = [
@@ -218,6 +220,6 @@ def expected_keys(call: Call) -> list[str]:
         for name in script.keys
     ]
     if script.keys_per_group:
-        for group in call.args[1 : 1 + int(call.args[0])]:
+        for group in call.args[3 : 3 + int(call.args[2])]:
             names += [f"p:{{{T}}}:g:{group!s}:{name}" for name in script.keys_per_group]
     return names

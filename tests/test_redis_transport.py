@@ -68,7 +68,7 @@ async def test_script_flush_mid_run_changes_nothing(
     await tr.subscribe(T, G)
     with redis_server.admin() as admin:
         admin.script_flush()
-        assert await tr.publish(T, [(f"e{i}", b"x") for i in range(10)]) == 1
+        assert await tr.publish(T, [(f"e{i}", b"x") for i in range(10)]) == 10
         admin.script_flush()
         msgs = await tr.claim(G, [T], max_count=5, lease=30, max_attempts=3)
         assert [m.event_id for m in msgs] == [f"e{i}" for i in range(5)]
@@ -410,7 +410,7 @@ async def test_body_stored_once_and_memory_returns_to_baseline(
 
     async def one_round(n: int) -> None:
         events = [(f"r{n}-e{i}", bytes(1024)) for i in range(400)]
-        assert await tr.publish(T, events) == len(groups)
+        assert await tr.publish(T, events) == len(events) * len(groups)
         # One body per event for the topic, however many groups.
         assert admin.hlen(topic_keys.msg) == len(events)
         for g in groups:
@@ -538,13 +538,44 @@ async def test_nack_with_delay_elsewhere_wakes_a_waiter_in_time(make: MakeTransp
 # -- big batches -------------------------------------------------------------------------
 
 
+async def test_ended_dedup_windows_are_forgotten_in_bounded_steps(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    clock = ManualClock()
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix, clock=clock)
+    dedup = Keys(prefix).topic(T).dedup
+    await tr.subscribe(T, G)
+    old = [(f"old{i:04d}", b"x") for i in range(1000)]
+    assert await tr.publish(T, old, dedup_window=1.5) == 1000
+    assert all(
+        await tr.ack(
+            [m.receipt for m in await tr.claim(G, [T], max_count=1000, lease=5, max_attempts=2)]
+        )
+    )
+    clock.advance(2)
+    with redis_server.admin() as admin:
+        assert admin.zcard(dedup) == 1000  # ended, but nobody has published since
+        sizes = []
+        for n in range(10):
+            batch = [(f"new{n}-{i}", b"x") for i in range(50)]
+            assert await tr.publish(T, batch, dedup_window=1.5) == 50
+            sizes.append(admin.zcard(dedup))
+        # Each publish forgets up to 2 x 50 + 16 ended windows and records 50.
+        assert sizes[0] == 1000 - 116 + 50
+        assert sizes[-1] == 500
+        clock.advance(2)
+        assert await tr.publish(T, [("last", b"x")]) == 1
+        assert admin.zcard(dedup) == 500 - 18  # without a window: forgets, records nothing
+
+
 async def test_thousands_of_events_in_one_call(make: MakeTransport) -> None:
     clock = ManualClock()
     tr = await make(clock=clock)
     n = 5000
     await tr.subscribe(T, G)
     ids = [f"e{i:05d}" for i in range(n)]
-    assert await tr.publish(T, [(i, b"x") for i in ids]) == 1
+    assert await tr.publish(T, [(i, b"x") for i in ids]) == n
     msgs = await tr.claim(G, [T], max_count=n, lease=1, max_attempts=2)
     assert [m.event_id for m in msgs] == ids
     assert await tr.extend([m.receipt for m in msgs], 5) == [True] * n

@@ -96,6 +96,8 @@ class DeliveryModel:
 
     def __init__(self) -> None:
         self.topics: dict[str, dict[str, GroupModel]] = {}
+        self.windows: dict[str, dict[str, float]] = {}
+        """Per topic, event id -> end of its dedup window."""
 
     # -- subscriptions and publish --------------------------------------------------------
 
@@ -124,16 +126,32 @@ class DeliveryModel:
         """Whether some group of ``topic`` still holds ``event_id`` (it is not DONE)."""
         return any(event_id in g.copies for g in self.topics.get(topic, {}).values())
 
-    def publish(self, topic: str, events: Iterable[tuple[str, bytes]]) -> int:
-        """Append each event not held to every group's queue; return the group count."""
+    def publish(
+        self,
+        topic: str,
+        events: Iterable[tuple[str, bytes]],
+        now: float = 0.0,
+        dedup_window: float = 0.0,
+    ) -> int:
+        """Append each event neither held nor within its dedup window to every group.
+
+        Returns the number of copies enqueued (invariant 10: no duplicate publish).
+        """
         groups = self.topics.get(topic, {})
+        windows = self.windows.setdefault(topic, {})
+        added = 0
         for event_id, body in events:
             if not groups or self.held(topic, event_id):
                 continue
+            if windows.get(event_id, float("-inf")) > now:
+                continue
+            if dedup_window > 0:
+                windows[event_id] = now + dedup_window
+            added += 1
             for g in groups.values():
                 g.copies[event_id] = ModelCopy(event_id, body)
                 g.blocks.append({event_id})
-        return len(groups)
+        return added * len(groups)
 
     # -- time ------------------------------------------------------------------------------
 

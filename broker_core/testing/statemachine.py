@@ -1,13 +1,15 @@
 """A hypothesis state machine that holds a transport to the pure model, step by step.
 
 Rules publish (batches, with event ids reused so idempotent publish and the lifetime of
-bodies are exercised), subscribe, claim, settle (ack, nack with and without delay,
+bodies are exercised, with or without a dedup window), republish what was published
+with a window, subscribe, claim, consume everything of a topic in every group (so that
+ids are often done everywhere), settle (ack, nack with and without delay,
 extend, release, kill), renew held leases (mostly asking for less than is left), replay
 and purge dead letters, move the clock, and crash consumers (forget their receipts).
 There are few rules, each with many choices, because hypothesis enables a random subset
 of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step invariants 1-7 and 11 of docs/semantics.md are checked
+purpose. After every step invariants 1-7, 10 and 11 of docs/semantics.md are checked
 against the model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
@@ -22,6 +24,8 @@ against the model:
    redeliveries (see :mod:`broker_core.testing.model`);
 6. bounded attempts: attempt numbers match the model and never pass ``max_attempts``;
 7. isolation: every group is checked on its own after every step;
+10. no duplicate publish: a publish enqueues exactly the copies the model does, which
+    skips ids held or published within their dedup window;
 11. no collateral charge: an event whose last lease expired is marked isolated and is
     the only message of its claim, and a release takes back the claim's attempt.
 
@@ -67,6 +71,8 @@ GROUPS = ("billing", "shipping", "audit")
 EVENT_IDS = tuple(f"e{i}" for i in range(8))
 """A small pool, so that ids are often republished while held, and after being done."""
 LEASES = (1.5, 4.5, 10.5, 30.5)
+DEDUP_WINDOWS = (0.0, 0.0, 3.5, 60.5)
+"""Half the publishes without a window (ids are new once done), half with a short or long one."""
 EXTENSIONS = (0.5, 1.5, 1.5, 30.5)
 """Mostly shorter than the lease: an extend must never end a lease sooner."""
 DELAYS = (0.0, 0.5, 2.5)
@@ -156,14 +162,50 @@ class TransportStateMachine(RuleBasedStateMachine):
     @rule(
         topic=st.sampled_from(TOPICS),
         ids=st.lists(st.sampled_from(EVENT_IDS), min_size=1, max_size=4),
+        window=st.sampled_from(DEDUP_WINDOWS),
     )
-    def publish(self, topic: str, ids: list[str]) -> None:
-        """Publish a batch; bodies are unique per publish to tell incarnations apart."""
+    def publish(self, topic: str, ids: list[str], window: float) -> None:
+        """Publish a batch; bodies are unique per publish to tell incarnations apart.
+
+        With a dedup window, an id published within it is skipped even once every group
+        is done with it (invariant 10); ids repeat often, since the pool is small.
+        """
         self.publishes += 1
         events = [(i, f"{i}#{self.publishes}.{n}".encode()) for n, i in enumerate(ids)]
-        reached = self.run(self.transport.publish(topic, events))
-        expected = self.model.publish(topic, events)
-        assert reached == expected, f"publish reached {reached} groups, model says {expected}"
+        reached = self.run(self.transport.publish(topic, events, dedup_window=window))
+        expected = self.model.publish(topic, events, self.clock.now(), window)
+        assert reached == expected, (
+            f"publish enqueued {reached} copies, model says {expected} (invariant 10)"
+        )
+
+    @rule(topic=st.sampled_from(TOPICS))
+    def consume_all(self, topic: str) -> None:
+        """Every group of ``topic`` claims what it can and acks it: events get DONE.
+
+        Healthy consumers, so that ids are often done in every group, and then only a
+        dedup window stops their republication.
+        """
+        pairs = self.model.pairs()
+        for index, (t, _) in enumerate(pairs):
+            if t != topic:
+                continue
+            before = len(self.seen)
+            self.claim(index, False, 8, LEASES[-1], 4)
+            fresh = self.seen[before:]
+            got = self.run(self.transport.ack(fresh))
+            now = self.clock.now()
+            expected = [self.model.ack(r, now) for r in fresh]
+            assert got == expected, f"ack returned {got}, model says {expected} for {fresh}"
+            for r in fresh:
+                self.held.remove(r)
+
+    @precondition(lambda self: any(self.model.windows.values()))
+    @rule(topic=st.sampled_from(TOPICS), window=st.sampled_from(DEDUP_WINDOWS))
+    def republish(self, topic: str, window: float) -> None:
+        """An outbox relay re-sends what it published with a dedup window (invariant 10)."""
+        ids = sorted(self.model.windows.get(topic, {}))
+        if ids:
+            self.publish(topic, ids[-4:], window)
 
     @rule(
         pair=st.integers(0, 100),

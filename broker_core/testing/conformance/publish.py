@@ -11,12 +11,13 @@ __all__ = ["PublishConformance"]
 
 
 class PublishConformance(ConformanceBase):
-    """The publish transition (nothing -> READY) and idempotent publish.
+    """The publish transition (nothing -> READY), idempotent and duplicate-free publish.
 
     Covers fan-out to the groups subscribed at publish time (and only those), order of
-    first deliveries (invariant 5), the fields of a first delivery, and the lifetime of an
-    event id: a topic skips an id it still holds, until every group is done with it or its
-    dead letter is purged.
+    first deliveries (invariant 5), the fields of a first delivery, the lifetime of an
+    event id (a topic skips an id it still holds, until every group is done with it or
+    its dead letter is purged), and the dedup window (invariant 10): an id published
+    within it is skipped even once every group is done with it.
     """
 
     # -- publish ------------------------------------------------------------------------
@@ -29,13 +30,15 @@ class PublishConformance(ConformanceBase):
         assert _counts(await harness.transport.stats(T, G)) == (0, 0, 0, 0)
 
     @pytest.mark.asyncio
-    async def test_publish_returns_number_of_groups(self, harness: Harness) -> None:
+    async def test_publish_returns_the_copies_enqueued(self, harness: Harness) -> None:
         await harness.transport.subscribe(T, G)
         await harness.transport.subscribe(T, G2)
         await harness.transport.subscribe(T2, G)
         assert await harness.publish(T, "e1") == 2
         assert await harness.publish(T2, "e2") == 1
-        assert await harness.transport.publish(T, []) == 2
+        assert await harness.publish(T, "e3", "e4", "e5") == 6
+        assert await harness.publish(T, "e1", "e6") == 2  # e1 is held: skipped
+        assert await harness.transport.publish(T, []) == 0
 
     @pytest.mark.asyncio
     async def test_events_before_subscription_do_not_reach_group(self, harness: Harness) -> None:
@@ -83,6 +86,7 @@ class PublishConformance(ConformanceBase):
         await harness.transport.subscribe(T, G)
         await harness.transport.publish(T, [("e1", b"first")])
         assert await harness.transport.publish(T, [("e1", b"second"), ("e2", b"x")]) == 1
+        assert await harness.transport.publish(T, [("e1", b"second")]) == 0
         msgs = await harness.claim(G, T, max_count=10)
         assert [(m.event_id, m.body) for m in msgs] == [("e1", b"first"), ("e2", b"x")]
         # still held while leased
@@ -126,3 +130,73 @@ class PublishConformance(ConformanceBase):
         await harness.transport.publish(T, [("e1", b"new")])
         [again] = await harness.claim(G, T)
         assert (again.body, again.attempt) == (b"new", 1)
+
+    # -- duplicate-free publish: the dedup window --------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_an_id_within_its_window_is_skipped_after_every_ack(
+        self, harness: Harness
+    ) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await tr.subscribe(T, G2)
+        assert await tr.publish(T, [("e1", b"first")], dedup_window=10.5) == 2
+        for group in (G, G2):
+            [m] = await harness.claim(group, T)
+            assert await tr.ack([m.receipt]) == [True]
+        harness.clock.advance(10)  # every group is done, and the body is freed
+        assert await tr.publish(T, [("e1", b"again"), ("e2", b"x")], dedup_window=10.5) == 2
+        assert await harness.claim_ids(G, T) == ["e2"]
+        assert await harness.claim_ids(G2, T) == ["e2"]
+
+    @pytest.mark.asyncio
+    async def test_an_id_is_new_again_once_its_window_ends(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await tr.publish(T, [("e1", b"first")], dedup_window=5.5)
+        [m] = await harness.claim(G, T)
+        assert await tr.ack([m.receipt]) == [True]
+        harness.clock.advance(3)
+        # A skipped duplicate does not extend the window.
+        assert await tr.publish(T, [("e1", b"dup")], dedup_window=5.5) == 0
+        harness.clock.advance(3)
+        assert await tr.publish(T, [("e1", b"later")], dedup_window=5.5) == 1
+        [m] = await harness.claim(G, T)
+        assert (m.body, m.attempt) == (b"later", 1)
+
+    @pytest.mark.asyncio
+    async def test_without_a_window_only_held_ids_are_skipped(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await tr.publish(T, [("e1", b"first")])
+        [m] = await harness.claim(G, T)
+        assert await tr.ack([m.receipt]) == [True]
+        assert await tr.publish(T, [("e1", b"again")]) == 1
+
+    @pytest.mark.asyncio
+    async def test_the_window_holds_through_death_and_purge(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await tr.publish(T, [("e1", b"first")], dedup_window=20.5)
+        [m] = await harness.claim(G, T)
+        assert await tr.kill(m.receipt, reason="handler")
+        assert await tr.purge_dead(T, G) == 1
+        assert await tr.publish(T, [("e1", b"again")], dedup_window=20.5) == 0
+        assert _counts(await tr.stats(T, G)) == (0, 0, 0, 0)
+
+    @pytest.mark.asyncio
+    async def test_many_ended_windows_are_forgotten_while_publishing(
+        self, harness: Harness
+    ) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        ids = [f"e{i:04d}" for i in range(600)]
+        await tr.publish(T, [(i, b"x") for i in ids], dedup_window=1.5)
+        ms = await harness.claim(G, T, max_count=600)
+        assert all(await tr.ack([m.receipt for m in ms]))
+        harness.clock.advance(2)
+        # Every window ended: each id is new again, however many were recorded.
+        for start in range(0, 600, 100):
+            batch = [(i, b"y") for i in ids[start : start + 100]]
+            assert await tr.publish(T, batch, dedup_window=1.5) == 100
+        assert _counts(await tr.stats(T, G)) == (600, 0, 0, 0)
