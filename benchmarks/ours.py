@@ -139,8 +139,13 @@ async def drain(
     concurrency: int,
     probe: MemoryProbe | None = None,
 ) -> DrainResult:
-    """Pre-queue ``events``; one consumer with a no-op async handler drains them all."""
-    publisher = Broker.from_url(url)
+    """Pre-queue ``events``; one consumer with a no-op async handler drains them all.
+
+    The publisher keeps no dedup window, so that the memory figures show the state
+    machine alone (it must return to the start); the fan-out scenario publishes with the
+    default window, and the memory table shows what a dedup record costs.
+    """
+    publisher = Broker.from_url(url, dedup_window=0)
     consumer, counter = _consumer(url, concurrency)
 
     @consumer.on(BenchEvent)

@@ -454,6 +454,7 @@ def _memory_rows(results: Results, runs: _Runs, config: Config, kind: str) -> No
     unit = "bytes" if redis else "bytes (heap)"
     pending = _per_event(drained.before, drained.pending, n) if drained else None
     row = results.add(Row("memory", kind, "memory per pending event", unit, pending, False))
+    row.note = "no dedup window"
     raw_d, dq_d = runs.first.get(("drain", "raw")), runs.first.get(("drain", "dramatiq"))
     if redis:
         row.raw = _per_event(raw_d.before, raw_d.pending, n) if raw_d else None
@@ -461,6 +462,13 @@ def _memory_rows(results: Results, runs: _Runs, config: Config, kind: str) -> No
     left = None
     if drained and drained.before is not None and drained.after is not None:
         left = float(drained.after - drained.before)
+    fanned = runs.first.get(("fanout1", kind) if redis else ("fanout1_traced", kind))
+    windowed = _per_event(fanned.before, fanned.after, n) if fanned else None
+    dedup = windowed - pending if windowed is not None and pending is not None else None
+    row = results.add(
+        Row("memory", kind, "dedup record per event, while in its window", unit, dedup, False)
+    )
+    row.note = "fan-out's memory per event (default dedup_window) minus the above"
     tol = config.memory_return_tolerance
     row = results.add(
         Row("memory", kind, "memory after drain - before", f"{unit}, total", left, False)

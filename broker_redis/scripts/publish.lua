@@ -47,14 +47,16 @@ local ended = redis.call('ZRANGE', dedup, '-inf', num(now), 'BYSCORE', 'LIMIT', 
 call_chunked('ZREM', dedup, ended, 1, #ended)
 local windows = get_chunked('ZMSCORE', dedup, ids)
 
+-- Every event of the call shares the end of its window.
+local ends = window > 0 and num(now + window)
 local fresh, recorded = {}, {}
 for i, id in ipairs(ids) do
   local open = windows[i] and tonumber(windows[i]) > now
   if not open and redis.call('HSETNX', msg, id, ARGV[n + 3 + 2 * i]) == 1 then
     redis.call('HSET', refs, id, n)
     fresh[#fresh + 1] = id
-    if window > 0 then
-      recorded[#recorded + 1] = num(now + window)
+    if ends then
+      recorded[#recorded + 1] = ends
       recorded[#recorded + 1] = id
     end
   end
