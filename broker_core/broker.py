@@ -12,7 +12,7 @@ from broker_core.consumer import Consumer
 from broker_core.errors import EventTooLarge
 from broker_core.events import Event
 from broker_core.handlers import Handler, Route, Router
-from broker_core.names import validate_group, validate_topic
+from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.plugins import make_transport
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
@@ -141,8 +141,14 @@ class Broker:
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish(self, event: Event, *, topic: str | None = None) -> int:
+    async def publish(
+        self, event: Event, *, topic: str | None = None, key: str | None = None
+    ) -> int:
         """Publish ``event`` to ``topic`` (default: its class's ``topic``).
+
+        ``key`` is its ordering key (default: the value of its class's ``key_field``, if
+        any): an ordered group handles the events of one key one at a time, in publish
+        order. It travels in the envelope and reaches handlers as ``delivery.key``.
 
         Returns how many groups it reached; 0 when nobody subscribed (not an error), and
         0 for a duplicate: an event whose id the topic still holds, or was published to
@@ -153,15 +159,20 @@ class Broker:
         ``max_body_bytes``.
         """
         name = self._topic_of(event, topic)
-        body = self._encode(event, name, self._size_limit())
+        key = self._key_of(event, key)
+        body = self._encode(event, name, key, self._size_limit())
         return await self.transport.publish(
-            name, [(event.id, body)], dedup_window=self.options.dedup_window
+            name,
+            [(event.id, body)],
+            keys=None if key is None else [key],
+            dedup_window=self.options.dedup_window,
         )
 
     async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
         """Publish several events, one transport call per topic, all topics at once.
 
-        Events of one topic keep their order. Returns the number of (event, group)
+        Events of one topic keep their order; each has its own class's ordering key.
+        Returns the number of (event, group)
         copies enqueued; duplicates (see :meth:`publish`) are skipped one by one while
         the rest go through. Every event is checked, as by :meth:`publish`, before anything
         is sent: if one is refused, nothing is published.
@@ -172,22 +183,28 @@ class Broker:
         window is safe then: the topics skip the ids already published.
         """
         limit = self._size_limit()
-        batches: dict[str, list[tuple[str, bytes]]] = {}
+        batches: dict[str, tuple[list[tuple[str, bytes]], list[str | None]]] = {}
         for event in events:
             name = self._topic_of(event, topic)
-            batches.setdefault(name, []).append((event.id, self._encode(event, name, limit)))
+            key = self._key_of(event, None)
+            batch, keys = batches.setdefault(name, ([], []))
+            batch.append((event.id, self._encode(event, name, key, limit)))
+            keys.append(key)
         window = self.options.dedup_window
-        if len(batches) == 1:
-            # The usual case: one topic, one call, no task to run it in.
-            [(name, batch)] = batches.items()
-            return await self.transport.publish(name, batch, dedup_window=window)
-        copies = await asyncio.gather(
-            *(
-                self.transport.publish(name, batch, dedup_window=window)
-                for name, batch in batches.items()
+        calls = [
+            self.transport.publish(
+                name,
+                batch,
+                # Unkeyed events, the usual case, send no keys at all.
+                keys=keys if any(k is not None for k in keys) else None,
+                dedup_window=window,
             )
-        )
-        return sum(copies)
+            for name, (batch, keys) in batches.items()
+        ]
+        if len(calls) == 1:
+            # The usual case: one topic, one call, no task to run it in.
+            return await calls[0]
+        return sum(await asyncio.gather(*calls))
 
     @staticmethod
     def _topic_of(event: Event, topic: str | None) -> str:
@@ -201,6 +218,11 @@ class Broker:
             )
         return validate_topic(name)
 
+    @staticmethod
+    def _key_of(event: Event, key: str | None) -> str | None:
+        key = event.ordering_key() if key is None else key
+        return None if key is None else validate_key(key)
+
     def _size_limit(self) -> tuple[int, str]:
         """The largest encoded event publish may send, and the option that sets it."""
         own = self.options.max_event_bytes
@@ -212,8 +234,8 @@ class Broker:
         return own, f"max_event_bytes={own}"
 
     @staticmethod
-    def _encode(event: Event, topic: str, limit: tuple[int, str]) -> bytes:
-        body = encode(event, topic)
+    def _encode(event: Event, topic: str, key: str | None, limit: tuple[int, str]) -> bytes:
+        body = encode(event, topic, key)
         most, option = limit
         if len(body) > most:
             raise EventTooLarge(

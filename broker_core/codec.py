@@ -33,6 +33,8 @@ class Envelope(BaseModel):
     occurred_at: AwareDatetime
     headers: dict[str, str]
     data: dict[str, Any]
+    key: str | None = None
+    """The ordering key, if the event has one; envelopes without it decode as before."""
 
 
 # One encoder for every call: ``json.dumps`` with options builds a new one each time.
@@ -42,8 +44,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _REPLACEMENT = "\ufffd".encode()
 
 
-def encode(event: Event, topic: str) -> bytes:
-    """Serialise ``event`` as published to ``topic``.
+def encode(event: Event, topic: str, key: str | None = None) -> bytes:
+    """Serialise ``event`` as published to ``topic``, with its ordering ``key`` if any.
 
     Raises InvalidEvent, naming the field, for a value the wire format cannot carry: a
     string with a lone surrogate, a NaN or infinite float, an integer too long for
@@ -59,6 +61,8 @@ def encode(event: Event, topic: str) -> bytes:
             "headers": event.headers,
             "data": event.payload(),
         }
+        if key is not None:
+            envelope["key"] = key
         body = _ENCODER.encode(envelope).encode()
     # pydantic's serialisation errors and UnicodeEncodeError are ValueErrors too.
     except ValueError as exc:

@@ -50,6 +50,11 @@ class Delivery(Generic[E]):
         return self._message.group
 
     @property
+    def key(self) -> str | None:
+        """The event's ordering key (None if it has none)."""
+        return self._message.key
+
+    @property
     def attempt(self) -> int:
         """1 for the first delivery of this event to this group, 2 for the first retry, ..."""
         return self._message.attempt

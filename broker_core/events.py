@@ -63,9 +63,10 @@ class Event(BaseModel):
     """Base class of every event.
 
     Subclasses declare their payload as pydantic fields and may set the class variables
-    ``topic`` (where ``publish`` sends it unless told otherwise) and ``event_type`` (its
-    name on the wire; the class name by default). ``occurred_at`` (default: now) must be
-    timezone-aware and is kept in UTC::
+    ``topic`` (where ``publish`` sends it unless told otherwise), ``event_type`` (its
+    name on the wire; the class name by default) and ``key_field`` (the field holding its
+    ordering key, usually its aggregate's id: events with one key are one history).
+    ``occurred_at`` (default: now) must be timezone-aware and is kept in UTC::
 
         class OrderPlaced(Event):
             topic: ClassVar[str] = "orders"
@@ -79,6 +80,7 @@ class Event(BaseModel):
 
     topic: ClassVar[str | None] = None
     event_type: ClassVar[str] = "Event"
+    key_field: ClassVar[str | None] = None
 
     id: str = Field(default_factory=new_event_id)
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -102,12 +104,24 @@ class Event(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         if "event_type" not in cls.__dict__:
             cls.event_type = cls.__name__
+        if cls.key_field is not None and cls.key_field not in cls.model_fields:
+            raise TypeError(
+                f"{cls.__name__}.key_field names {cls.key_field!r}, which is not one of its "
+                f"fields ({', '.join(sorted(cls.model_fields))})"
+            )
         _registry[cls.event_type] = cls
 
     @property
     def type_name(self) -> str:
         """This event's type name on the wire."""
         return self.event_type
+
+    def ordering_key(self) -> str | None:
+        """The value of the ``key_field`` field as text, or None without a key field."""
+        if self.key_field is None:
+            return None
+        value = getattr(self, self.key_field)
+        return None if value is None else str(value)
 
     def payload(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
         """The event's own fields, the envelope's ``data``: as JSON-compatible data, or

@@ -10,9 +10,19 @@ import re
 
 from broker_core.errors import InvalidName
 
-__all__ = ["MAX_NAME_LENGTH", "validate_group", "validate_name", "validate_topic"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_NAME_LENGTH",
+    "validate_group",
+    "validate_key",
+    "validate_name",
+    "validate_topic",
+]
 
 MAX_NAME_LENGTH = 128
+MAX_KEY_LENGTH = 256
+# Control characters (NUL above all) are refused: a store may use them as separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -36,3 +46,23 @@ def validate_topic(topic: object) -> str:
 def validate_group(group: object) -> str:
     """Validate a group name."""
     return validate_name("group", group)
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` unchanged if it is a valid ordering key, else raise InvalidName.
+
+    Any text of 1-256 characters without control characters: an aggregate's id, a UUID,
+    ``"customer/42"``.
+    """
+    if not isinstance(key, str):
+        raise InvalidName(f"an ordering key must be a string, got {type(key).__name__}")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise InvalidName(f"invalid ordering key {key!r}: it holds a lone surrogate") from None
+    if not key or len(key) > MAX_KEY_LENGTH or _CONTROL.search(key):
+        raise InvalidName(
+            f"invalid ordering key {key!r}: use 1-{MAX_KEY_LENGTH} characters, "
+            "none of them a control character"
+        )
+    return key

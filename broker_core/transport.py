@@ -61,6 +61,8 @@ class Message:
     """1-based count of deliveries of this event to this group, this one included."""
     lease_deadline: float
     """When the lease expires, on the transport's clock."""
+    key: str | None = None
+    """The event's ordering key, as published (None: it has none)."""
     isolated: bool = False
     """The event's previous lease expired: it may have crashed its consumer.
 
@@ -151,9 +153,18 @@ class Transport(Protocol):
         ...
 
     async def publish(
-        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+        self,
+        topic: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        dedup_window: float = 0.0,
     ) -> int:
         """Append ``(event_id, body)`` pairs, in order, to the READY queue of every group.
+
+        ``keys`` holds each event's ordering key (None: no key), in the order of
+        ``events``; None means no event has one. A claim hands each event out with its
+        key (:attr:`Message.key`).
 
         All of one call's events become visible atomically. An event is skipped when the
         topic still holds its id (some group is not done with it), or when its id was

@@ -37,7 +37,7 @@ from heapq import heapify, heappop, heappush
 from itertools import islice
 
 from broker_core.clock import Clock, MonotonicClock
-from broker_core.names import validate_group, validate_topic
+from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
 
@@ -62,15 +62,17 @@ class _Copy:
         "error",
         "event_id",
         "heap_key",
+        "key",
         "reason",
         "state",
         "suspect",
         "token",
     )
 
-    def __init__(self, event_id: str, body: bytes) -> None:
+    def __init__(self, event_id: str, body: bytes, key: str | None = None) -> None:
         self.event_id = event_id
         self.body = body  # the same bytes object for every group: stored once per topic
+        self.key = key
         self.state = _State.READY
         self.attempts = 0
         self.token = ""
@@ -211,10 +213,17 @@ class MemoryStore:
     # -- publish and claim --------------------------------------------------------------
 
     def publish(
-        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+        self,
+        topic: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        dedup_window: float = 0.0,
     ) -> int:
         """See :meth:`broker_core.transport.Transport.publish`."""
         validate_topic(topic)
+        if keys is not None and len(keys) != len(events):
+            raise ValueError(f"{len(keys)} keys for {len(events)} events")
         with self._lock:
             t = self._topics.get(topic)
             if t is None or not t.groups:
@@ -227,16 +236,19 @@ class MemoryStore:
             n = len(queues)
             held, published = t.held, t.published
             added = 0
-            for event_id, body in events:
+            for i, (event_id, body) in enumerate(events):
                 if event_id in held or published.get(event_id, -math.inf) > now:
                     continue
+                key = None if keys is None else keys[i]
+                if key is not None:
+                    validate_key(key)
                 held[event_id] = n
                 added += 1
                 if dedup_window > 0:
                     published[event_id] = ends = now + dedup_window
                     t.windows.append((ends, event_id))
                 for _, q in queues:
-                    c = _Copy(event_id, body)
+                    c = _Copy(event_id, body, key)
                     q.copies[event_id] = c
                     q.ready.append(c)
             if added:
@@ -290,7 +302,7 @@ class MemoryStore:
                     heappush(q.lease_heap, (deadline, key, c))
                     q.leased += 1
                     receipt = Receipt(topic, group, c.event_id, c.token)
-                    out.append(Message(receipt, c.body, c.attempts, deadline, c.suspect))
+                    out.append(Message(receipt, c.body, c.attempts, deadline, c.key, c.suspect))
                     if alone:
                         break
                 if len(out) > taken:
@@ -640,10 +652,15 @@ class MemoryTransport:
         return self.store.topics()
 
     async def publish(
-        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+        self,
+        topic: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        dedup_window: float = 0.0,
     ) -> int:
         """See :meth:`broker_core.transport.Transport.publish`."""
-        return self.store.publish(topic, events, dedup_window=dedup_window)
+        return self.store.publish(topic, events, keys=keys, dedup_window=dedup_window)
 
     async def claim(
         self,

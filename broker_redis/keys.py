@@ -47,6 +47,8 @@ class TopicKeys:
     """SET of subscribed group names."""
     dedup: str
     """ZSET event id -> end of its dedup window (seconds on the transport's clock)."""
+    eventkeys: str
+    """HASH event id -> its ordering key, for events that have one; freed with the body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,11 @@ class Keys:
             pass
         base = self._tag(topic)
         keys = TopicKeys(
-            msg=f"{base}:msg", refs=f"{base}:refs", groups=f"{base}:groups", dedup=f"{base}:dedup"
+            msg=f"{base}:msg",
+            refs=f"{base}:refs",
+            groups=f"{base}:groups",
+            dedup=f"{base}:dedup",
+            eventkeys=f"{base}:eventkeys",
         )
         _remember(self._topic_keys, topic, keys)
         return keys

@@ -35,7 +35,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.clock import Clock
 from broker_core.errors import EventTooLarge, TransportError
-from broker_core.names import validate_group, validate_topic
+from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
 from broker_core.urls import redact
 from broker_redis.errors import transport_error
@@ -314,7 +314,12 @@ class RedisTransport:
     # -- publish -----------------------------------------------------------------------
 
     async def publish(
-        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+        self,
+        topic: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        dedup_window: float = 0.0,
     ) -> int:
         """Append events to every subscribed group's READY queue in one atomic script.
 
@@ -323,15 +328,18 @@ class RedisTransport:
         """
         if dedup_window < 0:
             raise ValueError(f"dedup_window must not be negative, got {dedup_window}")
+        if keys is not None and len(keys) != len(events):
+            raise ValueError(f"{len(keys)} keys for {len(events)} events")
         topic_keys = self._keys.topic(topic)  # validates the name (once: the keys are cached)
         args: list[Arg] = []
-        for event_id, body in events:
+        for i, (event_id, body) in enumerate(events):
             if len(body) > self._max_body_bytes:
                 raise EventTooLarge(
                     f"event {event_id!r} is {len(body)} bytes; this Redis transport accepts "
                     f"at most {self._max_body_bytes} (option max_body_bytes)"
                 )
-            args += (event_id, body)
+            key = None if keys is None else keys[i]
+            args += (event_id, body, "" if key is None else validate_key(key))
         groups = self._groups.get(topic, ())
         for _ in range(_PUBLISH_ROUNDS):
             call = load_script("publish").call(
@@ -377,12 +385,13 @@ class RedisTransport:
         messages = [
             Message(
                 receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
-                body=rows[i + 4],
+                body=rows[i + 5],
                 attempt=int(rows[i + 2]),
                 lease_deadline=lease_deadline,
+                key=_text(rows[i + 4]) or None,
                 isolated=_flag(rows[i + 3]),
             )
-            for i in range(0, len(rows), 5)
+            for i in range(0, len(rows), 6)
         ]
         return messages, _flag(stopped)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 
 from broker_core import BrokerError, DecodeError, Event, InvalidEvent, UnknownEvent
-from broker_core.codec import FORMAT_VERSION, decode, encode
+from broker_core.codec import FORMAT_VERSION, Envelope, decode, encode
 from broker_core.events import new_event_id
 
 
@@ -300,3 +300,17 @@ def test_every_event_encode_accepts_round_trips(event: Event) -> None:
     else:
         with pytest.raises(InvalidEvent, match=r"^cannot publish .* event .*: "):
             encode(event, "t")
+
+
+def test_the_ordering_key_travels_in_the_envelope_only_when_there_is_one() -> None:
+    class Keyed(Event):
+        key_field: ClassVar[str | None] = "order_id"
+        order_id: str
+
+    event = Keyed(order_id="42")
+    with_key = json.loads(encode(event, "orders", event.ordering_key()))
+    assert with_key["key"] == "42"
+    without = json.loads(encode(event, "orders"))
+    assert "key" not in without  # an envelope of before keys existed
+    assert decode(encode(event, "orders", "42")) == event
+    assert Envelope.model_validate(without).key is None

@@ -54,6 +54,7 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:refs",
         f"p:{{{T}}}:groups",
         f"p:{{{T}}}:dedup",
+        f"p:{{{T}}}:eventkeys",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
         f"p:{{{T}}}:g:{G2}:ready",
@@ -203,7 +204,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.purge_dead(T, G)
     await tr.stats(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [4, 8]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [5, 9]
     for call in calls:
         assert call.keys == expected_keys(call), call.script.name
 

@@ -200,9 +200,14 @@ class ForgetsPublishedIds(MemoryStore):
     """Duplicates are skipped only while some group holds the id, not for the window."""
 
     def publish(
-        self, topic: str, events: Sequence[tuple[str, bytes]], *, dedup_window: float = 0.0
+        self,
+        topic: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        dedup_window: float = 0.0,
     ) -> int:
-        return super().publish(topic, events)
+        return super().publish(topic, events, keys=keys)
 
 
 BROKEN: dict[type[MemoryStore], str] = {

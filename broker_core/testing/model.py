@@ -39,6 +39,7 @@ class ModelCopy:
 
     event_id: str
     body: bytes
+    key: str | None = None
     state: State = State.READY
     attempts: int = 0
     receipt: Receipt | None = None
@@ -132,6 +133,7 @@ class DeliveryModel:
         events: Iterable[tuple[str, bytes]],
         now: float = 0.0,
         dedup_window: float = 0.0,
+        keys: Sequence[str | None] | None = None,
     ) -> int:
         """Append each event neither held nor within its dedup window to every group.
 
@@ -140,7 +142,7 @@ class DeliveryModel:
         groups = self.topics.get(topic, {})
         windows = self.windows.setdefault(topic, {})
         added = 0
-        for event_id, body in events:
+        for i, (event_id, body) in enumerate(events):
             if not groups or self.held(topic, event_id):
                 continue
             if windows.get(event_id, float("-inf")) > now:
@@ -148,8 +150,9 @@ class DeliveryModel:
             if dedup_window > 0:
                 windows[event_id] = now + dedup_window
             added += 1
+            key = None if keys is None else keys[i]
             for g in groups.values():
-                g.copies[event_id] = ModelCopy(event_id, body)
+                g.copies[event_id] = ModelCopy(event_id, body, key)
                 g.blocks.append({event_id})
         return added * len(groups)
 

@@ -71,6 +71,8 @@ GROUPS = ("billing", "shipping", "audit")
 EVENT_IDS = tuple(f"e{i}" for i in range(8))
 """A small pool, so that ids are often republished while held, and after being done."""
 LEASES = (1.5, 4.5, 10.5, 30.5)
+ORDERING_KEYS = (None, "k1", "k2", "k/3")
+"""Ordering keys events are published with: few, so that keys repeat."""
 DEDUP_WINDOWS = (0.0, 0.0, 3.5, 60.5)
 """Half the publishes without a window (ids are new once done), half with a short or long one."""
 EXTENSIONS = (0.5, 1.5, 1.5, 30.5)
@@ -163,8 +165,11 @@ class TransportStateMachine(RuleBasedStateMachine):
         topic=st.sampled_from(TOPICS),
         ids=st.lists(st.sampled_from(EVENT_IDS), min_size=1, max_size=4),
         window=st.sampled_from(DEDUP_WINDOWS),
+        keys=st.none() | st.lists(st.sampled_from(ORDERING_KEYS), min_size=4, max_size=4),
     )
-    def publish(self, topic: str, ids: list[str], window: float) -> None:
+    def publish(
+        self, topic: str, ids: list[str], window: float, keys: list[str | None] | None = None
+    ) -> None:
         """Publish a batch; bodies are unique per publish to tell incarnations apart.
 
         With a dedup window, an id published within it is skipped even once every group
@@ -172,8 +177,9 @@ class TransportStateMachine(RuleBasedStateMachine):
         """
         self.publishes += 1
         events = [(i, f"{i}#{self.publishes}.{n}".encode()) for n, i in enumerate(ids)]
-        reached = self.run(self.transport.publish(topic, events, dedup_window=window))
-        expected = self.model.publish(topic, events, self.clock.now(), window)
+        keyed = None if keys is None else keys[: len(events)]
+        reached = self.run(self.transport.publish(topic, events, keys=keyed, dedup_window=window))
+        expected = self.model.publish(topic, events, self.clock.now(), window, keyed)
         assert reached == expected, (
             f"publish enqueued {reached} copies, model says {expected} (invariant 10)"
         )
@@ -282,6 +288,8 @@ class TransportStateMachine(RuleBasedStateMachine):
                     f"{m.topic}/{group}: {m.event_id} attempt {m.attempt}, "
                     f"model says {c.attempts + 1} (invariant 6)"
                 )
+            if m.key != c.key:
+                problems.append(f"{m.event_id}: key {m.key!r}, published with {c.key!r}")
             if m.isolated != c.suspect:
                 problems.append(
                     f"{m.topic}/{group}: {m.event_id} isolated={m.isolated}, but its last "
@@ -348,6 +356,29 @@ class TransportStateMachine(RuleBasedStateMachine):
                 self.held.remove(r)
             if action == "extend" and live:
                 self.held.append(r)
+
+    @precondition(lambda self: any(r not in self.held for r in self.seen))
+    @rule(pick=PICK, verb=st.sampled_from(["ack", "extend", "release"]), paused=LATE)
+    def late(self, pick: int, verb: str, paused: int) -> None:
+        """A consumer that lost its lease (it paused, or crashed and came back) settles.
+
+        The clock first moves ``paused`` seconds with no look at the store, so a lease may
+        have expired unnoticed. A stale receipt must get False and change nothing
+        (invariant 3).
+        """
+        self.clock.advance(paused)
+        old = [r for r in self.seen if r not in self.held]
+        receipt = old[-1 - pick % len(old)]
+        now = self.clock.now()
+        if verb == "ack":
+            [got], expected = self.run(self.transport.ack([receipt])), self.model.ack(receipt, now)
+        elif verb == "extend":
+            [got] = self.run(self.transport.extend([receipt], LEASES[-1]))
+            expected = self.model.extend(receipt, now, LEASES[-1])
+        else:
+            [got] = self.run(self.transport.release([receipt]))
+            expected = self.model.release(receipt, now)
+        assert got == expected, f"late {verb} returned {got}, model says {expected} (invariant 3)"
 
     @precondition(lambda self: bool(self.held))
     @rule(picks=st.lists(PICK, min_size=1, max_size=3), lease=st.sampled_from(EXTENSIONS))

@@ -3,7 +3,7 @@
 A receipt counts only while its lease is live (same token, deadline not passed); a stale
 one changes nothing. The body is freed once no group holds the event.
 
-KEYS: 1 msg  2 refs  3 leased  4 tokens  5 attempts  6 errors  7 suspects
+KEYS: 1 msg  2 refs  3 eventkeys  4 leased  5 tokens  6 attempts  7 errors  8 suspects
 ARGV: 1 now ('' = server TIME), then pairs: event id, token
 Returns: per pair, 1 if acked, 0 if stale
 ]]
@@ -11,7 +11,7 @@ Returns: per pair, 1 if acked, 0 if stale
 --- @include "chunks"
 --- @include "refs"
 
-local msg, refs, leased, tokens, attempts, errors, suspects = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local msg, refs, eventkeys, leased, tokens, attempts, errors, suspects = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = now_from(ARGV[1])
 -- Every lookup and every write is one call per key for the whole batch, not per event.
 local ids = {}
@@ -37,5 +37,5 @@ call_chunked('HDEL', tokens, done, 1, #done)
 call_chunked('HDEL', attempts, done, 1, #done)
 call_chunked('HDEL', errors, done, 1, #done)
 call_chunked('SREM', suspects, done, 1, #done)
-drop_refs(msg, refs, done)
+drop_refs(msg, refs, eventkeys, done)
 return out

@@ -13,12 +13,13 @@ Afterwards the marker is left set only while READY still has events, so other id
 consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
 MAX_BURIALS) work, whatever the size of the queues.
 
-KEYS: 1 msg  2 ready  3 leased  4 tokens  5 attempts  6 errors  7 delayed  8 dead
-      9 deadinfo  10 suspects  11 marker
+KEYS: 1 msg  2 eventkeys  3 ready  4 leased  5 tokens  6 attempts  7 errors  8 delayed
+      9 dead  10 deadinfo  11 suspects  12 marker
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
       5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
 Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
-         else 0), then per event: id, token, attempt, isolated (1 or 0), body}
+         else 0), then per event: id, token, attempt, isolated (1 or 0), ordering key
+         ('' if none), body}
 ]]
 --- @include "now"
 --- @include "requeue_due"
@@ -26,8 +27,8 @@ Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before 
 --- @include "chunks"
 
 local MAX_BURIALS = 1000
-local msg, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[11]
-local k = {attempts = KEYS[5], errors = KEYS[6], dead = KEYS[8], deadinfo = KEYS[9], suspects = KEYS[10]}
+local msg, eventkeys, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[12]
+local k = {attempts = KEYS[6], errors = KEYS[7], dead = KEYS[9], deadinfo = KEYS[10], suspects = KEYS[11]}
 local now = now_from(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local max_count, max_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -51,6 +52,7 @@ local function flush()
   call_chunked('ZADD', leased, leases, 1, #leases)
   call_chunked('HSET', tokens, token_of, 1, #token_of)
   local bodies = get_chunked('HMGET', msg, ids)
+  local keys_of = get_chunked('HMGET', eventkeys, ids)
   for i = 1, #ids do
     -- A missing body (an id planted without one) is handed out empty: the consumer's
     -- decoder dead-letters it like any other undecodable payload.
@@ -58,6 +60,7 @@ local function flush()
     out[#out + 1] = token_of[2 * i]
     out[#out + 1] = attempts_of[2 * i]
     out[#out + 1] = ids[i] == isolated_id and 1 or 0
+    out[#out + 1] = keys_of[i] or ''
     out[#out + 1] = bodies[i] or ''
   end
   ids, attempts_of, leases, token_of = {}, {}, {}, {}

@@ -11,10 +11,10 @@ The client passes the groups it believes are subscribed, because every key a scr
 touches must be declared in KEYS; if the subscribed set differs, nothing is written and
 the script answers with the real set so that the client can retry.
 
-KEYS: 1 msg  2 refs  3 groups  4 dedup
-      then per group g = 1..n: 3+2g ready  4+2g marker
+KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys
+      then per group g = 1..n: 4+2g ready  5+2g marker
 ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
-      4..n+3 the group names, then pairs: event id, body
+      4..n+3 the group names, then triples: event id, body, ordering key ('' = none)
 Returns: the number of copies enqueued (integer: events not skipped times n) once
          published, or the subscribed group names (array) when they differ from the
          ones passed.
@@ -23,7 +23,7 @@ Returns: the number of copies enqueued (integer: events not skipped times n) onc
 --- @include "chunks"
 --- @include "wake"
 
-local msg, refs, groups, dedup = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local msg, refs, groups, dedup, eventkeys = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local window, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 
 if redis.call('SCARD', groups) ~= n then
@@ -40,7 +40,7 @@ end
 
 local now = now_from(ARGV[1])
 local ids = {}
-for i = n + 4, #ARGV, 2 do
+for i = n + 4, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
 end
 local ended = redis.call('ZRANGE', dedup, '-inf', num(now), 'BYSCORE', 'LIMIT', 0, 2 * #ids + 16)
@@ -52,8 +52,12 @@ local ends = window > 0 and num(now + window)
 local fresh, recorded = {}, {}
 for i, id in ipairs(ids) do
   local open = windows[i] and tonumber(windows[i]) > now
-  if not open and redis.call('HSETNX', msg, id, ARGV[n + 3 + 2 * i]) == 1 then
+  local at = n + 1 + 3 * i
+  if not open and redis.call('HSETNX', msg, id, ARGV[at + 1]) == 1 then
     redis.call('HSET', refs, id, n)
+    if ARGV[at + 2] ~= '' then
+      redis.call('HSET', eventkeys, id, ARGV[at + 2])
+    end
     fresh[#fresh + 1] = id
     if ends then
       recorded[#recorded + 1] = ends
@@ -64,7 +68,7 @@ end
 call_chunked('ZADD', dedup, recorded, 1, #recorded)
 if #fresh > 0 then
   for g = 1, n do
-    local ready, marker = KEYS[3 + 2 * g], KEYS[4 + 2 * g]
+    local ready, marker = KEYS[4 + 2 * g], KEYS[5 + 2 * g]
     call_chunked('RPUSH', ready, fresh, 1, #fresh)
     wake(marker)
   end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker_core.errors import InvalidName
 from broker_core.testing.conformance.base import G2, T2, ConformanceBase, G, T, _counts
 from broker_core.testing.harness import Harness, body_of
 
@@ -16,8 +17,9 @@ class PublishConformance(ConformanceBase):
     Covers fan-out to the groups subscribed at publish time (and only those), order of
     first deliveries (invariant 5), the fields of a first delivery, the lifetime of an
     event id (a topic skips an id it still holds, until every group is done with it or
-    its dead letter is purged), and the dedup window (invariant 10): an id published
-    within it is skipped even once every group is done with it.
+    its dead letter is purged), the dedup window (invariant 10): an id published
+    within it is skipped even once every group is done with it, and ordering keys, handed
+    out with every delivery of their event.
     """
 
     # -- publish ------------------------------------------------------------------------
@@ -200,3 +202,39 @@ class PublishConformance(ConformanceBase):
             batch = [(i, b"y") for i in ids[start : start + 100]]
             assert await tr.publish(T, batch, dedup_window=1.5) == 100
         assert _counts(await tr.stats(T, G)) == (600, 0, 0, 0)
+
+    # -- ordering keys -----------------------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_every_delivery_carries_its_ordering_key(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        events = [("e1", b"a"), ("e2", b"b"), ("e3", b"c")]
+        assert await tr.publish(T, events, keys=["order/42", None, "ключ"]) == 3
+        ms = await harness.claim(G, T, max_count=3, lease=1.5)
+        assert [(m.event_id, m.key) for m in ms] == [
+            ("e1", "order/42"),
+            ("e2", None),
+            ("e3", "ключ"),
+        ]
+        assert await tr.nack(ms[0].receipt)
+        harness.clock.advance(2)  # e2 and e3 expire: redeliveries keep their keys too
+        again = []
+        for _ in range(3):
+            again += await harness.claim(G, T, max_count=3)
+        assert sorted((m.event_id, m.key) for m in again) == [
+            ("e1", "order/42"),
+            ("e2", None),
+            ("e3", "ключ"),
+        ]
+
+    @pytest.mark.asyncio
+    async def test_bad_ordering_keys_are_refused(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        for bad in ("", "a\x00b", "line\nbreak", "x" * 257, "\udcff"):
+            with pytest.raises(InvalidName):
+                await tr.publish(T, [("e1", b"x")], keys=[bad])
+        with pytest.raises(ValueError, match="keys"):
+            await tr.publish(T, [("e1", b"x"), ("e2", b"y")], keys=["k"])
+        assert _counts(await tr.stats(T, G)) == (0, 0, 0, 0)
