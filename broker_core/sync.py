@@ -67,7 +67,8 @@ class SyncBroker:
         self._closed = False
         # What a forked child inherited from its parent: its loop and its broker's
         # connections. Kept referenced so that no finalizer ever runs on them in the
-        # child, where the sockets are the parent's.
+        # child: closing a connection unregisters its socket from the loop's epoll
+        # instance, which the parent shares, and would deafen the parent's loop to it.
         self._inherited: list[object] = []
         _live.add(self)
 
