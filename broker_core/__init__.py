@@ -21,6 +21,7 @@ from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import hookimpl
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
+from broker_core.sync import SyncBroker
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, Transport
 
@@ -43,6 +44,7 @@ __all__ = [
     "QueueStats",
     "Receipt",
     "RetryPolicy",
+    "SyncBroker",
     "Transport",
     "TransportError",
     "UnknownEvent",
