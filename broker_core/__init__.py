@@ -14,6 +14,7 @@ from broker_core.errors import (
     InvalidEvent,
     InvalidName,
     LeaseLost,
+    SubscriptionMismatch,
     TransportError,
     UnknownTransport,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "QueueStats",
     "Receipt",
     "RetryPolicy",
+    "SubscriptionMismatch",
     "SyncBroker",
     "Transport",
     "TransportError",

@@ -246,11 +246,18 @@ class Broker:
 
     # -- subscribing and handling --------------------------------------------------------
 
-    async def subscribe(self, *topics: str) -> None:
-        """Subscribe this broker's group to ``topics`` (durably: it outlives the process)."""
+    async def subscribe(self, *topics: str, ordered: bool | None = None) -> None:
+        """Subscribe this broker's group to ``topics`` (durably: it outlives the process).
+
+        With ``ordered=True`` the group handles the events of one ordering key one at a
+        time, in publish order, while different keys proceed in parallel (see
+        docs/semantics.md). A subscription keeps the options it was created with:
+        without ``ordered`` (as :meth:`run` subscribes) they are kept, and a different
+        ``ordered`` raises SubscriptionMismatch.
+        """
         group = self._require_group()
         for topic in topics:
-            await self.transport.subscribe(validate_topic(topic), group)
+            await self.transport.subscribe(validate_topic(topic), group, ordered=ordered)
             self._subscribed.add(topic)
 
     def on(

@@ -8,6 +8,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "LeaseLost",
+    "SubscriptionMismatch",
     "TransportError",
     "UnknownTransport",
 ]
@@ -25,6 +26,14 @@ class InvalidEvent(BrokerError, ValueError):
     """An event holds a value the wire format cannot carry; nothing was published.
 
     The message names the event and the field, e.g. ``data.items[2].name``.
+    """
+
+
+class SubscriptionMismatch(BrokerError, ValueError):
+    """A subscription asked for with other options than the group's stored ones.
+
+    A subscription keeps the options it was created with: delivery never changes behind
+    the back of the group's other consumers.
     """
 
 

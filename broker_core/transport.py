@@ -137,10 +137,17 @@ class Transport(Protocol):
         """Release connections. The stored state survives (for durable stores)."""
         ...
 
-    async def subscribe(self, topic: str, group: str) -> None:
+    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
         """Make ``group`` a durable subscriber of ``topic``; idempotent.
 
-        Events published after this call reach the group; earlier ones do not.
+        Events published after this call reach the group; earlier ones do not. With
+        ``ordered=True`` the group is *ordered*: of the events of one ordering key it only
+        ever leases the earliest not yet DONE or DEAD, and only once that one is READY,
+        so a key's events are handled one at a time in publish order, through retries
+        and expiries (invariant 8); unkeyed events and other keys go on meanwhile. A
+        subscription keeps the options it was created with: ``ordered=None`` keeps them
+        (``False`` for a new one), and another explicit value raises
+        :class:`~broker_core.errors.SubscriptionMismatch`, changing nothing.
         """
         ...
 

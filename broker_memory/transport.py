@@ -37,6 +37,7 @@ from heapq import heapify, heappop, heappush
 from itertools import islice
 
 from broker_core.clock import Clock, MonotonicClock
+from broker_core.errors import SubscriptionMismatch
 from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
@@ -98,15 +99,60 @@ _COMPACT_MIN = 256
 class _Queue:
     """The state machine of one (topic, group)."""
 
-    __slots__ = ("copies", "dead", "delayed", "lease_heap", "leased", "ready")
+    __slots__ = (
+        "copies",
+        "dead",
+        "delayed",
+        "lanes",
+        "lease_heap",
+        "leased",
+        "ordered",
+        "ready",
+        "waiting",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, ordered: bool = False) -> None:
         self.copies: dict[str, _Copy] = {}  # every copy not DONE, by event id
+        # The copies a claim may take: for an ordered group, only the head of each key.
         self.ready: deque[_Copy] = deque()
+        self.ordered = ordered
+        # Ordered groups: per key, its copies neither DONE nor DEAD, in publish order. The
+        # head is READY (in ``ready``), LEASED or DELAYED; the others wait, READY but not
+        # claimable, and are counted in ``waiting``.
+        self.lanes: dict[str, deque[_Copy]] = {}
+        self.waiting = 0
         self.leased = 0
         self.lease_heap: list[_HeapItem] = []  # may hold stale entries
         self.delayed: list[_HeapItem] = []  # exact: a DELAYED copy only leaves when due
         self.dead: dict[str, _Copy] = {}  # insertion order is death order
+
+    def enqueue(self, c: _Copy) -> None:
+        """A new READY copy (published or replayed) joins the back of its queue."""
+        if self.ordered and c.key is not None:
+            lane = self.lanes.get(c.key)
+            if lane:
+                lane.append(c)
+                self.waiting += 1
+                return
+            self.lanes[c.key] = deque([c])
+        self.ready.append(c)
+
+    def leave_lane(self, c: _Copy) -> bool:
+        """``c`` is DONE or DEAD: the next copy of its key becomes claimable.
+
+        Returns whether a copy did.
+        """
+        key = c.key
+        lane = self.lanes.get(key) if self.ordered and key is not None else None
+        if key is None or lane is None or lane[0] is not c:
+            return False  # only a key's head ever leaves; nothing else moves its key
+        lane.popleft()
+        if not lane:
+            del self.lanes[key]
+            return False
+        self.waiting -= 1
+        self.ready.append(lane[0])
+        return True
 
     def next_due(self) -> float:
         """The earliest lease deadline or due time, after dropping stale heap tops."""
@@ -187,7 +233,7 @@ class MemoryStore:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str) -> None:
+    def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
         """See :meth:`broker_core.transport.Transport.subscribe`."""
         validate_topic(topic)
         validate_group(group)
@@ -195,8 +241,15 @@ class MemoryStore:
             t = self._topics.get(topic)
             if t is None:
                 t = self._topics[topic] = _Topic()
-            if group not in t.groups:
-                t.groups[group] = _Queue()
+            q = t.groups.get(group)
+            if q is None:
+                t.groups[group] = _Queue(ordered=bool(ordered))
+            elif ordered is not None and ordered != q.ordered:
+                raise SubscriptionMismatch(
+                    f"group {group!r} subscribed to {topic!r} with ordered={q.ordered}: "
+                    f"subscribe again without options or with ordered={q.ordered} (a "
+                    "subscription keeps the options it was created with)"
+                )
 
     def groups(self, topic: str) -> list[str]:
         """See :meth:`broker_core.transport.Transport.groups`."""
@@ -250,7 +303,7 @@ class MemoryStore:
                 for _, q in queues:
                     c = _Copy(event_id, body, key)
                     q.copies[event_id] = c
-                    q.ready.append(c)
+                    q.enqueue(c)
             if added:
                 for group, _ in queues:
                     self._notify(group, topic, work=True)
@@ -324,6 +377,8 @@ class MemoryStore:
                 q, c = found
                 self._unlease(q, c)
                 self._done(r.topic, q, c)
+                if q.leave_lane(c):
+                    self._notify(r.group, r.topic, work=True)
                 results.append(True)
         return results
 
@@ -404,7 +459,8 @@ class MemoryStore:
                 return False
             q, c = found
             self._unlease(q, c)
-            self._kill(q, c, reason, error, now)
+            if self._kill(q, c, reason, error, now):
+                self._notify(receipt.group, receipt.topic, work=True)
             return True
 
     # -- dead letters ---------------------------------------------------------------------
@@ -434,7 +490,7 @@ class MemoryStore:
                 c.error = None
                 c.reason = ""
                 c.suspect = False
-                q.ready.append(c)
+                q.enqueue(c)
             if chosen:
                 self._notify(group, topic, work=True)
             return len(chosen)
@@ -472,7 +528,8 @@ class MemoryStore:
             if q is None:
                 return QueueStats(topic, group, 0, 0, 0, 0)
             self._reap(q, self.clock.now())
-            return QueueStats(topic, group, len(q.ready), q.leased, len(q.delayed), len(q.dead))
+            ready = len(q.ready) + q.waiting
+            return QueueStats(topic, group, ready, q.leased, len(q.delayed), len(q.dead))
 
     async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
         """See :meth:`broker_core.transport.Transport.wait`.
@@ -578,13 +635,15 @@ class MemoryStore:
         back.sort()  # the first to expire or fall due comes out first
         q.ready.extendleft(item[2] for item in reversed(back))
 
-    def _kill(self, q: _Queue, c: _Copy, reason: str, error: str | None, now: float) -> None:
+    def _kill(self, q: _Queue, c: _Copy, reason: str, error: str | None, now: float) -> bool:
+        """Move ``c`` to DEAD; returns whether the next copy of its key became claimable."""
         c.state = _State.DEAD
         c.reason = safe_text(reason)
         if error is not None:
             c.error = safe_text(error)
         c.died_at = now
         q.dead[c.event_id] = c
+        return q.leave_lane(c)
 
     def _done(self, topic: str, q: _Queue, c: _Copy) -> None:
         del q.copies[c.event_id]
@@ -639,9 +698,9 @@ class MemoryTransport:
     async def close(self) -> None:
         """Nothing to release; the store keeps its state."""
 
-    async def subscribe(self, topic: str, group: str) -> None:
+    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
         """See :meth:`broker_core.transport.Transport.subscribe`."""
-        self.store.subscribe(topic, group)
+        self.store.subscribe(topic, group, ordered=ordered)
 
     async def groups(self, topic: str) -> list[str]:
         """See :meth:`broker_core.transport.Transport.groups`."""

@@ -49,6 +49,10 @@ class TopicKeys:
     """ZSET event id -> end of its dedup window (seconds on the transport's clock)."""
     eventkeys: str
     """HASH event id -> its ordering key, for events that have one; freed with the body."""
+    ordered: str
+    """SET of the groups subscribed with ``ordered=True``."""
+    seq: str
+    """STRING counter: the position of each event in its key's history (lanes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,13 @@ class GroupKeys:
     """LIST holding at most one element while READY may have events; waiters block on it."""
     suspects: str
     """SET of event ids whose last lease expired: each is handed out alone."""
+    heads: str
+    """HASH ordering key -> the one event of the key an ordered group holds out: READY to
+    claim, LEASED or DELAYED. Only ordered groups have entries."""
+    lanes: str
+    """ZSET (all scores 0) of the other events of those keys, waiting their turn: members
+    ``<key> NUL <position, 16 digits> NUL <event id>``, so a key's next is its first by
+    lexical order."""
 
 
 class Keys:
@@ -114,6 +125,8 @@ class Keys:
             groups=f"{base}:groups",
             dedup=f"{base}:dedup",
             eventkeys=f"{base}:eventkeys",
+            ordered=f"{base}:ordered",
+            seq=f"{base}:seq",
         )
         _remember(self._topic_keys, topic, keys)
         return keys
@@ -136,6 +149,8 @@ class Keys:
             deadinfo=f"{base}:deadinfo",
             marker=f"{base}:marker",
             suspects=f"{base}:suspects",
+            heads=f"{base}:heads",
+            lanes=f"{base}:lanes",
         )
         _remember(self._group_keys, (topic, group), keys)
         return keys

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.clock import Clock
-from broker_core.errors import EventTooLarge, TransportError
+from broker_core.errors import EventTooLarge, SubscriptionMismatch, TransportError
 from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
 from broker_core.urls import redact
@@ -282,16 +282,31 @@ class RedisTransport:
 
     # -- subscriptions -----------------------------------------------------------------
 
-    async def subscribe(self, topic: str, group: str) -> None:
-        """Make ``group`` a durable subscriber of ``topic``; idempotent."""
+    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+        """Make ``group`` a durable subscriber of ``topic``; idempotent.
+
+        The subscription keeps the options it was created with; other explicit options
+        raise SubscriptionMismatch.
+        """
         topic, group = validate_topic(topic), validate_group(group)
-        redis = self._client()
-        # The registry first: a crash in between leaves a topic without groups, which
-        # topics() leaves out, rather than a subscription topics() does not list.
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self._keys.topics, topic)
-            pipe.sadd(self._keys.topic(topic).groups, group)
-            await self._guard("subscribe", pipe.execute())
+        await self._register(topic)
+        asked = "" if ordered is None else ("1" if ordered else "0")
+        call = load_script("subscribe").call([group, asked], topic=self._keys.topic(topic))
+        [(outcome, stored)] = await self._run("subscribe", [call])
+        if outcome == -1:
+            raise SubscriptionMismatch(
+                f"group {group!r} subscribed to {topic!r} with ordered={stored == 1}: "
+                f"subscribe again without options or with ordered={stored == 1} (a "
+                "subscription keeps the options it was created with)"
+            )
+
+    async def _register(self, topic: str) -> None:
+        """Add ``topic`` to the registry behind topics(), which lives outside its slot.
+
+        Before the group: a crash in between leaves a topic without groups, which
+        topics() leaves out, rather than a subscription topics() does not list.
+        """
+        await self._guard("subscribe", self._client().sadd(self._keys.topics, topic))
 
     async def groups(self, topic: str) -> list[str]:
         """The groups subscribed to ``topic``, sorted."""
@@ -615,7 +630,11 @@ class RedisTransport:
         ]
         if error is not None:
             args.append(_stored_text(error))
-        call = load_script("kill").call(args, group=self._keys.group(receipt.topic, receipt.group))
+        call = load_script("kill").call(
+            args,
+            topic=self._keys.topic(receipt.topic),
+            group=self._keys.group(receipt.topic, receipt.group),
+        )
         [done] = await self._run("kill", [call])
         return _flag(done)
 
@@ -650,7 +669,9 @@ class RedisTransport:
     ) -> int:
         """Move dead events (all, or those listed) to the back of READY, attempts reset."""
         g = self._keys.group(validate_topic(topic), validate_group(group))
-        call = load_script("replay_dead").call(_dead_args(event_ids), group=g)
+        call = load_script("replay_dead").call(
+            [group, *_dead_args(event_ids)], topic=self._keys.topic(topic), group=g
+        )
         return await self._for_dead("replay_dead", call, event_ids)
 
     async def purge_dead(

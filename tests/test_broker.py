@@ -644,7 +644,7 @@ async def test_without_a_dedup_window_a_done_event_is_new_again(
     assert seen == ["1", "1"]
 
 
-class Keyed(Event):
+class KeyedOrder(Event):
     topic: ClassVar[str] = "orders"
     key_field: ClassVar[str | None] = "order_no"
     order_no: int
@@ -659,22 +659,22 @@ async def test_an_event_is_delivered_with_its_ordering_key(make: Callable[..., B
         keys.append(delivery.key)
 
     await broker.subscribe("orders")
-    await broker.publish(Keyed(order_no=42))  # from key_field, as text
-    await broker.publish(Keyed(order_no=7), key="customer/1")  # an explicit key wins
+    await broker.publish(KeyedOrder(order_no=42))  # from key_field, as text
+    await broker.publish(KeyedOrder(order_no=7), key="customer/1")  # an explicit key wins
     await broker.publish(OrderPlaced(order_id="1", total=1))  # no key field: no key
-    await broker.publish_many([Keyed(order_no=1), OrderPlaced(order_id="2", total=2)])
+    await broker.publish_many([KeyedOrder(order_no=1), OrderPlaced(order_id="2", total=2)])
     while await broker.pick():
         pass
     assert keys == ["42", "customer/1", None, "1", None]
     with pytest.raises(InvalidName, match="ordering key"):
-        await broker.publish(Keyed(order_no=3), key="")
+        await broker.publish(KeyedOrder(order_no=3), key="")
     with pytest.raises(InvalidName, match="ordering key"):
-        await broker.publish(Keyed(order_no=3), key="a\x00b")
+        await broker.publish(KeyedOrder(order_no=3), key="a\x00b")
 
 
 def test_a_key_field_must_name_a_field() -> None:
     with pytest.raises(TypeError, match="key_field names 'order'"):
 
-        class Broken(Event):
+        class BrokenKeyField(Event):
             key_field: ClassVar[str | None] = "order"
             order_id: str

@@ -125,10 +125,10 @@ class SlowSubscribe(MemoryTransport):
         self.entered = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def subscribe(self, topic: str, group: str) -> None:
+    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
         self.entered.set()
         await self.proceed.wait()
-        await super().subscribe(topic, group)
+        await super().subscribe(topic, group, ordered=ordered)
 
 
 async def test_stop_while_run_is_starting_is_kept() -> None:

@@ -303,11 +303,11 @@ def test_every_event_encode_accepts_round_trips(event: Event) -> None:
 
 
 def test_the_ordering_key_travels_in_the_envelope_only_when_there_is_one() -> None:
-    class Keyed(Event):
+    class KeyedInEnvelope(Event):
         key_field: ClassVar[str | None] = "order_id"
         order_id: str
 
-    event = Keyed(order_id="42")
+    event = KeyedInEnvelope(order_id="42")
     with_key = json.loads(encode(event, "orders", event.ordering_key()))
     assert with_key["key"] == "42"
     without = json.loads(encode(event, "orders"))

@@ -55,10 +55,16 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:groups",
         f"p:{{{T}}}:dedup",
         f"p:{{{T}}}:eventkeys",
+        f"p:{{{T}}}:ordered",
+        f"p:{{{T}}}:seq",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
+        f"p:{{{T}}}:g:{G}:lanes",
+        f"p:{{{T}}}:g:{G}:heads",
         f"p:{{{T}}}:g:{G2}:ready",
         f"p:{{{T}}}:g:{G2}:marker",
+        f"p:{{{T}}}:g:{G2}:lanes",
+        f"p:{{{T}}}:g:{G2}:heads",
     ]
 
 
@@ -170,6 +176,7 @@ EMPTY_REPLIES: dict[str, Any] = {
     "ack": [1],
     "extend": [1],
     "release": [1],
+    "subscribe": [0, 0],
 }
 
 
@@ -189,8 +196,13 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
             for call in batch
         ]
 
+    async def register(topic: str) -> None:
+        assert topic == T
+
     monkeypatch.setattr(tr, "_run", run)
+    monkeypatch.setattr(tr, "_register", register)
     receipt = Receipt(T, G, "e1", "tok")
+    await tr.subscribe(T, G)
     await tr.publish(T, [("e1", b"x")])
     await tr.claim(G, [T], max_count=1, lease=30, max_attempts=3)
     await tr._poll(G, [T])
@@ -204,7 +216,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.purge_dead(T, G)
     await tr.stats(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [5, 9]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [7, 15]
     for call in calls:
         assert call.keys == expected_keys(call), call.script.name
 

@@ -26,7 +26,7 @@ from broker_redis.testing import unique_prefix
 T = TypeVar("T")
 
 
-class OrderPlaced(Event):
+class SyncOrderPlaced(Event):
     topic: ClassVar[str] = "orders"
     order_id: str
 
@@ -48,8 +48,8 @@ async def subscribe(broker: Broker) -> None:
 async def fail_everything(broker: Broker) -> int:
     """Pick every ready event with a handler that always fails: one attempt, then dead."""
 
-    @broker.on(OrderPlaced)
-    async def handle(event: OrderPlaced) -> None:
+    @broker.on(SyncOrderPlaced)
+    async def handle(event: SyncOrderPlaced) -> None:
         raise ValueError(f"cannot bill {event.order_id}")
 
     picked = 0
@@ -66,7 +66,7 @@ def sync(broker_url: str) -> Iterator[SyncBroker]:
 
 def test_calls_do_what_the_async_broker_does(broker_url: str, sync: SyncBroker) -> None:
     on_async(broker_url, subscribe)
-    first, second, third = (OrderPlaced(order_id=str(n)) for n in range(3))
+    first, second, third = (SyncOrderPlaced(order_id=str(n)) for n in range(3))
     assert sync.publish(first) == 1
     assert sync.publish(first) == 0  # a duplicate
     assert sync.publish_many(iter([second, third])) == 2
@@ -96,7 +96,7 @@ def test_calls_do_what_the_async_broker_does(broker_url: str, sync: SyncBroker) 
 def test_a_publisher_without_group_names_the_group_of_dead_letters(broker_url: str) -> None:
     on_async(broker_url, subscribe)
     with SyncBroker.from_url(broker_url) as publisher:
-        assert publisher.publish(OrderPlaced(order_id="1")) == 1
+        assert publisher.publish(SyncOrderPlaced(order_id="1")) == 1
         on_async(broker_url, fail_everything, max_attempts=1)
         with pytest.raises(ValueError, match="needs a group"):
             publisher.dead_letters("orders")
@@ -120,10 +120,10 @@ def test_sixteen_threads_publishing_at_once_lose_nothing(broker_url: str) -> Non
             start.wait()
             for n in range(each):
                 if n % 5 == 0:
-                    pair = [OrderPlaced(order_id=f"{number}-{n}-{k}") for k in range(2)]
+                    pair = [SyncOrderPlaced(order_id=f"{number}-{n}-{k}") for k in range(2)]
                     reached.append(publisher.publish_many(pair, timeout=30))
                 else:
-                    reached.append(publisher.publish(OrderPlaced(order_id=f"{number}-{n}")))
+                    reached.append(publisher.publish(SyncOrderPlaced(order_id=f"{number}-{n}")))
         except BaseException as exc:
             errors.append(exc)
 
@@ -147,7 +147,7 @@ def publish_in_child(sync: SyncBroker, inherited: Broker, order_id: str) -> None
     """In a forked child: publish through the parent's SyncBroker object."""
     if sync.broker is inherited:
         raise AssertionError("the child uses the parent's broker and its connections")
-    if sync.publish(OrderPlaced(order_id=order_id), timeout=10) != 1:
+    if sync.publish(SyncOrderPlaced(order_id=order_id), timeout=10) != 1:
         raise AssertionError("the child's event reached no group")
     sync.close()
 
@@ -156,7 +156,7 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(redis_url: str) -> 
     url = f"{redis_url}?key_prefix={unique_prefix()}"
     on_async(url, subscribe)
     with SyncBroker.from_url(url) as sync:
-        assert sync.publish(OrderPlaced(order_id="parent, before")) == 1
+        assert sync.publish(SyncOrderPlaced(order_id="parent, before")) == 1
         children = [
             multiprocessing.get_context("fork").Process(
                 target=publish_in_child, args=(sync, sync.broker, f"child {n}")
@@ -171,14 +171,14 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(redis_url: str) -> 
                 child.kill()
                 child.join(timeout=5)
         assert [child.exitcode for child in children] == [0, 0]
-        assert sync.publish(OrderPlaced(order_id="parent, after")) == 1
+        assert sync.publish(SyncOrderPlaced(order_id="parent, after")) == 1
         [stats] = sync.stats("orders")
         assert stats.ready == 4
 
 
 async def test_calls_from_a_running_event_loop_are_refused() -> None:
     sync = SyncBroker.from_url(f"memory://{unique_prefix()}", group="billing")
-    event = OrderPlaced(order_id="1")
+    event = SyncOrderPlaced(order_id="1")
     for call in (
         lambda: sync.publish(event),
         lambda: sync.publish_many([event]),
@@ -197,13 +197,13 @@ async def test_calls_from_a_running_event_loop_are_refused() -> None:
 def test_errors_of_the_async_broker_come_through_unchanged(broker_url: str) -> None:
     with SyncBroker.from_url(broker_url, max_event_bytes=200) as sync:
         with pytest.raises(InvalidName):
-            sync.publish(OrderPlaced(order_id="1"), topic="no spaces")
+            sync.publish(SyncOrderPlaced(order_id="1"), topic="no spaces")
         with pytest.raises(EventTooLarge, match="max_event_bytes=200"):
-            sync.publish_many([OrderPlaced(order_id="x" * 300)])
+            sync.publish_many([SyncOrderPlaced(order_id="x" * 300)])
         with pytest.raises(TypeError, match="takes Event instances"):
             sync.publish("not an event")  # type: ignore[arg-type]
         # Still usable after its calls failed.
-        assert sync.publish(OrderPlaced(order_id="1")) == 0
+        assert sync.publish(SyncOrderPlaced(order_id="1")) == 0
 
 
 def free_loopback_port() -> int:
@@ -220,7 +220,7 @@ def test_a_store_that_cannot_be_reached_raises_transport_error_and_may_be_retrie
         with pytest.raises(TransportError):
             sync.connect()
         with pytest.raises(TransportError):
-            sync.publish(OrderPlaced(order_id="1"))
+            sync.publish(SyncOrderPlaced(order_id="1"))
     finally:
         sync.close()
     with pytest.raises(TransportError), SyncBroker.from_url(nobody):
@@ -240,7 +240,7 @@ def test_a_call_that_runs_out_of_time_is_cancelled() -> None:
     with SyncBroker(lambda: Broker(transport)) as sync:
         asyncio.run(transport.subscribe("orders", "billing"))
         with pytest.raises(TimeoutError):
-            sync.publish(OrderPlaced(order_id="1"), timeout=0.2)
+            sync.publish(SyncOrderPlaced(order_id="1"), timeout=0.2)
         [stats] = sync.stats("orders", timeout=10)
         assert stats.ready == 0
     # close() did not wait out the cancelled publish.

@@ -15,6 +15,7 @@ the first non-empty block before any later one.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ class ModelCopy:
     died_at: float = 0.0
     suspect: bool = False
     """Its last lease expired, and no delivery of it was nacked since: it goes out alone."""
+    seq: int = 0
+    """When it joined its key's history: publish order, and a replay counts as new."""
 
 
 @dataclass
@@ -64,6 +67,8 @@ class GroupModel:
     dead: list[str] = field(default_factory=list)
     """Dead event ids, oldest death first."""
     done: int = 0
+    ordered: bool = False
+    """An ordered group: of each key, only the earliest live event may be leased."""
 
     def counts(self) -> tuple[int, int, int, int]:
         """READY, LEASED, DELAYED and DEAD counts."""
@@ -83,8 +88,30 @@ class GroupModel:
         """The events a claim may take next: the first non-empty block."""
         return next((b for b in self.blocks if b), set())
 
+    def heads(self, excluding: Iterable[str] = ()) -> dict[str, str]:
+        """Per ordering key, its earliest copy neither DONE nor DEAD (nor in ``excluding``)."""
+        skip = set(excluding)
+        heads: dict[str, ModelCopy] = {}
+        for c in self.copies.values():
+            if c.key is None or c.state is State.DEAD or c.event_id in skip:
+                continue
+            if c.key not in heads or c.seq < heads[c.key].seq:
+                heads[c.key] = c
+        return {key: c.event_id for key, c in heads.items()}
+
+    def claimable(self, excluding: Iterable[str] = ()) -> set[str]:
+        """The READY events a claim may take: in an ordered group, unkeyed ones and the
+        READY heads of their keys (invariant 8); in any other, every READY one."""
+        ready = self.ready_ids()
+        if not self.ordered:
+            return ready
+        heads = set(self.heads(excluding).values())
+        return {i for i in ready if self.copies[i].key is None or i in heads}
+
     def suspect_in_front(self) -> bool:
         """Whether a claim may stop here: it reached an event that must go out alone."""
+        if self.ordered:
+            return any(self.copies[i].suspect for i in self.claimable())
         return any(self.copies[i].suspect for i in self.front())
 
 
@@ -99,12 +126,21 @@ class DeliveryModel:
         self.topics: dict[str, dict[str, GroupModel]] = {}
         self.windows: dict[str, dict[str, float]] = {}
         """Per topic, event id -> end of its dedup window."""
+        self._seq = itertools.count(1)
 
     # -- subscriptions and publish --------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str) -> None:
-        """Subscribe ``group``; it sees only events published from now on."""
-        self.topics.setdefault(topic, {}).setdefault(group, GroupModel())
+    def subscribe(self, topic: str, group: str, ordered: bool | None = None) -> bool:
+        """Subscribe ``group``; it sees only events published from now on.
+
+        Returns False, changing nothing, when ``ordered`` contradicts the options the
+        subscription was created with (the transport raises SubscriptionMismatch then).
+        """
+        existing = self.group(topic, group)
+        if existing is not None:
+            return ordered is None or ordered == existing.ordered
+        self.topics.setdefault(topic, {})[group] = GroupModel(ordered=bool(ordered))
+        return True
 
     def group(self, topic: str, group: str) -> GroupModel | None:
         """The model of (topic, group), or None if the group is not subscribed."""
@@ -152,7 +188,7 @@ class DeliveryModel:
             added += 1
             key = None if keys is None else keys[i]
             for g in groups.values():
-                g.copies[event_id] = ModelCopy(event_id, body, key)
+                g.copies[event_id] = ModelCopy(event_id, body, key, seq=next(self._seq))
                 g.blocks.append({event_id})
         return added * len(groups)
 
@@ -202,6 +238,88 @@ class DeliveryModel:
         ready = g.ready_ids()
         if not set(taken) <= ready:
             return [f"{topic}/{group}: claim took events not READY: {sorted(set(taken) - ready)}"]
+        if g.ordered:
+            problems += self._take_ordered(topic, group, g, leased, died)
+        else:
+            problems += self._take_in_queue_order(topic, group, g, leased, taken)
+        for event_id in died:
+            c = g.copies[event_id]
+            if c.attempts < max_attempts:
+                problems.append(
+                    f"{topic}/{group}: {event_id} went DEAD after {c.attempts} attempts "
+                    f"< max_attempts={max_attempts}"
+                )
+        for event_id, _, _ in leased:
+            c = g.copies[event_id]
+            if c.attempts >= max_attempts:
+                problems.append(
+                    f"{topic}/{group}: {event_id} delivered again after {c.attempts} attempts "
+                    f"(max_attempts={max_attempts}, invariant 6)"
+                )
+        suspects = [i for i, _, _ in leased if g.copies[i].suspect]
+        if suspects and len(leased) > 1:
+            problems.append(
+                f"{topic}/{group}: {suspects[0]}, whose lease expired, was handed out with "
+                f"other events (invariant 11)"
+            )
+        # Adopt the transport's answer so that later steps compare against it.
+        for block in g.blocks:
+            block -= set(taken)
+        for event_id, receipt, deadline in leased:
+            c = g.copies[event_id]
+            c.state, c.attempts, c.receipt, c.deadline = (
+                State.LEASED,
+                c.attempts + 1,
+                receipt,
+                deadline,
+            )
+        for event_id in died:
+            self._die(g, g.copies[event_id], "max_attempts", None, now)
+        return problems
+
+    @staticmethod
+    def _take_ordered(
+        topic: str,
+        group: str,
+        g: GroupModel,
+        leased: Sequence[tuple[str, Receipt, float]],
+        died: Sequence[str],
+    ) -> list[str]:
+        """An ordered group's claim takes only heads of keys (invariant 8).
+
+        A burial makes the next event of its key the head, so each event is checked
+        with the events that died before it in this claim left out.
+        """
+        problems = []
+        for n, event_id in enumerate(died):
+            if event_id not in g.claimable(excluding=died[:n]):
+                problems.append(
+                    f"{topic}/{group}: claim buried {event_id}, not the head of key "
+                    f"{g.copies[event_id].key!r} (invariant 8)"
+                )
+        allowed = g.claimable(excluding=died)
+        keys = [g.copies[i].key for i, _, _ in leased if g.copies[i].key is not None]
+        for event_id, _, _ in leased:
+            if event_id not in allowed:
+                c = g.copies[event_id]
+                problems.append(
+                    f"{topic}/{group}: leased {event_id} of key {c.key!r} while an earlier "
+                    f"event of that key is not done (invariant 8)"
+                )
+        if len(set(keys)) != len(keys):
+            problems.append(f"{topic}/{group}: one claim leased two events of one key: {keys}")
+        return problems
+
+    @staticmethod
+    def _take_in_queue_order(
+        topic: str,
+        group: str,
+        g: GroupModel,
+        leased: Sequence[tuple[str, Receipt, float]],
+        taken: Sequence[str],
+    ) -> list[str]:
+        """Any other group's claim takes the front of its queue (invariant 5)."""
+        problems = []
         # The taken events must be a prefix of the queue: whole blocks, then part of one.
         rest = set(taken)
         for block in g.blocks:
@@ -219,39 +337,6 @@ class DeliveryModel:
         order = [index[i] for i, _, _ in leased]
         if order != sorted(order):
             problems.append(f"{topic}/{group}: claim returned events out of queue order")
-        suspects = [i for i, _, _ in leased if g.copies[i].suspect]
-        if suspects and len(leased) > 1:
-            problems.append(
-                f"{topic}/{group}: {suspects[0]}, whose lease expired, was handed out with "
-                f"other events (invariant 11)"
-            )
-        for event_id in died:
-            c = g.copies[event_id]
-            if c.attempts < max_attempts:
-                problems.append(
-                    f"{topic}/{group}: {event_id} went DEAD after {c.attempts} attempts "
-                    f"< max_attempts={max_attempts}"
-                )
-        for event_id, _, _ in leased:
-            c = g.copies[event_id]
-            if c.attempts >= max_attempts:
-                problems.append(
-                    f"{topic}/{group}: {event_id} delivered again after {c.attempts} attempts "
-                    f"(max_attempts={max_attempts}, invariant 6)"
-                )
-        # Adopt the transport's answer so that later steps compare against it.
-        for block in g.blocks:
-            block -= set(taken)
-        for event_id, receipt, deadline in leased:
-            c = g.copies[event_id]
-            c.state, c.attempts, c.receipt, c.deadline = (
-                State.LEASED,
-                c.attempts + 1,
-                receipt,
-                deadline,
-            )
-        for event_id in died:
-            self._die(g, g.copies[event_id], "max_attempts", None, now)
         return problems
 
     # -- settling ---------------------------------------------------------------------------
@@ -326,6 +411,7 @@ class DeliveryModel:
         for event_id in chosen:
             c = g.copies[event_id]
             c.state, c.attempts, c.error, c.reason, c.suspect = State.READY, 0, None, "", False
+            c.seq = next(self._seq)  # the back of its key's history
             g.dead.remove(event_id)
         if chosen:
             g.blocks.append(set(chosen))

@@ -9,7 +9,7 @@ and purge dead letters, move the clock, and crash consumers (forget their receip
 There are few rules, each with many choices, because hypothesis enables a random subset
 of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step invariants 1-7, 10 and 11 of docs/semantics.md are checked
+purpose. After every step invariants 1-8, 10 and 11 of docs/semantics.md are checked
 against the model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
@@ -24,6 +24,8 @@ against the model:
    redeliveries (see :mod:`broker_core.testing.model`);
 6. bounded attempts: attempt numbers match the model and never pass ``max_attempts``;
 7. isolation: every group is checked on its own after every step;
+8. per-key order: an ordered group only leases the READY head of a key, and never holds
+   two events of a key out (checked after every step);
 10. no duplicate publish: a publish enqueues exactly the copies the model does, which
     skips ids held or published within their dedup window;
 11. no collateral charge: an event whose last lease expired is marked isolated and is
@@ -52,8 +54,9 @@ from hypothesis.stateful import (
 )
 
 from broker_core.clock import ManualClock
+from broker_core.errors import SubscriptionMismatch
 from broker_core.testing.harness import TransportFactory
-from broker_core.testing.model import DeliveryModel
+from broker_core.testing.model import DeliveryModel, State
 from broker_core.transport import Message, Receipt, Transport
 
 __all__ = ["DEFAULT_SETTINGS", "TransportStateMachine", "run_transport_state_machine"]
@@ -150,16 +153,29 @@ class TransportStateMachine(RuleBasedStateMachine):
 
     @initialize()
     def first_subscriptions(self) -> None:
-        """Start with two groups on one topic: claims have a group, and fan-out is the norm."""
-        self.subscribe(TOPICS[0], GROUPS[0])
-        self.subscribe(TOPICS[0], GROUPS[1])
+        """Start with two groups on one topic, one of them ordered: claims have a group,
+        fan-out is the norm, and per-key order is always under test."""
+        self.subscribe(TOPICS[0], GROUPS[0], False)
+        self.subscribe(TOPICS[0], GROUPS[1], True)
 
-    @precondition(lambda self: len(self.model.pairs()) < len(TOPICS) * len(GROUPS))
-    @rule(topic=st.sampled_from(TOPICS), group=st.sampled_from(GROUPS))
-    def subscribe(self, topic: str, group: str) -> None:
-        """A group subscribes; earlier events never reach it."""
-        self.run(self.transport.subscribe(topic, group))
-        self.model.subscribe(topic, group)
+    @rule(
+        topic=st.sampled_from(TOPICS),
+        group=st.sampled_from(GROUPS),
+        ordered=st.sampled_from([None, None, False, True]),
+    )
+    def subscribe(self, topic: str, group: str, ordered: bool | None) -> None:
+        """A group subscribes (again); earlier events never reach it.
+
+        Subscribing again keeps the stored options; other explicit options are refused.
+        """
+        if self.model.subscribe(topic, group, ordered):
+            self.run(self.transport.subscribe(topic, group, ordered=ordered))
+            return
+        try:
+            self.run(self.transport.subscribe(topic, group, ordered=ordered))
+        except SubscriptionMismatch:
+            return
+        raise AssertionError(f"{topic}/{group}: subscribe changed its options to {ordered=}")
 
     @rule(
         topic=st.sampled_from(TOPICS),
@@ -264,7 +280,7 @@ class TransportStateMachine(RuleBasedStateMachine):
             )
             for topic in topics:
                 g = self.model.group(topic, group)
-                left = g.ready_ids() if g else set()
+                left = g.claimable() if g else set()
                 assert stopped_for_suspect or not left, (
                     f"{topic}/{group}: claim returned {len(msgs)} < max_count={max_count} "
                     f"while {sorted(left)} stay READY (progress, invariant 4)"
@@ -357,6 +373,41 @@ class TransportStateMachine(RuleBasedStateMachine):
             if action == "extend" and live:
                 self.held.append(r)
 
+    @precondition(lambda self: bool(self.held))
+    @rule(pick=PICK, delay=st.sampled_from(DELAYS[1:]))
+    def fail_and_claim_again(self, pick: int, delay: float) -> None:
+        """A handler fails; its consumer schedules the retry and claims again at once.
+
+        In an ordered group the retried event still holds its key: the next claim must
+        not hand out a later event of that key (invariant 8).
+        """
+        receipt = self._pick(pick, False)
+        now = self.clock.now()
+        got = self.run(self.transport.nack(receipt, delay=delay, error="E: retry"))
+        expected = self.model.nack(receipt, now, delay, "E: retry")
+        assert got == expected, f"nack returned {got}, model says {expected} for {receipt}"
+        self.held.remove(receipt)
+        pairs = self.model.pairs()
+        self.claim(pairs.index((receipt.topic, receipt.group)), False, 3, LEASES[1], 4)
+
+    @precondition(lambda self: bool(self.held))
+    @rule(picks=st.lists(PICK, min_size=1, max_size=3))
+    def restart(self, picks: list[int]) -> None:
+        """A consumer stops, giving back what it holds, and another claims it at once.
+
+        Giving back is no failed attempt: the next delivery has the same attempt number
+        (invariant 11).
+        """
+        receipts = list(dict.fromkeys(self._pick(i, False) for i in picks))
+        now = self.clock.now()
+        got = self.run(self.transport.release(receipts))
+        expected = [self.model.release(r, now) for r in receipts]
+        assert got == expected, f"release returned {got}, model says {expected} for {receipts}"
+        for r in receipts:
+            self.held.remove(r)
+        pairs = self.model.pairs()
+        self.claim(pairs.index((receipts[0].topic, receipts[0].group)), False, 3, LEASES[1], 4)
+
     @precondition(lambda self: any(r not in self.held for r in self.seen))
     @rule(pick=PICK, verb=st.sampled_from(["ack", "extend", "release"]), paused=LATE)
     def late(self, pick: int, verb: str, paused: int) -> None:
@@ -426,6 +477,9 @@ class TransportStateMachine(RuleBasedStateMachine):
         verb = "replay_dead" if replay else "purge_dead"
         assert got == expected, f"{verb}({topic}, {group}, {ids}) = {got}, model says {expected}"
 
+    @precondition(
+        lambda self: any(g.claimable() for gs in self.model.topics.values() for g in gs.values())
+    )
     @rule(group=st.sampled_from(GROUPS), topics=st.sampled_from([TOPICS[:1], TOPICS]))
     def wait_with_work(self, group: str, topics: Sequence[str]) -> None:
         """A waiter with READY work (by the model) must not sleep."""
@@ -434,12 +488,28 @@ class TransportStateMachine(RuleBasedStateMachine):
         for topic in topics:
             self.model.reap(topic, group, now)
             g = self.model.group(topic, group)
-            ready = ready or bool(g and g.ready_ids())
+            ready = ready or bool(g and g.claimable())
         if ready:
             woke = self.run(asyncio.wait_for(self.transport.wait(group, topics, 0.5), 2.0))
             assert woke, f"wait() slept while {group} had READY work in {topics}"
 
     # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def one_event_per_key_at_a_time(self) -> None:
+        """Invariant 8: an ordered group never leases or delays two events of one key, and
+        the one it holds is its key's earliest not done."""
+        for topic, group in self.model.pairs():
+            g = self.model.group(topic, group)
+            if g is None or not g.ordered:
+                continue
+            heads = g.heads()
+            for c in g.copies.values():
+                if c.key is not None and c.state in (State.LEASED, State.DELAYED):
+                    assert heads[c.key] == c.event_id, (
+                        f"{topic}/{group}: {c.event_id} of key {c.key!r} is {c.state.value} "
+                        f"while {heads[c.key]}, published earlier, is not done (invariant 8)"
+                    )
 
     @invariant()
     def every_copy_in_one_state(self) -> None:

@@ -4,14 +4,17 @@ A receipt counts only while its lease is live (same token, deadline not passed);
 one changes nothing. The body is freed once no group holds the event.
 
 KEYS: 1 msg  2 refs  3 eventkeys  4 leased  5 tokens  6 attempts  7 errors  8 suspects
+      9 ready  10 lanes  11 heads  12 marker
 ARGV: 1 now ('' = server TIME), then pairs: event id, token
 Returns: per pair, 1 if acked, 0 if stale
 ]]
 --- @include "now"
 --- @include "chunks"
 --- @include "refs"
+--- @include "lanes"
 
 local msg, refs, eventkeys, leased, tokens, attempts, errors, suspects = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local ready, lanes, heads, marker = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local now = now_from(ARGV[1])
 -- Every lookup and every write is one call per key for the whole batch, not per event.
 local ids = {}
@@ -37,5 +40,12 @@ call_chunked('HDEL', tokens, done, 1, #done)
 call_chunked('HDEL', attempts, done, 1, #done)
 call_chunked('HDEL', errors, done, 1, #done)
 call_chunked('SREM', suspects, done, 1, #done)
+-- In an ordered group, each acked event's key lets its next event out.
+local keys_of = get_chunked('HMGET', eventkeys, done)
+for i, id in ipairs(done) do
+  if keys_of[i] then
+    pass_key(ready, lanes, heads, marker, keys_of[i], id)
+  end
+end
 drop_refs(msg, refs, eventkeys, done)
 return out

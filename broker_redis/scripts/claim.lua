@@ -14,7 +14,7 @@ consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
 MAX_BURIALS) work, whatever the size of the queues.
 
 KEYS: 1 msg  2 eventkeys  3 ready  4 leased  5 tokens  6 attempts  7 errors  8 delayed
-      9 dead  10 deadinfo  11 suspects  12 marker
+      9 dead  10 deadinfo  11 suspects  12 marker  13 lanes  14 heads
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
       5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
 Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
@@ -28,7 +28,10 @@ Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before 
 
 local MAX_BURIALS = 1000
 local msg, eventkeys, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[12]
-local k = {attempts = KEYS[6], errors = KEYS[7], dead = KEYS[9], deadinfo = KEYS[10], suspects = KEYS[11]}
+local k = {
+  attempts = KEYS[6], errors = KEYS[7], dead = KEYS[9], deadinfo = KEYS[10], suspects = KEYS[11],
+  eventkeys = eventkeys, ready = ready, marker = marker, lanes = KEYS[13], heads = KEYS[14],
+}
 local now = now_from(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local max_count, max_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])

@@ -1,7 +1,9 @@
 --[[ publish: append events, in order, to the READY queue of every subscribed group.
 
 All events of the call become visible to every group at once. The body is stored once
-for the topic with a count of the groups holding it. An event is skipped when the topic
+for the topic with a count of the groups holding it. An ordered group gets at once only
+the events whose key it holds no other event of; the others wait in its lanes (see
+includes/lanes.lua). An event is skipped when the topic
 still holds its id (some group has not finished with it), or when its id was published
 less than its dedup window ago, even if every group has finished with it since; a
 skipped duplicate does not extend the window. Ended windows are forgotten a bounded
@@ -11,8 +13,8 @@ The client passes the groups it believes are subscribed, because every key a scr
 touches must be declared in KEYS; if the subscribed set differs, nothing is written and
 the script answers with the real set so that the client can retry.
 
-KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys
-      then per group g = 1..n: 4+2g ready  5+2g marker
+KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq
+      then per group g = 1..n: 4+4g ready  5+4g marker  6+4g lanes  7+4g heads
 ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
       4..n+3 the group names, then triples: event id, body, ordering key ('' = none)
 Returns: the number of copies enqueued (integer: events not skipped times n) once
@@ -22,8 +24,9 @@ Returns: the number of copies enqueued (integer: events not skipped times n) onc
 --- @include "now"
 --- @include "chunks"
 --- @include "wake"
+--- @include "lanes"
 
-local msg, refs, groups, dedup, eventkeys = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local msg, refs, groups, dedup, eventkeys, ordered, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local window, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 
 if redis.call('SCARD', groups) ~= n then
@@ -49,7 +52,7 @@ local windows = get_chunked('ZMSCORE', dedup, ids)
 
 -- Every event of the call shares the end of its window.
 local ends = window > 0 and num(now + window)
-local fresh, recorded = {}, {}
+local fresh, fresh_keys, recorded = {}, {}, {}
 for i, id in ipairs(ids) do
   local open = windows[i] and tonumber(windows[i]) > now
   local at = n + 1 + 3 * i
@@ -59,6 +62,7 @@ for i, id in ipairs(ids) do
       redis.call('HSET', eventkeys, id, ARGV[at + 2])
     end
     fresh[#fresh + 1] = id
+    fresh_keys[#fresh] = ARGV[at + 2]
     if ends then
       recorded[#recorded + 1] = ends
       recorded[#recorded + 1] = id
@@ -67,9 +71,23 @@ for i, id in ipairs(ids) do
 end
 call_chunked('ZADD', dedup, recorded, 1, #recorded)
 if #fresh > 0 then
+  -- Positions in the keys' histories, for ordered groups: one counter for the topic,
+  -- which topics without an ordered group never create.
+  local first = nil
   for g = 1, n do
-    local ready, marker = KEYS[4 + 2 * g], KEYS[5 + 2 * g]
-    call_chunked('RPUSH', ready, fresh, 1, #fresh)
+    local ready, marker, lanes, heads = KEYS[4 + 4 * g], KEYS[5 + 4 * g], KEYS[6 + 4 * g], KEYS[7 + 4 * g]
+    if redis.call('SISMEMBER', ordered, ARGV[3 + g]) == 0 then
+      call_chunked('RPUSH', ready, fresh, 1, #fresh)
+    else
+      first = first or redis.call('INCRBY', seq, #fresh) - #fresh
+      for i, id in ipairs(fresh) do
+        if fresh_keys[i] == '' then
+          redis.call('RPUSH', ready, id)
+        else
+          join_key(ready, lanes, heads, fresh_keys[i], first + i, id)
+        end
+      end
+    end
     wake(marker)
   end
 end

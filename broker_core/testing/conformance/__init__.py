@@ -26,6 +26,7 @@ from broker_core.testing.conformance.leases import LeaseConformance
 from broker_core.testing.conformance.lifecycle import LifecycleConformance
 from broker_core.testing.conformance.nack import NackConformance
 from broker_core.testing.conformance.names import BAD_NAMES, NameConformance
+from broker_core.testing.conformance.ordering import OrderingConformance
 from broker_core.testing.conformance.progress import ProgressConformance
 from broker_core.testing.conformance.publish import PublishConformance
 from broker_core.testing.conformance.release import ReleaseConformance
@@ -42,6 +43,7 @@ __all__ = [
     "LifecycleConformance",
     "NackConformance",
     "NameConformance",
+    "OrderingConformance",
     "ProgressConformance",
     "PublishConformance",
     "ReleaseConformance",
@@ -56,6 +58,7 @@ class TransportConformance(
     NameConformance,
     ProgressConformance,
     DeadLetterConformance,
+    OrderingConformance,
     IsolationConformance,
     ReleaseConformance,
     NackConformance,

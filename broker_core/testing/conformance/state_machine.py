@@ -14,7 +14,7 @@ __all__ = ["StateMachineConformance"]
 
 
 class StateMachineConformance(ConformanceBase):
-    """Random sequences of every transition against the pure model: invariants 1-7, 10, 11.
+    """Random sequences of every transition against the pure model: invariants 1-8, 10, 11.
 
     Set ``state_machine_settings`` to resize the hypothesis run (None keeps the defaults
     of :data:`~broker_core.testing.statemachine.DEFAULT_SETTINGS`).
@@ -23,5 +23,5 @@ class StateMachineConformance(ConformanceBase):
     state_machine_settings: ClassVar[hypothesis.settings | None] = None
 
     def test_state_machine(self, transport_factory: TransportFactory) -> None:
-        """The hypothesis state machine against the pure model: invariants 1-7, 10 and 11."""
+        """The hypothesis state machine against the pure model: invariants 1-8, 10 and 11."""
         run_transport_state_machine(transport_factory, settings=self.state_machine_settings)
