@@ -224,17 +224,17 @@ class Broker:
         """One transport call of a publish, between the publish hooks."""
         before, after = self._hooks.publish_before, self._hooks.publish_after
         if before is not None:
-            await before(topic=topic, events=events)
+            await before(topic, events)
         try:
             copies = await self.transport.publish(
                 topic, batch, dedup_window=self.options.dedup_window
             )
         except Exception as exc:
             if after is not None:
-                await after(topic=topic, events=events, copies=None, error=exc)
+                await after(topic, events, None, exc)
             raise
         if after is not None:
-            await after(topic=topic, events=events, copies=copies, error=None)
+            await after(topic, events, copies, None)
         return copies
 
     @staticmethod

@@ -176,7 +176,7 @@ class Consumer:
                 grace = self._options.shutdown_grace
                 try:
                     if self._hooks.consumer_started is not None:
-                        await self._hooks.consumer_started(group=self._group, topics=tuple(topics))
+                        await self._hooks.consumer_started(self._group, tuple(topics))
                     await self._claim_loop(run, topics)
                 except asyncio.CancelledError:
                     grace = 0.0
@@ -189,7 +189,7 @@ class Consumer:
         finally:
             try:
                 if self._hooks.consumer_stopped is not None:
-                    await self._hooks.consumer_stopped(group=self._group, topics=tuple(topics))
+                    await self._hooks.consumer_stopped(self._group, tuple(topics))
             finally:
                 self._run = None
                 run.stopped.set()
@@ -384,10 +384,7 @@ class Consumer:
         hooks = self._hooks
         if hooks.delivery_claimed is not None:
             await hooks.delivery_claimed(
-                topic=receipt.topic,
-                group=receipt.group,
-                event_id=receipt.event_id,
-                attempt=message.attempt,
+                receipt.topic, receipt.group, receipt.event_id, message.attempt
             )
         try:
             event = decode(message.body, self._router.types)
@@ -426,14 +423,14 @@ class Consumer:
         try:
             # In the try: a shutdown that cancels the hook gives the event back, unstarted.
             if hooks.handler_started is not None:
-                await hooks.handler_started(delivery=delivery)
+                await hooks.handler_started(delivery)
             await route.invoke(event, delivery)
         except asyncio.CancelledError as exc:
             self._deliveries.pop(receipt, None)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 if hooks.handler_finished is not None and not self._aborted():
-                    hooks.handler_finished(delivery=delivery, outcome=_RELEASED, exception=exc)
+                    hooks.handler_finished(delivery, _RELEASED, exc)
                 raise  # shut down before the handler finished: the caller gives it back
             # The handler's own code raised it (a cancelled future it awaited): a failure.
             if not self._aborted():
@@ -449,7 +446,7 @@ class Consumer:
                 self._deliveries.pop(receipt, None)
             else:
                 if hooks.handler_finished is not None:
-                    hooks.handler_finished(delivery=delivery, outcome=ACKED, exception=None)
+                    hooks.handler_finished(delivery, ACKED, None)
                 self._queue_ack(receipt)
 
     def _aborted(self) -> bool:
@@ -464,13 +461,13 @@ class Consumer:
             log.warning("handler failed after its lease was lost (%s): %s", delivery, error)
             if finished is not None:
                 lost = Outcome(OutcomeKind.LEASE_LOST, error=error)
-                finished(delivery=delivery, outcome=lost, exception=exc)
+                finished(delivery, lost, exc)
             return
         if retry.exhausted(delivery.attempt):
             log.error("dead-lettering %s after %d attempts: %s", delivery, delivery.attempt, error)
             outcome = Outcome(OutcomeKind.DEAD, error=error)
             if finished is not None:
-                finished(delivery=delivery, outcome=outcome, exception=exc)
+                finished(delivery, outcome, exc)
             settled = await self._transport.kill(
                 delivery.receipt, reason="max_attempts", error=error
             )
@@ -479,13 +476,13 @@ class Consumer:
             log.info("%s failed, retrying in %.2fs: %s", delivery, delay, error)
             outcome = Outcome(OutcomeKind.RETRIED, delay=delay, error=error)
             if finished is not None:
-                finished(delivery=delivery, outcome=outcome, exception=exc)
+                finished(delivery, outcome, exc)
             settled = await self._transport.nack(delivery.receipt, delay=delay, error=error)
         if not settled:
             log.warning("lease of %s was lost before its failure was recorded", delivery)
             outcome = Outcome(OutcomeKind.LEASE_LOST, error=error)
         if settled_hook is not None:
-            settled_hook(delivery=delivery, outcome=outcome)
+            settled_hook(delivery, outcome)
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -552,7 +549,7 @@ class Consumer:
                 if delivery is not None:
                     delivery.mark_lease_lost()
             if settled is not None and delivery is not None:
-                settled(delivery=delivery, outcome=ACKED if acked else _LEASE_LOST)
+                settled(delivery, ACKED if acked else _LEASE_LOST)
 
     # -- leases --------------------------------------------------------------------------
 
