@@ -18,12 +18,13 @@ from broker_core import (
     BrokerOptions,
     Delivery,
     Event,
+    Outcome,
+    OutcomeKind,
     RetryPolicy,
     Transport,
     TransportError,
     hookimpl,
 )
-from broker_core.hooks import Outcome, OutcomeKind
 from broker_core.plugins import make_transport, plugin_manager
 from broker_core.transport import Receipt
 
