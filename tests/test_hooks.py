@@ -7,7 +7,9 @@ scenario produces. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -23,10 +25,12 @@ from broker_core import (
     RetryPolicy,
     Transport,
     TransportError,
+    UnknownTransport,
     hookimpl,
 )
 from broker_core.plugins import make_transport, plugin_manager
 from broker_core.transport import Receipt
+from broker_memory import MemoryTransport
 
 NO_WAIT = RetryPolicy(max_attempts=3, initial_delay=0, max_delay=0, jitter=0)
 ACKED, RETRIED, DEAD = OutcomeKind.ACKED, OutcomeKind.RETRIED, OutcomeKind.DEAD
@@ -404,6 +408,28 @@ async def test_explicit_plugins_apply_to_their_broker_only(make: Any) -> None:
     assert len(everyones.calls) == 8
 
 
+async def test_a_plugin_given_twice_is_called_once(make: Any) -> None:
+    recorder = Recorder()
+    broker = await make(recorder, recorder)
+    await broker.publish(Job(n=1))
+    assert [c[0] for c in recorder.calls] == ["publish_before", "publish_after"]
+
+
+class LocalTransport:
+    """A plugin serving ``local://`` URLs, given to one broker only."""
+
+    @hookimpl
+    def broker_make_transport(self, url: str) -> Transport | None:
+        return MemoryTransport() if url.startswith("local://") else None
+
+
+def test_an_explicit_plugin_may_provide_the_transport() -> None:
+    broker = Broker.from_url("local://", plugins=[LocalTransport()])
+    assert isinstance(broker.transport, MemoryTransport)
+    with pytest.raises(UnknownTransport):
+        Broker.from_url("local://")
+
+
 async def test_a_raising_hook_breaks_nothing(make: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="broker.hooks")
     recorder = Recorder()
@@ -546,3 +572,41 @@ def test_a_hook_that_cannot_be_called_where_it_is_is_refused_at_construction(
     with pytest.raises(TypeError, match=complaint) as refused:
         Broker.from_url("memory://", plugins=[plugin])
     assert type(plugin).__qualname__ in str(refused.value)
+
+
+class SettledReturnsCoroutine:
+    """A plain function that hands back a coroutine where nothing may be awaited."""
+
+    def __init__(self) -> None:
+        self.awaited = False
+
+    async def _later(self) -> None:
+        self.awaited = True
+
+    @hookimpl
+    def broker_delivery_settled(self) -> Any:
+        return self._later()
+
+
+async def test_an_awaitable_returned_where_nothing_is_awaited_is_dropped_loudly(
+    make: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="broker.hooks")
+    plugin = SettledReturnsCoroutine()
+    broker = await make(plugin)
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        pass
+
+    await broker.subscribe("jobs")
+    await broker.publish(Job(n=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a coroutine never awaited would warn
+        assert await broker.pick()
+        gc.collect()
+    [stats] = await broker.stats("jobs")
+    assert (stats.ready, stats.leased, stats.dead) == (0, 0, 0)
+    assert not plugin.awaited
+    assert "broker_delivery_settled of plugin" in caplog.text
+    assert "returned an awaitable, which is never awaited" in caplog.text
