@@ -9,8 +9,8 @@ one that raises is logged, with its traceback and naming its plugin and hook, an
 neither stops the others nor reaches the delivery or publish that called it.
 
 The broker passes a hook's arguments positionally, in the order of its specification;
-each implementation gets the ones it names, as pluggy would give them. (Not through
-pluggy's keyword call: binding keywords costs twice as much, on every event.)
+each implementation gets the ones it names, as pluggy would give them. (Positionally,
+because binding them by keyword costs twice as much, on every event.)
 """
 
 from __future__ import annotations
