@@ -71,10 +71,12 @@ class AckCounter:
         return getattr(self._inner, name)
 
 
-def _consumer(url: str, concurrency: int, **options: Any) -> tuple[Broker, AckCounter]:
+def _consumer(
+    url: str, concurrency: int, plugins: Sequence[object] = ()
+) -> tuple[Broker, AckCounter]:
     counter = AckCounter(make_transport(url))
-    opts = BrokerOptions(url=url, group=GROUP, concurrency=concurrency, **options)
-    return Broker(cast(Transport, counter), opts), counter
+    opts = BrokerOptions(url=url, group=GROUP, concurrency=concurrency)
+    return Broker(cast(Transport, counter), opts, plugins=plugins), counter
 
 
 async def _run_until_acked(broker: Broker, counter: AckCounter, n: int) -> float:
@@ -138,15 +140,17 @@ async def drain(
     events: Sequence[BenchEvent],
     concurrency: int,
     probe: MemoryProbe | None = None,
+    plugins: Sequence[object] = (),
 ) -> DrainResult:
     """Pre-queue ``events``; one consumer with a no-op async handler drains them all.
 
     The publisher keeps no dedup window, so that the memory figures show the state
     machine alone (it must return to the start); the fan-out scenario publishes with the
-    default window, and the memory table shows what a dedup record costs.
+    default window, and the memory table shows what a dedup record costs. ``plugins``
+    are the consumer's own (the cost of lifecycle hooks).
     """
     publisher = Broker.from_url(url, dedup_window=0)
-    consumer, counter = _consumer(url, concurrency)
+    consumer, counter = _consumer(url, concurrency, plugins)
 
     @consumer.on(BenchEvent)
     async def noop(event: BenchEvent) -> None:

@@ -11,6 +11,7 @@ SCENARIOS: dict[str, str] = {
     "publish": "1. publish, one event per call",
     "publish_many": "1. publish_many, 100 events per call",
     "drain": "2. drain, one consumer, no-op handler",
+    "hooks": "2. drain with one plugin of no-op lifecycle hooks",
     "latency": "3. end-to-end latency, idle consumer",
     "fanout": "4. fan-out, 1 vs 10 groups",
     "memory": "5. memory, pending and after drain",

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from benchmarks import dramatiq_baseline, ours, raw
 from benchmarks.machine import describe
+from benchmarks.noop_plugin import NoopHooks
 from benchmarks.payload import bodies, make_events, sizes
 from benchmarks.probes import MemoryProbe, RedisProbe, TracemallocProbe
 from benchmarks.results import SCENARIOS, Results, Row, percentile
@@ -153,7 +154,7 @@ def _count_steps(config: Config) -> int:
     ours_n = len(config.transports)
     redis = "redis" in config.transports
     per_round = 2 * (ours_n + redis)  # publish, publish_many: ours + raw
-    per_round += ours_n + redis + (redis and config.dramatiq)  # drain
+    per_round += 2 * ours_n + redis + (redis and config.dramatiq)  # drain, and with hooks
     per_round += 2 * ours_n  # fan-out 1 and k groups
     once = ours_n + redis + (redis and config.dramatiq)  # latency
     once += 3 if "memory" in config.transports else 0  # traced memory passes
@@ -256,6 +257,15 @@ async def _scenarios(
                 ),
             )
             runs.add("drain", kind, result)
+            # Right after the plain drain, so that both meet the machine in the same state.
+            events = make_events(n)
+            result = await progress.step(
+                f"{tag} {kind} ours, no-op hooks",
+                lambda s=store, e=events: ours.drain(  # type: ignore[misc]
+                    s.url(), e, config.concurrency, plugins=[NoopHooks()]
+                ),
+            )
+            runs.add("drain_hooked", kind, result)
         if redis is not None:
             data = bodies(make_events(n))
             result = await progress.step(
@@ -385,6 +395,13 @@ def _throughput_rows(results: Results, runs: _Runs, kind: str) -> None:
     else:
         row.target = ">= 200,000 events/s"
         row.met = (row.ours or 0) >= 200_000
+    plain, hooked = runs.best("drain", kind), runs.best("drain_hooked", kind)
+    row = results.add(Row("hooks", kind, "drain rate, one no-op hook plugin", "events/s", hooked))
+    row.samples = {"ours": runs.samples("drain_hooked", kind)}
+    row.note = "claimed, started (async), finished and settled, each a no-op"
+    ratio = hooked / plain if hooked and plain else None
+    row = results.add(Row("hooks", kind, "drain with the hook plugin / without", X, ratio))
+    row.note = "what calling lifecycle hooks costs; without plugins none is called"
 
 
 def _latency_rows(results: Results, runs: _Runs, kind: str) -> None:

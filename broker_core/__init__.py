@@ -19,7 +19,7 @@ from broker_core.errors import (
     UnknownTransport,
 )
 from broker_core.events import Event, UnknownEvent
-from broker_core.hooks import hookimpl
+from broker_core.hooks import Outcome, OutcomeKind, hookimpl
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
 from broker_core.sync import SyncBroker
@@ -42,6 +42,8 @@ __all__ = [
     "LeaseLost",
     "ManualClock",
     "Message",
+    "Outcome",
+    "OutcomeKind",
     "QueueStats",
     "Receipt",
     "RetryPolicy",

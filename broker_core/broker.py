@@ -12,8 +12,9 @@ from broker_core.consumer import Consumer
 from broker_core.errors import EventTooLarge
 from broker_core.events import Event
 from broker_core.handlers import Handler, Route, Router
+from broker_core.lifecycle import Lifecycle
 from broker_core.names import validate_group, validate_key, validate_topic
-from broker_core.plugins import make_transport
+from broker_core.plugins import broker_plugin_manager, make_transport
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
 from broker_core.transport import DeadLetter, QueueStats, Transport
@@ -43,9 +44,20 @@ class Broker:
 
             await broker.publish(OrderPlaced(order_id="1", total=9.5))
             await broker.run()
+
+    ``plugins`` are modules or objects with ``@hookimpl`` functions (for example the
+    lifecycle hooks of :mod:`broker_core.hooks`) that apply to this broker alone, on top
+    of the entry-point plugins every broker has. The hooks' implementations are looked
+    up here, once: a hook nobody implements costs nothing later.
     """
 
-    def __init__(self, transport: Transport, options: BrokerOptions | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        options: BrokerOptions | None = None,
+        *,
+        plugins: Iterable[object] = (),
+    ) -> None:
         self.options = options or BrokerOptions()
         if self.options.group is not None:
             validate_group(self.options.group)
@@ -58,6 +70,7 @@ class Broker:
                 f"it lacks {', '.join(missing)} (see docs/plugins.md)"
             )
         self.transport = transport
+        self._hooks = Lifecycle(broker_plugin_manager(plugins))
         self._retry = self.options.retry_policy()
         self._router = Router()
         self._subscribed: set[str] = set()
@@ -73,6 +86,7 @@ class Broker:
         url: str = "memory://",
         *,
         transport_options: Mapping[str, Any] | None = None,
+        plugins: Sequence[object] = (),
         **options: Any,
     ) -> Broker:
         """A broker on the transport that serves ``url``'s scheme.
@@ -80,8 +94,10 @@ class Broker:
         :param options: any :class:`~broker_core.settings.BrokerOptions` field
             (``group``, ``lease``, ``concurrency``, ``max_attempts``, ``retry``, ...).
         :param transport_options: passed to the transport plugin (e.g. ``clock``).
+        :param plugins: plugins of this broker alone (see :class:`Broker`); they may
+            also provide the transport.
         """
-        return cls._build(BrokerOptions(url=url, **options), transport_options)
+        return cls._build(BrokerOptions(url=url, **options), transport_options, plugins)
 
     @classmethod
     def from_settings(
@@ -89,13 +105,23 @@ class Broker:
         settings: BrokerSettings | None = None,
         *,
         transport_options: Mapping[str, Any] | None = None,
+        plugins: Sequence[object] = (),
     ) -> Broker:
-        """A broker configured from ``BROKER_*`` environment variables (or ``settings``)."""
-        return cls._build(settings or BrokerSettings(), transport_options)
+        """A broker configured from ``BROKER_*`` environment variables (or ``settings``).
+
+        ``plugins`` as for :meth:`from_url`.
+        """
+        return cls._build(settings or BrokerSettings(), transport_options, plugins)
 
     @classmethod
-    def _build(cls, options: BrokerOptions, transport_options: Mapping[str, Any] | None) -> Broker:
-        return cls(make_transport(options.url, transport_options), options)
+    def _build(
+        cls,
+        options: BrokerOptions,
+        transport_options: Mapping[str, Any] | None,
+        plugins: Sequence[object],
+    ) -> Broker:
+        pm = broker_plugin_manager(plugins)
+        return cls(make_transport(options.url, transport_options, pm), options, plugins=plugins)
 
     @property
     def group(self) -> str | None:
@@ -161,11 +187,11 @@ class Broker:
         name = self._topic_of(event, topic)
         key = self._key_of(event, key)
         body = self._encode(event, name, key, self._size_limit())
+        keys = None if key is None else [key]
+        if self._hooks.observes_publish:
+            return await self._publish_observed(name, [event], [(event.id, body)], keys)
         return await self.transport.publish(
-            name,
-            [(event.id, body)],
-            keys=None if key is None else [key],
-            dedup_window=self.options.dedup_window,
+            name, [(event.id, body)], keys=keys, dedup_window=self.options.dedup_window
         )
 
     async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
@@ -183,28 +209,55 @@ class Broker:
         window is safe then: the topics skip the ids already published.
         """
         limit = self._size_limit()
+        observed = self._hooks.observes_publish
         batches: dict[str, tuple[list[tuple[str, bytes]], list[str | None]]] = {}
+        grouped: dict[str, list[Event]] = {}  # only the publish hooks need the events
         for event in events:
             name = self._topic_of(event, topic)
             key = self._key_of(event, None)
             batch, keys = batches.setdefault(name, ([], []))
             batch.append((event.id, self._encode(event, name, key, limit)))
             keys.append(key)
+            if observed:
+                grouped.setdefault(name, []).append(event)
         window = self.options.dedup_window
-        calls = [
-            self.transport.publish(
-                name,
-                batch,
-                # Unkeyed events, the usual case, send no keys at all.
-                keys=keys if any(k is not None for k in keys) else None,
-                dedup_window=window,
-            )
-            for name, (batch, keys) in batches.items()
-        ]
-        if len(calls) == 1:
+        sends = []
+        for name, (batch, keys) in batches.items():
+            # Unkeyed events, the usual case, send no keys at all.
+            sent_keys = keys if any(k is not None for k in keys) else None
+            if observed:
+                sends.append(self._publish_observed(name, grouped[name], batch, sent_keys))
+            else:
+                sends.append(
+                    self.transport.publish(name, batch, keys=sent_keys, dedup_window=window)
+                )
+        if len(sends) == 1:
             # The usual case: one topic, one call, no task to run it in.
-            return await calls[0]
-        return sum(await asyncio.gather(*calls))
+            return await sends[0]
+        return sum(await asyncio.gather(*sends))
+
+    async def _publish_observed(
+        self,
+        topic: str,
+        events: Sequence[Event],
+        batch: list[tuple[str, bytes]],
+        keys: Sequence[str | None] | None,
+    ) -> int:
+        """One transport call of a publish, between the publish hooks."""
+        before, after = self._hooks.publish_before, self._hooks.publish_after
+        if before is not None:
+            await before(topic, events)
+        try:
+            copies = await self.transport.publish(
+                topic, batch, keys=keys, dedup_window=self.options.dedup_window
+            )
+        except Exception as exc:
+            if after is not None:
+                await after(topic, events, None, exc)
+            raise
+        if after is not None:
+            await after(topic, events, copies, None)
+        return copies
 
     @staticmethod
     def _topic_of(event: Event, topic: str | None) -> str:
@@ -303,7 +356,9 @@ class Broker:
         # Consuming a topic implies a durable subscription to it.
         await self.subscribe(*(t for t in topics if t not in self._subscribed))
         if self._consumer is None:
-            self._consumer = Consumer(self.transport, group, self._router, self.options)
+            self._consumer = Consumer(
+                self.transport, group, self._router, self.options, self._hooks
+            )
         return self._consumer, topics
 
     async def pick(self) -> bool:

@@ -19,6 +19,9 @@ with its message; any other exception is a bug of the transport and is logged as
 error with its traceback. Either way a failed claim or wait is tried again after a
 pause, and an event whose ack, retry, renewal or release failed returns to the group
 when its lease expires.
+
+The lifecycle hooks (:mod:`broker_core.hooks`) are called at the points of this loop
+their docstrings name; a hook nobody implements is skipped with one ``is None`` test.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from broker_core.delivery import Delivery
 from broker_core.errors import TransportError
 from broker_core.events import Event
 from broker_core.handlers import Router
+from broker_core.hooks import ACKED, Outcome, OutcomeKind
+from broker_core.lifecycle import Lifecycle
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions
 from broker_core.text import safe_text
@@ -50,6 +55,10 @@ _TRANSPORT_RETRY_DELAY = 0.5
 _GIVE_BACK_TIMEOUT = 5.0
 """Longest wait, when stopping, for the events not handled to be given back; past it
 (the store is unreachable) they return to the group when their leases expire."""
+
+
+_RELEASED = Outcome(OutcomeKind.RELEASED)
+_LEASE_LOST = Outcome(OutcomeKind.LEASE_LOST)
 
 
 def _log_failure(what: str, exc: BaseException, then: str) -> None:
@@ -103,12 +112,18 @@ class Consumer:
     """Runs a group's handlers over a transport; used through :class:`~broker_core.Broker`."""
 
     def __init__(
-        self, transport: Transport, group: str, router: Router, options: BrokerOptions
+        self,
+        transport: Transport,
+        group: str,
+        router: Router,
+        options: BrokerOptions,
+        hooks: Lifecycle,
     ) -> None:
         self._transport = transport
         self._group = group
         self._router = router
         self._options = options
+        self._hooks = hooks
         self._run: _Run | None = None
         # Deliveries whose leases are renewed: running, or handled and waiting for the ack.
         self._deliveries: dict[Receipt, Delivery[Event]] = {}
@@ -160,6 +175,8 @@ class Consumer:
             async with self._renewing():
                 grace = self._options.shutdown_grace
                 try:
+                    if self._hooks.consumer_started is not None:
+                        await self._hooks.consumer_started(self._group, tuple(topics))
                     await self._claim_loop(run, topics)
                 except asyncio.CancelledError:
                     grace = 0.0
@@ -170,8 +187,12 @@ class Consumer:
                     finally:
                         await self._close_acks(run, acker)
         finally:
-            self._run = None
-            run.stopped.set()
+            try:
+                if self._hooks.consumer_stopped is not None:
+                    await self._hooks.consumer_stopped(self._group, tuple(topics))
+            finally:
+                self._run = None
+                run.stopped.set()
 
     def stop(self) -> None:
         """Stop claiming; running handlers get the shutdown grace period to finish."""
@@ -360,6 +381,11 @@ class Consumer:
 
     async def _handle(self, message: Message, claimed_at: float) -> None:
         receipt = message.receipt
+        hooks = self._hooks
+        if hooks.delivery_claimed is not None:
+            await hooks.delivery_claimed(
+                receipt.topic, receipt.group, receipt.event_id, message.attempt
+            )
         try:
             event = decode(message.body, self._router.types)
         except DecodeError as exc:
@@ -395,11 +421,16 @@ class Consumer:
                     await self._give_back([receipt])
                 return
         try:
+            # In the try: a shutdown that cancels the hook gives the event back, unstarted.
+            if hooks.handler_started is not None:
+                await hooks.handler_started(delivery)
             await route.invoke(event, delivery)
         except asyncio.CancelledError as exc:
             self._deliveries.pop(receipt, None)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
+                if hooks.handler_finished is not None and not self._aborted():
+                    hooks.handler_finished(delivery, _RELEASED, exc)
                 raise  # shut down before the handler finished: the caller gives it back
             # The handler's own code raised it (a cancelled future it awaited): a failure.
             if not self._aborted():
@@ -414,6 +445,8 @@ class Consumer:
                 # would not have acked it either.
                 self._deliveries.pop(receipt, None)
             else:
+                if hooks.handler_finished is not None:
+                    hooks.handler_finished(delivery, ACKED, None)
                 self._queue_ack(receipt)
 
     def _aborted(self) -> bool:
@@ -423,20 +456,33 @@ class Consumer:
         self, delivery: Delivery[Event], retry: RetryPolicy, exc: BaseException
     ) -> None:
         error = _describe(exc)
+        finished, settled_hook = self._hooks.handler_finished, self._hooks.delivery_settled
         if delivery.lease_lost:
             log.warning("handler failed after its lease was lost (%s): %s", delivery, error)
+            if finished is not None:
+                lost = Outcome(OutcomeKind.LEASE_LOST, error=error)
+                finished(delivery, lost, exc)
             return
         if retry.exhausted(delivery.attempt):
             log.error("dead-lettering %s after %d attempts: %s", delivery, delivery.attempt, error)
+            outcome = Outcome(OutcomeKind.DEAD, error=error)
+            if finished is not None:
+                finished(delivery, outcome, exc)
             settled = await self._transport.kill(
                 delivery.receipt, reason="max_attempts", error=error
             )
         else:
             delay = retry.delay(delivery.attempt)
             log.info("%s failed, retrying in %.2fs: %s", delivery, delay, error)
+            outcome = Outcome(OutcomeKind.RETRIED, delay=delay, error=error)
+            if finished is not None:
+                finished(delivery, outcome, exc)
             settled = await self._transport.nack(delivery.receipt, delay=delay, error=error)
         if not settled:
             log.warning("lease of %s was lost before its failure was recorded", delivery)
+            outcome = Outcome(OutcomeKind.LEASE_LOST, error=error)
+        if settled_hook is not None:
+            settled_hook(delivery, outcome)
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -473,12 +519,14 @@ class Consumer:
         batch, self._acks = self._acks, []
         if not batch:
             return
+        settled = self._hooks.delivery_settled
         try:
             results = await self._transport.ack(batch)
         except Exception as exc:
             # Any failure, not only an outage: the loop must go on acking later events.
             _log_failure(f"acking {len(batch)} events", exc, "they will be redelivered")
             results = [True] * len(batch)
+            settled = None  # nothing is known of these events' fate
         except BaseException:
             # Cancelled with the batch on the wire: its answer will never be read.
             for receipt in batch:
@@ -500,6 +548,8 @@ class Consumer:
                 )
                 if delivery is not None:
                     delivery.mark_lease_lost()
+            if settled is not None and delivery is not None:
+                settled(delivery, ACKED if acked else _LEASE_LOST)
 
     # -- leases --------------------------------------------------------------------------
 

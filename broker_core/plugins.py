@@ -1,9 +1,14 @@
-"""The plugin manager: finds transport plugins and picks one by URL scheme."""
+"""The plugin managers: the process-wide one of entry-point plugins, and per broker.
+
+Entry-point plugins are loaded once per process into one manager, which every broker
+without plugins of its own shares. A broker given plugins explicitly gets a manager of
+its own, holding the entry-point plugins and its own: built once, when the broker is.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +20,7 @@ from broker_core.hooks import TransportInfo
 from broker_core.transport import Transport
 from broker_core.urls import redact
 
-__all__ = ["installed_transports", "make_transport", "plugin_manager"]
+__all__ = ["broker_plugin_manager", "installed_transports", "make_transport", "plugin_manager"]
 
 
 @functools.cache
@@ -24,6 +29,27 @@ def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hooks.PROJECT)
     pm.add_hookspecs(hooks)
     pm.load_setuptools_entrypoints(hooks.PROJECT)
+    return pm
+
+
+def broker_plugin_manager(plugins: Iterable[object] = ()) -> pluggy.PluginManager:
+    """The manager of a broker given ``plugins``: the shared one if there are none.
+
+    Otherwise a new manager with the entry-point plugins and then ``plugins`` (modules or
+    objects with ``@hookimpl`` methods), so that the broker's own are called first. A
+    plugin that is already an entry-point plugin is not registered twice.
+    """
+    shared = plugin_manager()
+    own = [plugin for plugin in plugins if not shared.is_registered(plugin)]
+    if not own:
+        return shared
+    pm = pluggy.PluginManager(hooks.PROJECT)
+    pm.add_hookspecs(hooks)
+    for name, plugin in shared.list_name_plugin():
+        pm.register(plugin, name)
+    for plugin in own:
+        if not pm.is_registered(plugin):  # the same plugin given twice
+            pm.register(plugin)
     return pm
 
 

@@ -55,6 +55,11 @@ def test_memory_only_run_reports_every_scenario(tmp_path: Path) -> None:
         assert rows, scenario
         assert all(r["ours"] is not None for r in rows), scenario
     assert data["meta"]["config"]["events"] == 200
+    # The drain with a plugin of no-op lifecycle hooks, and its cost next to the plain one.
+    assert {r["figure"] for r in _rows(data, "hooks", "memory")} == {
+        "drain rate, one no-op hook plugin",
+        "drain with the hook plugin / without",
+    }
     assert "targets met:" in text
 
 
