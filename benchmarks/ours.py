@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from benchmarks.payload import TOPIC, BenchEvent, make_events
+from benchmarks.payload import TOPIC, BenchEvent, make_events, make_keyed_events
 from benchmarks.probes import MemoryProbe
 from broker_core import Broker, BrokerOptions, Event, Receipt, Transport
 from broker_core.plugins import make_transport
@@ -141,24 +141,27 @@ async def drain(
     concurrency: int,
     probe: MemoryProbe | None = None,
     plugins: Sequence[object] = (),
+    ordered: bool = False,
 ) -> DrainResult:
     """Pre-queue ``events``; one consumer with a no-op async handler drains them all.
 
     The publisher keeps no dedup window, so that the memory figures show the state
     machine alone (it must return to the start); the fan-out scenario publishes with the
     default window, and the memory table shows what a dedup record costs. ``plugins``
-    are the consumer's own (the cost of lifecycle hooks).
+    are the consumer's own (the cost of lifecycle hooks). ``ordered`` subscribes the
+    group with ``ordered=True`` (events with ordering keys show what per-key order costs).
     """
     publisher = Broker.from_url(url, dedup_window=0)
     consumer, counter = _consumer(url, concurrency, plugins)
 
-    @consumer.on(BenchEvent)
+    @consumer.on(type(events[0]))
     async def noop(event: BenchEvent) -> None:
         pass
 
+    warmup = (make_keyed_events if ordered else make_events)(WARMUP, start=len(events))
     async with publisher, consumer:
-        await consumer.subscribe(TOPIC)
-        await _publish_all(publisher, make_events(WARMUP, start=len(events)))
+        await consumer.subscribe(TOPIC, ordered=ordered)
+        await _publish_all(publisher, warmup)
         await _run_until_acked(consumer, counter, WARMUP)
         before = probe.read() if probe else None
         await _publish_all(publisher, events)

@@ -8,7 +8,20 @@ from typing import Any, ClassVar
 from broker_core import Event
 from broker_core.codec import encode
 
-__all__ = ["TOPIC", "BenchEvent", "bodies", "data_of", "make_events", "sizes"]
+__all__ = [
+    "ORDERING_KEYS",
+    "TOPIC",
+    "BenchEvent",
+    "KeyedBenchEvent",
+    "bodies",
+    "data_of",
+    "make_events",
+    "make_keyed_events",
+    "sizes",
+]
+
+ORDERING_KEYS = 100
+"""Customers of the ordered drain: each one's events are handled one at a time."""
 
 TOPIC = "bench.orders"
 
@@ -42,6 +55,21 @@ def data_of(i: int) -> dict[str, Any]:
 def make_events(n: int, start: int = 0) -> list[BenchEvent]:
     """``n`` events, built before any clock starts (building them is the caller's cost)."""
     return [BenchEvent(**data_of(i)) for i in range(start, start + n)]
+
+
+class KeyedBenchEvent(BenchEvent):
+    """The same order event, ordered by customer (its ordering key)."""
+
+    event_type: ClassVar[str] = "BenchOrderPlacedKeyed"
+    key_field: ClassVar[str | None] = "customer"
+
+
+def make_keyed_events(n: int, start: int = 0) -> list[BenchEvent]:
+    """``n`` events spread over :data:`ORDERING_KEYS` customers, in turn."""
+    return [
+        KeyedBenchEvent(**{**data_of(i), "customer": f"cust-{i % ORDERING_KEYS:05d}"})
+        for i in range(start, start + n)
+    ]
 
 
 def bodies(events: list[BenchEvent]) -> list[bytes]:

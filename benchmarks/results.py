@@ -12,6 +12,7 @@ SCENARIOS: dict[str, str] = {
     "publish_many": "1. publish_many, 100 events per call",
     "drain": "2. drain, one consumer, no-op handler",
     "hooks": "2. drain with one plugin of no-op lifecycle hooks",
+    "ordered": "2. drain of an ordered group, events spread over 100 keys",
     "latency": "3. end-to-end latency, idle consumer",
     "fanout": "4. fan-out, 1 vs 10 groups",
     "memory": "5. memory, pending and after drain",

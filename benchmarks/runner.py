@@ -23,7 +23,7 @@ from rich.console import Console
 from benchmarks import dramatiq_baseline, ours, raw
 from benchmarks.machine import describe
 from benchmarks.noop_plugin import NoopHooks
-from benchmarks.payload import bodies, make_events, sizes
+from benchmarks.payload import ORDERING_KEYS, bodies, make_events, make_keyed_events, sizes
 from benchmarks.probes import MemoryProbe, RedisProbe, TracemallocProbe
 from benchmarks.results import SCENARIOS, Results, Row, percentile
 from benchmarks.server import RedisServer, redis_server, redis_server_binary, redis_version
@@ -266,6 +266,14 @@ async def _scenarios(
                 ),
             )
             runs.add("drain_hooked", kind, result)
+            events = make_keyed_events(n)
+            result = await progress.step(
+                f"{tag} {kind} ours, ordered",
+                lambda s=store, e=events: ours.drain(  # type: ignore[misc]
+                    s.url(), e, config.concurrency, ordered=True
+                ),
+            )
+            runs.add("drain_ordered", kind, result)
         if redis is not None:
             data = bodies(make_events(n))
             result = await progress.step(
@@ -402,6 +410,14 @@ def _throughput_rows(results: Results, runs: _Runs, kind: str) -> None:
     ratio = hooked / plain if hooked and plain else None
     row = results.add(Row("hooks", kind, "drain with the hook plugin / without", X, ratio))
     row.note = "what calling lifecycle hooks costs; without plugins none is called"
+    ordered = runs.best("drain_ordered", kind)
+    title = f"drain rate, ordered group, {ORDERING_KEYS} keys"
+    row = results.add(Row("ordered", kind, title, "events/s", ordered))
+    row.samples = {"ours": runs.samples("drain_ordered", kind)}
+    row.note = "one event per key at a time: at most 100 of the 100 handler slots busy"
+    ratio = ordered / plain if ordered and plain else None
+    row = results.add(Row("ordered", kind, "ordered drain / unordered drain", X, ratio))
+    row.note = "what per-key order costs the store and the consumer"
 
 
 def _latency_rows(results: Results, runs: _Runs, kind: str) -> None:
