@@ -22,7 +22,7 @@ __all__ = [
 MAX_NAME_LENGTH = 128
 MAX_KEY_LENGTH = 256
 # Control characters (NUL above all) are refused: a store may use them as separators.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

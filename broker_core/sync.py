@@ -153,10 +153,15 @@ class SyncBroker:
     # -- the Broker's calls --------------------------------------------------------------
 
     def publish(
-        self, event: Event, *, topic: str | None = None, timeout: float | None = None
+        self,
+        event: Event,
+        *,
+        topic: str | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
     ) -> int:
         """:meth:`Broker.publish`: the number of groups ``event`` reached (0 for a duplicate)."""
-        return self._call("publish", lambda b: b.publish(event, topic=topic), timeout)
+        return self._call("publish", lambda b: b.publish(event, topic=topic, key=key), timeout)
 
     def publish_many(
         self,

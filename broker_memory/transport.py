@@ -171,16 +171,17 @@ class _Topic:
         # How many groups still hold each event id (not DONE): the id is skipped by
         # publish, and its body kept, while this is above zero.
         self.held: dict[str, int] = {}
-        # Event id -> end of its dedup window; ``windows`` holds the same in order of
-        # publication, so that ended windows are forgotten a few per publish.
+        # Event id -> end of its dedup window; ``windows`` holds the same as a heap by
+        # end (publishers may use different windows), so that ended windows are
+        # forgotten a few per publish, earliest end first.
         self.published: dict[str, float] = {}
-        self.windows: deque[tuple[float, str]] = deque()
+        self.windows: list[tuple[float, str]] = []
 
     def forget_windows(self, now: float, budget: int) -> None:
-        """Drop up to ``budget`` ended dedup windows, oldest published first."""
+        """Drop up to ``budget`` ended dedup windows, the earliest ended first."""
         windows, published = self.windows, self.published
         while budget > 0 and windows and windows[0][0] <= now:
-            ends, event_id = windows.popleft()
+            ends, event_id = heappop(windows)
             if published.get(event_id) == ends:
                 del published[event_id]
             budget -= 1
@@ -275,8 +276,15 @@ class MemoryStore:
     ) -> int:
         """See :meth:`broker_core.transport.Transport.publish`."""
         validate_topic(topic)
-        if keys is not None and len(keys) != len(events):
-            raise ValueError(f"{len(keys)} keys for {len(events)} events")
+        # Everything is checked before anything is stored: a refused call stores nothing.
+        if dedup_window < 0:
+            raise ValueError(f"dedup_window must not be negative, got {dedup_window}")
+        if keys is not None:
+            if len(keys) != len(events):
+                raise ValueError(f"{len(keys)} keys for {len(events)} events")
+            for key in keys:
+                if key is not None:
+                    validate_key(key)
         with self._lock:
             t = self._topics.get(topic)
             if t is None or not t.groups:
@@ -293,13 +301,11 @@ class MemoryStore:
                 if event_id in held or published.get(event_id, -math.inf) > now:
                     continue
                 key = None if keys is None else keys[i]
-                if key is not None:
-                    validate_key(key)
                 held[event_id] = n
                 added += 1
                 if dedup_window > 0:
                     published[event_id] = ends = now + dedup_window
-                    t.windows.append((ends, event_id))
+                    heappush(t.windows, (ends, event_id))
                 for _, q in queues:
                     c = _Copy(event_id, body, key)
                     q.copies[event_id] = c

@@ -187,3 +187,16 @@ async def test_acked_leases_do_not_pile_up_in_the_expiry_heap() -> None:
     queue = transport.store._topics["orders"].groups["billing"]
     assert len(queue.lease_heap) <= 300
     assert not queue.copies and not transport.store._topics["orders"].held
+
+
+def test_ended_dedup_windows_are_forgotten_whatever_windows_came_before() -> None:
+    # Publishers may use different windows: one long window must not keep every later,
+    # shorter one from being forgotten.
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    store.subscribe("orders", "billing")
+    store.publish("orders", [("long", b"x")], dedup_window=10_000)
+    for n in range(200):
+        store.publish("orders", [(f"short{n}", b"x")], dedup_window=1)
+        clock.advance(2)
+    assert len(store._topics["orders"].published) <= 2

@@ -13,6 +13,7 @@ import pytest
 
 from broker_core import (
     Broker,
+    Delivery,
     Event,
     EventTooLarge,
     InvalidName,
@@ -280,3 +281,28 @@ def test_options_and_settings_reach_the_async_broker(
         assert configured.broker.group == "shipping"
         assert configured.broker.options.dedup_window == 5
         assert isinstance(configured.broker.transport, MemoryTransport)
+
+
+def test_publish_takes_an_ordering_key(broker_url: str) -> None:
+    keys: list[str | None] = []
+
+    async def handled(broker: Broker) -> None:
+        @broker.on(SyncOrderPlaced)
+        async def handle(event: SyncOrderPlaced, delivery: Delivery[SyncOrderPlaced]) -> None:
+            keys.append(delivery.key)
+
+        await broker.subscribe("orders")
+
+    on_async(broker_url, handled)
+    with SyncBroker.from_url(broker_url) as sync:
+        assert sync.publish(SyncOrderPlaced(order_id="1"), key="customer/7") == 1
+
+    async def drain(broker: Broker) -> None:
+        @broker.on(SyncOrderPlaced)
+        async def handle(event: SyncOrderPlaced, delivery: Delivery[SyncOrderPlaced]) -> None:
+            keys.append(delivery.key)
+
+        assert await broker.pick()
+
+    on_async(broker_url, drain)
+    assert keys == ["customer/7"]

@@ -237,4 +237,10 @@ class PublishConformance(ConformanceBase):
                 await tr.publish(T, [("e1", b"x")], keys=[bad])
         with pytest.raises(ValueError, match="keys"):
             await tr.publish(T, [("e1", b"x"), ("e2", b"y")], keys=["k"])
+        # One bad key refuses the whole call: nothing of it is stored.
+        with pytest.raises(InvalidName):
+            await tr.publish(T, [("e1", b"x"), ("e2", b"y")], keys=["k", "bad\x00"])
+        with pytest.raises(ValueError, match="dedup_window"):
+            await tr.publish(T, [("e1", b"x")], dedup_window=-1)
         assert _counts(await tr.stats(T, G)) == (0, 0, 0, 0)
+        assert await tr.publish(T, [("e1", b"x"), ("e2", b"y")], keys=["k", "k"]) == 2
