@@ -69,20 +69,44 @@ class GroupModel:
     done: int = 0
     ordered: bool = False
     """An ordered group: of each key, only the earliest live event may be leased."""
+    waiting: set[str] = field(default_factory=set)
+    """Ordered groups: READY events behind an earlier live event of their key. They are in
+    no block: each joins the back of the queue once its key's earlier events are done."""
 
     def counts(self) -> tuple[int, int, int, int]:
         """READY, LEASED, DELAYED and DEAD counts."""
         by_state = {s: 0 for s in State}
         for c in self.copies.values():
             by_state[c.state] += 1
-        ready = sum(len(b) for b in self.blocks)
+        ready = sum(len(b) for b in self.blocks) + len(self.waiting)
         assert ready == by_state[State.READY], "model: READY blocks out of step with copies"
         assert len(self.dead) == by_state[State.DEAD], "model: dead list out of step"
         return ready, by_state[State.LEASED], by_state[State.DELAYED], len(self.dead)
 
     def ready_ids(self) -> set[str]:
         """Every READY event id."""
-        return set().union(*self.blocks)
+        return set().union(*self.blocks) | self.waiting
+
+    def behind_its_key(self, c: ModelCopy) -> bool:
+        """Whether an ordered group holds an earlier live event of ``c``'s key."""
+        return (
+            self.ordered
+            and c.key is not None
+            and any(
+                o.key == c.key and o.seq < c.seq and o.state is not State.DEAD
+                for o in self.copies.values()
+            )
+        )
+
+    def pass_key(self, c: ModelCopy) -> None:
+        """``c`` is DONE or DEAD: its key's next waiting event joins the back of the queue."""
+        if not self.ordered or c.key is None:
+            return
+        behind = [self.copies[i] for i in self.waiting if self.copies[i].key == c.key]
+        if behind:
+            next_one = min(behind, key=lambda o: o.seq)
+            self.waiting.discard(next_one.event_id)
+            self.blocks.append({next_one.event_id})
 
     def front(self) -> set[str]:
         """The events a claim may take next: the first non-empty block."""
@@ -187,9 +211,13 @@ class DeliveryModel:
                 windows[event_id] = now + dedup_window
             added += 1
             key = None if keys is None else keys[i]
+            seq = next(self._seq)
             for g in groups.values():
-                g.copies[event_id] = ModelCopy(event_id, body, key, seq=next(self._seq))
-                g.blocks.append({event_id})
+                c = g.copies[event_id] = ModelCopy(event_id, body, key, seq=seq)
+                if g.behind_its_key(c):
+                    g.waiting.add(event_id)
+                else:
+                    g.blocks.append({event_id})
         return added * len(groups)
 
     # -- time ------------------------------------------------------------------------------
@@ -238,10 +266,6 @@ class DeliveryModel:
         ready = g.ready_ids()
         if not set(taken) <= ready:
             return [f"{topic}/{group}: claim took events not READY: {sorted(set(taken) - ready)}"]
-        if g.ordered:
-            problems += self._take_ordered(topic, group, g, leased, died)
-        else:
-            problems += self._take_in_queue_order(topic, group, g, leased, taken)
         for event_id in died:
             c = g.copies[event_id]
             if c.attempts < max_attempts:
@@ -249,6 +273,21 @@ class DeliveryModel:
                     f"{topic}/{group}: {event_id} went DEAD after {c.attempts} attempts "
                     f"< max_attempts={max_attempts}"
                 )
+        if g.ordered:
+            problems += self._take_ordered(topic, group, g, leased, died)
+            # A burial lets its key's next event join the back of the queue, where this
+            # claim may still reach it: the deaths go first, then the leased events must
+            # be the front of what is left (invariant 5 among what may be claimed).
+            for event_id in died:
+                for block in g.blocks:
+                    block.discard(event_id)
+                self._die(g, g.copies[event_id], "max_attempts", None, now)
+            problems += self._take_in_queue_order(
+                topic, group, g, leased, [i for i, _, _ in leased]
+            )
+            died = []
+        else:
+            problems += self._take_in_queue_order(topic, group, g, leased, taken)
         for event_id, _, _ in leased:
             c = g.copies[event_id]
             if c.attempts >= max_attempts:
@@ -334,6 +373,10 @@ class DeliveryModel:
             rest -= block
         # Among the leased, queue order is kept: block indexes never go down.
         index = {i: n for n, b in enumerate(g.blocks) for i in b}
+        waiting = [i for i, _, _ in leased if i not in index]
+        if waiting:
+            problems.append(f"{topic}/{group}: claim took {waiting}, waiting behind their keys")
+            return problems
         order = [index[i] for i, _, _ in leased]
         if order != sorted(order):
             problems.append(f"{topic}/{group}: claim returned events out of queue order")
@@ -357,6 +400,7 @@ class DeliveryModel:
         g = self._group_of(receipt)
         del g.copies[c.event_id]
         g.done += 1
+        g.pass_key(c)
         return True
 
     def nack(self, receipt: Receipt, now: float, delay: float, error: str | None) -> bool:
@@ -408,13 +452,18 @@ class DeliveryModel:
         if g is None:
             return 0
         chosen = [i for i in g.dead if event_ids is None or i in event_ids]
+        block: set[str] = set()
         for event_id in chosen:
             c = g.copies[event_id]
             c.state, c.attempts, c.error, c.reason, c.suspect = State.READY, 0, None, "", False
             c.seq = next(self._seq)  # the back of its key's history
             g.dead.remove(event_id)
-        if chosen:
-            g.blocks.append(set(chosen))
+            if g.behind_its_key(c):
+                g.waiting.add(event_id)
+            else:
+                block.add(event_id)
+        if block:
+            g.blocks.append(block)
         return len(chosen)
 
     def purge(self, topic: str, group: str, event_ids: Sequence[str] | None) -> int:
@@ -442,3 +491,4 @@ class DeliveryModel:
         if error is not None:
             c.error = error
         g.dead.append(c.event_id)
+        g.pass_key(c)
