@@ -228,14 +228,14 @@ def stats(
     url: StoreUrl = None,
     topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
 ) -> None:
-    """Ready, leased, delayed and dead events per topic and group."""
+    """Ready, leased, delayed and dead events, and the lag, per topic and group."""
     store = _shared_store(url, "stats")
 
     async def collect() -> None:
         async with Broker.from_url(store) as broker:
             rows = await broker.stats(topic)
         table = Table(title=f"queues on {redact(store)}")
-        for column in ("topic", "group", "ready", "leased", "delayed", "dead"):
+        for column in ("topic", "group", "ready", "leased", "delayed", "dead", "lag"):
             table.add_column(column, justify="left" if column in ("topic", "group") else "right")
         for row in rows:
             table.add_row(
@@ -245,6 +245,7 @@ def stats(
                 str(row.leased),
                 str(row.delayed),
                 str(row.dead),
+                str(row.lag),
             )
         console.print(table)
 

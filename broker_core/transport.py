@@ -115,6 +115,11 @@ class QueueStats:
     delayed: int
     dead: int
 
+    @property
+    def lag(self) -> int:
+        """Events the group has not finished with yet: READY, LEASED or DELAYED."""
+        return self.ready + self.leased + self.delayed
+
 
 @runtime_checkable
 class Transport(Protocol):

@@ -678,3 +678,21 @@ def test_a_key_field_must_name_a_field() -> None:
         class BrokenKeyField(Event):
             key_field: ClassVar[str | None] = "order"
             order_id: str
+
+
+async def test_stats_tell_each_groups_lag(make: Callable[..., Broker]) -> None:
+    broker = await started(
+        make(retry=RetryPolicy(max_attempts=3, initial_delay=5, max_delay=5, jitter=0))
+    )
+
+    @broker.on(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        raise ValueError("later")
+
+    await broker.subscribe("orders")
+    await broker.publish_many([OrderPlaced(order_id=str(i), total=i) for i in range(3)])
+    [stats] = await broker.stats("orders")
+    assert stats.lag == 3
+    assert await broker.pick()  # retried: delayed, still not done
+    [stats] = await broker.stats("orders")
+    assert (stats.ready, stats.delayed, stats.lag) == (2, 1, 3)

@@ -201,6 +201,7 @@ def test_operator_commands_show_replay_and_purge_dead_letters(redis_url: str) ->
     stats = runner.invoke(app, ["stats", "--url", url])
     assert stats.exit_code == 0, stats.output
     assert "pings" in stats.output and "ops" in stats.output
+    assert "lag" in stats.output
 
     replayed = runner.invoke(
         app, ["replay", "--url", url, "--topic", "pings", "--group", "ops", "--id", event_id]
