@@ -7,13 +7,14 @@ registry's samples as a scrape would. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, cast
 
 import pytest
-from checkout import checkout_env
+from checkout import REPOSITORY, checkout_env
 
 from broker_core import Broker, Delivery, Event, RetryPolicy, Transport, TransportError
 from broker_core.plugins import make_transport
@@ -284,3 +285,16 @@ def test_importing_broker_core_does_not_import_prometheus_client() -> None:
         [sys.executable, "-c", code], env=checkout_env(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_every_metric_is_documented_in_the_prometheus_section() -> None:
+    text = (REPOSITORY / "docs" / "operations.md").read_text()
+    section = text.split("\n## Prometheus\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(broker_\w+)` \|", section, flags=re.MULTILINE))
+    registry = PrometheusMetrics().registry
+    # A counter's family is named without _total; its samples, as exposed, with it.
+    exposed = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in registry.collect()
+    }
+    assert documented == exposed
