@@ -7,6 +7,7 @@ registry's samples as a scrape would. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import subprocess
 import sys
@@ -274,6 +275,73 @@ async def test_refresh_reads_the_counts_of_the_consumed_queues_now(make: Make) -
         release.set()
         broker.stop()
         await asyncio.wait_for(running, 5)
+
+
+async def test_one_task_reads_the_queues_of_every_consumer_until_the_last_stops(
+    broker_url: str,
+) -> None:
+    metrics = PrometheusMetrics(refresh_interval=0.05)
+    first, second = (
+        Broker.from_url(broker_url, group=group, plugins=[metrics], poll_interval=0.05)
+        for group in ("g", "h")
+    )
+    metrics.watch_queues(first)
+    for broker in (first, second):
+
+        @broker.on(Job)
+        async def handle(event: Job) -> None:
+            pass
+
+    def dead(group: str) -> float | None:
+        return _sample(metrics, "broker_queue_events", topic="jobs", group=group, state="dead")
+
+    async with first, second:
+        runs = [asyncio.create_task(broker.run()) for broker in (first, second)]
+        try:
+            await _until(lambda: dead("g") == 0 and dead("h") == 0)
+            second.stop()
+            await asyncio.wait_for(runs[1], 5)
+            # The stopped group's series are gone and stay gone, though its queue fills;
+            # the task goes on for the other group.
+            assert dead("h") is None
+            await first.publish(Job(n=1))
+            await asyncio.sleep(0.3)
+            assert metrics.queues.refreshing
+            assert (
+                _sample(metrics, "broker_queue_events", topic="jobs", group="h", state="ready")
+                is None
+            )
+            assert dead("g") == 0
+        finally:
+            first.stop()
+            await asyncio.wait_for(runs[0], 5)
+    assert not metrics.queues.refreshing
+    assert dead("g") is None
+
+
+async def test_without_a_watched_broker_there_are_counters_and_no_queue_gauges(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = PrometheusMetrics(refresh_interval=0.05)
+    broker = Broker.from_url(broker_url, group="g", plugins=[metrics], poll_interval=0.05)
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        pass
+
+    async with broker:
+        await broker.subscribe("jobs")
+        await broker.publish(Job(n=1))
+        with caplog.at_level(logging.WARNING, logger="broker.prometheus"):
+            running = asyncio.create_task(broker.run())
+            try:
+                await _until(lambda: _events(metrics, "acked") == 1)
+            finally:
+                broker.stop()
+                await asyncio.wait_for(running, 5)
+    assert "queue gauges need PrometheusMetrics.watch_queues(broker)" in caplog.text
+    assert not metrics.queues.refreshing
+    assert _queue(metrics) == dict.fromkeys(STATES)
 
 
 def test_importing_broker_core_does_not_import_prometheus_client() -> None:
