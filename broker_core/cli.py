@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -21,8 +22,11 @@ from rich.table import Table
 from broker_core.broker import Broker
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
-from broker_core.plugins import installed_transports
+from broker_core.plugins import installed_transports, plugin_manager
 from broker_core.urls import redact
+
+if TYPE_CHECKING:
+    from broker_prometheus import PrometheusMetrics
 
 __all__ = ["app", "main"]
 
@@ -102,6 +106,22 @@ def run(
         str,
         typer.Argument(help="Where your broker is: 'package.module:name'.", metavar="MODULE:NAME"),
     ],
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics "
+            "(needs the 'prometheus' extra).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics server listens on.")
+    ] = "127.0.0.1",
+    metrics_refresh: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between two reads of the queue gauges.")
+    ] = 5.0,
 ) -> None:
     """Run the handlers of your service's broker until SIGTERM or Ctrl-C, then stop gracefully.
 
@@ -110,11 +130,22 @@ def run(
     the events still held return to other consumers when their leases expire, and the
     process exits with status 128 + the signal's number, within seconds even if a handler
     is stuck.
+
+    With ``--metrics-port``, every broker the process builds reports to a registry of its
+    own, served at ``/metrics`` (docs/operations.md, "Prometheus").
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    broker = _load_broker(target)
+    with _prometheus(metrics_host, metrics_port, metrics_refresh) as metrics:
+        broker = _load_broker(target)
+        if metrics is not None:
+            metrics.watch_queues(broker)
+        _serve_until_signalled(broker)
+
+
+def _serve_until_signalled(broker: Broker) -> None:
+    """Run ``broker`` until a signal stops it; a second signal aborts it."""
     signals: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -148,6 +179,41 @@ def run(
         console.print("aborted")
         raise typer.Exit(128 + signals[1])
     console.print("stopped")
+
+
+@contextlib.contextmanager
+def _prometheus(host: str, port: int | None, refresh: float) -> Iterator[PrometheusMetrics | None]:
+    """With a port, the metrics of this process's brokers, served at ``host:port``."""
+    if port is None:
+        yield None
+        return
+    try:
+        from broker_prometheus import PrometheusMetrics, serving
+    except ModuleNotFoundError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        # (\\[ keeps rich from reading the name of the extra as markup.)
+        console.print(
+            "[red]error:[/red] --metrics-port needs prometheus_client, which is not "
+            "installed: pip install 'embedded-event-broker\\[prometheus]'",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from exc
+    metrics = PrometheusMetrics(refresh_interval=refresh)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(serving(metrics.registry, host, port))
+        except OSError as exc:
+            console.print(f"[red]error:[/red] cannot serve metrics on {address}: {exc}")
+            raise typer.Exit(2) from exc
+        # Process-wide, and before the service's module is imported: a broker looks its
+        # plugins up once, when it is built, and the module builds it.
+        manager = plugin_manager()
+        manager.register(metrics)
+        stack.callback(manager.unregister, metrics)
+        console.print(f"serving metrics at http://{address}/metrics")
+        yield metrics
 
 
 def _exit_after(seconds: float, status: int) -> None:
