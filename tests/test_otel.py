@@ -8,21 +8,32 @@ Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
-from broker_core import Broker, Delivery, Event, EventTooLarge, RetryPolicy
+from broker_core import (
+    Broker,
+    Delivery,
+    Event,
+    EventTooLarge,
+    RetryPolicy,
+    Transport,
+    TransportError,
+)
+from broker_core.plugins import make_transport
 from broker_otel import OpenTelemetryPlugin
 
 NO_WAIT = RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0, jitter=0)
@@ -225,6 +236,92 @@ async def test_retries_and_the_dead_letter_are_recorded_on_their_spans(
     assert [d.event_id for d in await broker.dead_letters("orders")] == [
         (send.attributes or {})["messaging.message.id"]
     ]
+
+
+async def test_a_handler_cut_short_by_the_shutdown_is_released_not_failed(
+    make: Any,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    plugin = OpenTelemetryPlugin(tracer_provider=tracer_provider)
+    broker = await make(plugin, group="g", shutdown_grace=0.05)
+    started = asyncio.Event()
+
+    @broker.on(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    await broker.subscribe("orders")
+    await broker.publish(OrderPlaced(order_id="o-1"))
+    running = asyncio.create_task(broker.run())
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+    finally:
+        broker.stop()
+        await asyncio.wait_for(running, 5)
+    [process] = _named(exporter, "process orders")
+    assert (process.attributes or {})["broker.outcome"] == "released"
+    assert "error.type" not in (process.attributes or {})
+    assert process.status.status_code is StatusCode.UNSET
+    assert [event.name for event in process.events] == ["broker.released"]
+    assert "ended span" not in caplog.text  # ended once
+
+
+async def test_a_plain_function_handler_runs_in_its_process_span(
+    make: Any, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    broker = await make(OpenTelemetryPlugin(tracer_provider=tracer_provider), group="g")
+    current: list[SpanContext] = []
+
+    @broker.on(OrderPlaced)
+    def handle(event: OrderPlaced) -> None:  # in a worker thread
+        current.append(trace.get_current_span().get_span_context())
+
+    await broker.subscribe("orders")
+    await broker.publish(OrderPlaced(order_id="o-1"))
+    assert await broker.pick()
+    [process] = _named(exporter, "process orders")
+    assert current == [process.get_span_context()]
+    # Once the handler finished, its span is no longer the current one.
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+class PublishFails:
+    """A transport whose publish fails as an outage would."""
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+
+    async def publish(self, *args: Any, **kwargs: Any) -> int:
+        raise TransportError("store unreachable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_failed_transport_call_ends_its_send_spans_as_errors(
+    broker_url: str,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    meter_provider: MeterProvider,
+    reader: InMemoryMetricReader,
+) -> None:
+    plugin = OpenTelemetryPlugin(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    transport = cast(Transport, PublishFails(make_transport(broker_url)))
+    async with Broker(transport, plugins=[plugin]) as broker:
+        with pytest.raises(TransportError):
+            await broker.publish_many([OrderPlaced(order_id="o-1"), OrderPlaced(order_id="o-2")])
+    spans = _named(exporter, "send orders")
+    assert len(spans) == 2
+    for span in spans:
+        assert (span.attributes or {})["error.type"] == "broker_core.errors.TransportError"
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == "store unreachable"
+    [(attributes, sent)] = _points(reader, "messaging.client.sent.messages")
+    assert (attributes["error.type"], sent.value) == ("broker_core.errors.TransportError", 2)
 
 
 async def test_with_link_a_process_span_starts_a_trace_linked_to_its_producer(
