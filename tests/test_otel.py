@@ -40,13 +40,13 @@ NO_WAIT = RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0, jitter=0)
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-class OrderPlaced(Event):
+class TracedOrder(Event):
     topic: ClassVar[str] = "orders"
     key_field: ClassVar[str | None] = "order_id"
     order_id: str
 
 
-class Shipped(Event):
+class TracedShipment(Event):
     topic: ClassVar[str] = "shipments"
     order_id: str
 
@@ -145,19 +145,19 @@ async def test_a_trace_crosses_two_services_as_parents_and_children(
         await make(plugin(), group="notify"),
     )
 
-    @shipping.on(OrderPlaced)
-    async def ship(event: OrderPlaced) -> None:
-        await shipping.publish(Shipped(order_id=event.order_id))
+    @shipping.on(TracedOrder)
+    async def ship(event: TracedOrder) -> None:
+        await shipping.publish(TracedShipment(order_id=event.order_id))
 
     notified: list[dict[str, str]] = []
 
-    @notify.on(Shipped)
-    async def tell(event: Shipped) -> None:
+    @notify.on(TracedShipment)
+    async def tell(event: TracedShipment) -> None:
         notified.append(event.headers)
 
     await shipping.subscribe("orders")
     await notify.subscribe("shipments")
-    order = OrderPlaced(order_id="o-1")
+    order = TracedOrder(order_id="o-1")
     with tracer_provider.get_tracer("checkout").start_as_current_span("POST /orders") as request:
         assert await checkout.publish(order) == 1
     assert await shipping.pick()
@@ -213,12 +213,12 @@ async def test_retries_and_the_dead_letter_are_recorded_on_their_spans(
     plugin = OpenTelemetryPlugin(tracer_provider=tracer_provider)
     broker = await make(plugin, group="g")
 
-    @broker.on(OrderPlaced)
-    async def fail(event: OrderPlaced) -> None:
+    @broker.on(TracedOrder)
+    async def fail(event: TracedOrder) -> None:
         raise ValueError("no stock")
 
     await broker.subscribe("orders")
-    await broker.publish(OrderPlaced(order_id="o-1"))
+    await broker.publish(TracedOrder(order_id="o-1"))
     assert await broker.pick()
     assert await broker.pick()
     [send] = _named(exporter, "send orders")
@@ -249,13 +249,13 @@ async def test_a_handler_cut_short_by_the_shutdown_is_released_not_failed(
     broker = await make(plugin, group="g", shutdown_grace=0.05)
     started = asyncio.Event()
 
-    @broker.on(OrderPlaced)
-    async def handle(event: OrderPlaced) -> None:
+    @broker.on(TracedOrder)
+    async def handle(event: TracedOrder) -> None:
         started.set()
         await asyncio.sleep(10)
 
     await broker.subscribe("orders")
-    await broker.publish(OrderPlaced(order_id="o-1"))
+    await broker.publish(TracedOrder(order_id="o-1"))
     running = asyncio.create_task(broker.run())
     try:
         await asyncio.wait_for(started.wait(), 5)
@@ -276,12 +276,12 @@ async def test_a_plain_function_handler_runs_in_its_process_span(
     broker = await make(OpenTelemetryPlugin(tracer_provider=tracer_provider), group="g")
     current: list[SpanContext] = []
 
-    @broker.on(OrderPlaced)
-    def handle(event: OrderPlaced) -> None:  # in a worker thread
+    @broker.on(TracedOrder)
+    def handle(event: TracedOrder) -> None:  # in a worker thread
         current.append(trace.get_current_span().get_span_context())
 
     await broker.subscribe("orders")
-    await broker.publish(OrderPlaced(order_id="o-1"))
+    await broker.publish(TracedOrder(order_id="o-1"))
     assert await broker.pick()
     [process] = _named(exporter, "process orders")
     assert current == [process.get_span_context()]
@@ -313,7 +313,7 @@ async def test_a_failed_transport_call_ends_its_send_spans_as_errors(
     transport = cast(Transport, PublishFails(make_transport(broker_url)))
     async with Broker(transport, plugins=[plugin]) as broker:
         with pytest.raises(TransportError):
-            await broker.publish_many([OrderPlaced(order_id="o-1"), OrderPlaced(order_id="o-2")])
+            await broker.publish_many([TracedOrder(order_id="o-1"), TracedOrder(order_id="o-2")])
     spans = _named(exporter, "send orders")
     assert len(spans) == 2
     for span in spans:
@@ -333,12 +333,12 @@ async def test_with_link_a_process_span_starts_a_trace_linked_to_its_producer(
     )
     handled: list[str] = []
 
-    @consumer.on(OrderPlaced)
-    async def handle(event: OrderPlaced) -> None:
+    @consumer.on(TracedOrder)
+    async def handle(event: TracedOrder) -> None:
         handled.append(event.order_id)
 
     await consumer.subscribe("orders")
-    await publisher.publish(OrderPlaced(order_id="o-1"))
+    await publisher.publish(TracedOrder(order_id="o-1"))
     running = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: bool(_named(exporter, "process orders")))
@@ -360,9 +360,9 @@ async def test_a_failed_publish_and_a_refused_one_end_their_send_spans_as_errors
     plugin = OpenTelemetryPlugin(tracer_provider=tracer_provider, max_pending_sends=1)
     broker = await make(plugin, max_event_bytes=400)
     with pytest.raises(EventTooLarge):
-        await broker.publish(Shipped(order_id="x" * 400))
+        await broker.publish(TracedShipment(order_id="x" * 400))
     assert _named(exporter, "send shipments") == []  # never reported: it waits
-    await broker.publish(Shipped(order_id="o-2"))
+    await broker.publish(TracedShipment(order_id="o-2"))
     refused, sent = _named(exporter, "send shipments")
     assert refused.status.status_code is StatusCode.ERROR
     assert refused.status.description == "publish refused or cancelled before it was sent"
@@ -375,7 +375,11 @@ async def test_publish_many_ends_one_send_span_per_event(
 ) -> None:
     broker = await make(OpenTelemetryPlugin(tracer_provider=tracer_provider), group="g")
     await broker.subscribe("orders")
-    events = [OrderPlaced(order_id="o-1"), OrderPlaced(order_id="o-2"), Shipped(order_id="o-1")]
+    events = [
+        TracedOrder(order_id="o-1"),
+        TracedOrder(order_id="o-2"),
+        TracedShipment(order_id="o-1"),
+    ]
     assert await broker.publish_many(events) == 2
     spans = _named(exporter, "send orders") + _named(exporter, "send shipments")
     assert sorted((s.attributes or {})["messaging.message.id"] for s in spans) == sorted(
@@ -393,13 +397,13 @@ async def test_messages_are_counted_and_handlers_timed(
 ) -> None:
     broker = await make(OpenTelemetryPlugin(meter_provider=meter_provider), group="g")
 
-    @broker.on(OrderPlaced)
-    async def handle(event: OrderPlaced, delivery: Delivery[OrderPlaced]) -> None:
+    @broker.on(TracedOrder)
+    async def handle(event: TracedOrder, delivery: Delivery[TracedOrder]) -> None:
         if event.order_id == "bad" and delivery.attempt == 1:
             raise ValueError("once")
 
     await broker.subscribe("orders")
-    await broker.publish_many([OrderPlaced(order_id="good"), OrderPlaced(order_id="bad")])
+    await broker.publish_many([TracedOrder(order_id="good"), TracedOrder(order_id="bad")])
     for _ in range(3):
         assert await broker.pick()
     base = {"messaging.system": "embedded-event-broker", "messaging.destination.name": "orders"}
@@ -431,12 +435,12 @@ async def test_queue_gauges_report_stats_read_at_a_bounded_rate(
     plugin = OpenTelemetryPlugin(meter_provider=meter_provider, queue_stats_interval=3600)
     broker = await make(plugin, group="g")
 
-    @broker.on(OrderPlaced)
-    async def handle(event: OrderPlaced) -> None:
+    @broker.on(TracedOrder)
+    async def handle(event: TracedOrder) -> None:
         pass
 
     await broker.subscribe("orders")
-    await broker.publish_many([OrderPlaced(order_id=str(n)) for n in range(3)])
+    await broker.publish_many([TracedOrder(order_id=str(n)) for n in range(3)])
     reads: list[int] = []
     stats = broker.stats
 
@@ -468,12 +472,12 @@ async def test_due_queue_gauges_refresh_once_for_all_of_them(
     plugin = OpenTelemetryPlugin(meter_provider=meter_provider, queue_stats_interval=0)
     broker = await make(plugin, group="g")
 
-    @broker.on(OrderPlaced)
-    async def handle(event: OrderPlaced) -> None:
+    @broker.on(TracedOrder)
+    async def handle(event: TracedOrder) -> None:
         pass
 
     await broker.subscribe("orders")
-    await broker.publish_many([OrderPlaced(order_id=str(n)) for n in range(3)])
+    await broker.publish_many([TracedOrder(order_id=str(n)) for n in range(3)])
     await plugin.observe_queues(broker)
     await plugin.observe_queues(broker)  # observed once however often asked
     assert await broker.pick()
