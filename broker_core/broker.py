@@ -186,6 +186,8 @@ class Broker:
         """
         name = self._topic_of(event, topic)
         key = self._key_of(event, key)
+        if self._hooks.publish_headers is not None:
+            event = self._hooks.publish_headers(name, event, key)
         body = self._encode(event, name, key, self._size_limit())
         keys = None if key is None else [key]
         if self._hooks.observes_publish:
@@ -209,12 +211,14 @@ class Broker:
         window is safe then: the topics skip the ids already published.
         """
         limit = self._size_limit()
-        observed = self._hooks.observes_publish
+        observed, add_headers = self._hooks.observes_publish, self._hooks.publish_headers
         batches: dict[str, tuple[list[tuple[str, bytes]], list[str | None]]] = {}
         grouped: dict[str, list[Event]] = {}  # only the publish hooks need the events
         for event in events:
             name = self._topic_of(event, topic)
             key = self._key_of(event, None)
+            if add_headers is not None:
+                event = add_headers(name, event, key)
             batch, keys = batches.setdefault(name, ([], []))
             batch.append((event.id, self._encode(event, name, key, limit)))
             keys.append(key)

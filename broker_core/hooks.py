@@ -11,7 +11,8 @@ and one given to ``Broker.from_url(url, plugins=[...])`` only to that broker.
 
 Two kinds of hooks. The transport hooks are synchronous and describe and build things;
 all I/O stays on the :class:`~broker_core.transport.Transport` they return. The
-lifecycle hooks tell a plugin what happens to events (for tracing and metrics). Each
+lifecycle hooks tell a plugin what happens to events (for tracing and metrics), and one
+of them, :func:`broker_publish_headers`, lets it add headers to those published. Each
 implementation is called on its own: one that raises is logged, naming its plugin and
 hook, and the broker goes on. Where a lifecycle hook's docstring says it may be async,
 an implementation may be a coroutine function, awaited in the task named there; the
@@ -121,6 +122,22 @@ def broker_make_transport(url: str, options: Mapping[str, Any]) -> Transport | N
 # ---------------------------------------------------------------------------
 # lifecycle: publishing
 # ---------------------------------------------------------------------------
+
+
+@hookspec
+def broker_publish_headers(topic: str, event: Event, key: str | None) -> Mapping[str, str] | None:
+    """Headers to add to ``event`` as it is published to ``topic``, or None to add none.
+
+    Called for every event of ``publish`` and ``publish_many``, once its topic and ordering
+    ``key`` were checked and before it is encoded, so that what it returns travels in the
+    envelope (a tracing context, for instance). The results are merged in the order the
+    implementations are called, a later one's header replacing an earlier one's, over the
+    event's own headers, into a copy of the event: the publish hooks and the consumers see
+    the copy, the caller's event is unchanged. Keys and values must be strings: any other
+    result is logged and dropped. The event may still be refused after this call (it
+    cannot be encoded, or is too large), and the publish hooks are then never told of it.
+    Must be a plain function: it runs on every event, before anything is sent.
+    """
 
 
 @hookspec

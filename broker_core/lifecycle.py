@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-__all__ = ["AsyncHook", "Lifecycle", "SyncHook"]
+if TYPE_CHECKING:
+    from broker_core.events import Event
+
+__all__ = ["AsyncHook", "HeadersHook", "Lifecycle", "SyncHook"]
 
 log = logging.getLogger("broker.hooks")
 
@@ -140,6 +143,51 @@ class SyncHook:
                 )
 
 
+def _is_headers(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+class HeadersHook:
+    """The hook whose implementations return headers to add to an event being published."""
+
+    __slots__ = ("_impls",)
+
+    def __init__(self, impls: list[_Impl]) -> None:
+        self._impls = impls
+
+    def __call__(self, topic: str, event: Event, key: str | None) -> Event:
+        """``event``, or a copy of it with the headers the implementations returned."""
+        added: dict[str, str] = {}
+        args = (topic, event, key)
+        for impl in self._impls:
+            try:
+                result = impl.call(args)
+            except Exception:
+                impl.log_failure()
+                continue
+            if result is None:
+                continue
+            if not _is_headers(result):
+                # Anything else would be encoded as it is, and refused by every consumer.
+                if inspect.iscoroutine(result):
+                    result.close()
+                log.error(
+                    "lifecycle hook %s of plugin %s returned %s, not a mapping of strings "
+                    "to strings; its headers are dropped",
+                    impl.hook,
+                    impl.plugin,
+                    type(result).__name__,
+                )
+                continue
+            added.update(result)
+        if not added:
+            return event
+        # model_copy does not validate: the check above keeps the headers strings.
+        return event.model_copy(update={"headers": {**event.headers, **added}})
+
+
 def _async(pm: pluggy.PluginManager, hook: str) -> AsyncHook | None:
     impls = _impls(pm, hook, may_await=True)
     return AsyncHook(impls) if impls else None
@@ -172,9 +220,12 @@ class Lifecycle:
         "observes_publish",
         "publish_after",
         "publish_before",
+        "publish_headers",
     )
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
+        impls = _impls(pm, "broker_publish_headers", may_await=False)
+        self.publish_headers = HeadersHook(impls) if impls else None
         self.publish_before = _async(pm, "broker_publish_before")
         self.publish_after = _async(pm, "broker_publish_after")
         self.consumer_started = _async(pm, "broker_consumer_started")

@@ -349,6 +349,116 @@ async def test_publish_and_publish_many_are_reported_per_topic_call(make: Any) -
         assert [c[0] for c in many if c[1] == topic] == ["publish_before", "publish_after"]
 
 
+class Stamps:
+    """A plugin that adds a header naming the topic, key and event to every event published."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    @hookimpl
+    def broker_publish_headers(self, topic: str, event: Event, key: str | None) -> dict[str, str]:
+        self.seen.append((topic, event.id, key))
+        return {"stamp": f"{topic}/{event.id}", "origin": "stamps"}
+
+
+class Keyed(Event):
+    topic: ClassVar[str] = "jobs"
+    key_field: ClassVar[str | None] = "account"
+    account: str
+
+
+async def test_headers_a_plugin_adds_travel_with_the_published_events(make: Any) -> None:
+    stamps, recorder = Stamps(), Recorder()
+    publisher = await make(stamps, recorder, group=None)
+    consumer = await make()
+    received: list[dict[str, str]] = []
+
+    @consumer.on("jobs")
+    @consumer.on("chores")
+    async def handle(event: Event) -> None:
+        received.append(event.headers)
+
+    await consumer.subscribe("jobs", "chores")
+    job = Job(n=1, headers={"origin": "caller", "mine": "kept"})
+    keyed, chore = Keyed(account="a-1"), Chore()
+    await publisher.publish(job)
+    await publisher.publish_many([keyed, chore])
+    assert job.headers == {"origin": "caller", "mine": "kept"}  # the caller's is unchanged
+    assert stamps.seen == [
+        ("jobs", job.id, None),
+        ("jobs", keyed.id, "a-1"),
+        ("chores", chore.id, None),
+    ]
+    for _ in range(3):
+        assert await consumer.pick()
+    assert sorted(received, key=lambda h: h["stamp"]) == sorted(
+        [
+            # The plugin's header replaces the event's own of the same name.
+            {"origin": "stamps", "mine": "kept", "stamp": f"jobs/{job.id}"},
+            {"origin": "stamps", "stamp": f"jobs/{keyed.id}"},
+            {"origin": "stamps", "stamp": f"chores/{chore.id}"},
+        ],
+        key=lambda h: h["stamp"],
+    )
+    # The publish hooks see the events as they were sent.
+    told = [e for call in recorder.named("publish_before") for e in call[2]]
+    assert sorted(told) == sorted([job.id, keyed.id, chore.id])
+
+
+class Headers:
+    """A plugin returning ``headers`` from broker_publish_headers, which may be wrong."""
+
+    def __init__(self, headers: Any) -> None:
+        self.headers = headers
+
+    @hookimpl
+    def broker_publish_headers(self) -> Any:
+        if isinstance(self.headers, Exception):
+            raise self.headers
+        return self.headers
+
+
+@pytest.mark.parametrize(
+    ("bad", "complaint"),
+    [
+        (RuntimeError("headers"), "broker_publish_headers of plugin"),
+        ({"n": 1}, "returned dict, not a mapping of strings to strings"),
+        (["a", "b"], "returned list, not a mapping of strings to strings"),
+    ],
+)
+async def test_a_raising_or_wrong_headers_hook_is_dropped_loudly(
+    make: Any, caplog: pytest.LogCaptureFixture, bad: Any, complaint: str
+) -> None:
+    caplog.set_level(logging.ERROR, logger="broker.hooks")
+    # Registered last, the bad plugin is called first: the good one's header still goes.
+    broker = await make(Headers({"good": "yes"}), Headers(bad))
+    received: list[dict[str, str]] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        received.append(event.headers)
+
+    await broker.subscribe("jobs")
+    assert await broker.publish(Job(n=1)) == 1
+    assert await broker.pick()
+    assert received == [{"good": "yes"}]
+    assert complaint in caplog.text
+
+
+async def test_a_headers_hook_returning_none_adds_nothing(make: Any) -> None:
+    broker = await make(Headers(None))
+    received: list[dict[str, str]] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        received.append(event.headers)
+
+    await broker.subscribe("jobs")
+    await broker.publish(Job(n=1, headers={"mine": "kept"}))
+    assert await broker.pick()
+    assert received == [{"mine": "kept"}]
+
+
 class PublishFails:
     """A transport whose publish fails as an outage would."""
 
@@ -553,6 +663,12 @@ class AsyncSettled:
         pass
 
 
+class AsyncHeaders:
+    @hookimpl
+    async def broker_publish_headers(self) -> None:
+        pass
+
+
 class WrapsFinished:
     @hookimpl(wrapper=True)
     def broker_handler_finished(self) -> Any:
@@ -563,6 +679,7 @@ class WrapsFinished:
     ("plugin", "complaint"),
     [
         (AsyncSettled(), "implements broker_delivery_settled as a coroutine function"),
+        (AsyncHeaders(), "implements broker_publish_headers as a coroutine function"),
         (WrapsFinished(), "implements the lifecycle hook broker_handler_finished as a wrapper"),
     ],
 )
