@@ -163,22 +163,36 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
 
     def start(self) -> None:
-        """Start the server and return once it answers PING."""
+        """Start the server and return once it answers PING.
+
+        The first start moves to another free port if the one chosen was taken meanwhile
+        (by another test session, say): the answer must come from this very process,
+        or two sessions would share, and flush, one server. A restart keeps its port.
+        """
         if self.process is not None and self.process.poll() is None:
             return
-        self.process = subprocess.Popen(self._command(), cwd=self.directory)
+        first = self.process is None
+        for _ in range(3 if first else 1):
+            if self._start_once():
+                return
+            self.port = free_port()
+        log = self.log.read_text() if self.log.exists() else ""
+        raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
+
+    def _start_once(self) -> bool:
+        """Start the process; True once it answers PING itself, False if it died."""
+        process = self.process = subprocess.Popen(self._command(), cwd=self.directory)
         deadline = time.monotonic() + START_TIMEOUT
         with self.admin() as client:
             while True:
                 try:
-                    if client.ping():
-                        return
+                    if client.ping() and client.info("server")["process_id"] == process.pid:
+                        return True
                 except redis.RedisError:
                     pass
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is not None or time.monotonic() > deadline:
                     self.kill()
-                    log = self.log.read_text() if self.log.exists() else ""
-                    raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
+                    return False
                 time.sleep(0.02)
 
     def _signal_and_reap(self, sig: int) -> None:

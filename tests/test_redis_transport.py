@@ -771,3 +771,19 @@ def test_servers_older_than_6_2_are_recognised(version: str, supported: bool) ->
     from broker_redis.transport import MIN_REDIS_VERSION, _version_tuple
 
     assert (_version_tuple(version) >= MIN_REDIS_VERSION) is supported
+
+
+def test_a_test_server_never_answers_for_another_on_a_taken_port(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Two test sessions at once may pick the same free port: the second server must
+    # not take the first one's answers for its own (it would share, and flush, its data).
+    late = RedisServer(tmp_path / "late")
+    late.port = redis_server.port
+    late.start()
+    try:
+        assert late.port != redis_server.port
+        with late.admin() as client:
+            assert client.info("server")["process_id"] == late.process.pid  # type: ignore[union-attr]
+    finally:
+        late.stop()
