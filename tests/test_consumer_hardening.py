@@ -37,6 +37,16 @@ async def _settled(broker: Broker, seconds: float = 5) -> None:
             await asyncio.sleep(0.02)
 
 
+async def _running_one(broker: Broker, started: asyncio.Event) -> asyncio.Task[None]:
+    """Publish one job and run ``broker`` until its handler has ``started``."""
+    await broker.subscribe("jobs")
+    await broker.publish(Job(n=1))
+    run = asyncio.create_task(broker.run())
+    async with asyncio.timeout(5):
+        await started.wait()
+    return run
+
+
 async def test_asking_for_a_shorter_lease_opens_no_fencing_gap(broker_url: str) -> None:
     worker = Broker.from_url(broker_url, group="g", lease=30, retry=NO_WAIT)
     thief = Broker.from_url(broker_url, group="g", lease=30, retry=NO_WAIT)
@@ -155,11 +165,7 @@ async def test_giving_back_is_bounded_when_the_store_hangs(
         await asyncio.sleep(30)
 
     async with broker:
-        await broker.subscribe("jobs")
-        await broker.publish(Job(n=1))
-        run = asyncio.create_task(broker.run())
-        async with asyncio.timeout(5):
-            await started.wait()
+        run = await _running_one(broker, started)
         broker.stop()
         await asyncio.wait_for(run, 2)
 
@@ -174,11 +180,7 @@ async def test_abort_cuts_the_shutdown_grace_short() -> None:
         await asyncio.sleep(3600)
 
     async with broker:
-        await broker.subscribe("jobs")
-        await broker.publish(Job(n=1))
-        run = asyncio.create_task(broker.run())
-        async with asyncio.timeout(5):
-            await started.wait()
+        run = await _running_one(broker, started)
         broker.stop()
         await asyncio.sleep(0.1)  # inside the grace
         broker.abort()

@@ -40,11 +40,14 @@ call_chunked('HDEL', tokens, done, 1, #done)
 call_chunked('HDEL', attempts, done, 1, #done)
 call_chunked('HDEL', errors, done, 1, #done)
 call_chunked('SREM', suspects, done, 1, #done)
--- In an ordered group, each acked event's key lets its next event out.
-local keys_of = get_chunked('HMGET', eventkeys, done)
-for i, id in ipairs(done) do
-  if keys_of[i] then
-    pass_key(ready, lanes, heads, marker, keys_of[i], id)
+-- In an ordered group, each acked event's key lets its next event out. Only ordered
+-- groups have heads: any other group pays one EXISTS, not a lookup per event.
+if #done > 0 and redis.call('EXISTS', heads) == 1 then
+  local keys_of = get_chunked('HMGET', eventkeys, done)
+  for i, id in ipairs(done) do
+    if keys_of[i] then
+      pass_key(ready, lanes, heads, marker, keys_of[i], id)
+    end
   end
 end
 drop_refs(msg, refs, eventkeys, done)
