@@ -353,12 +353,22 @@ class RedisTransport:
                     f"event {event_id!r} is {len(body)} bytes; this Redis transport accepts "
                     f"at most {self._max_body_bytes} (option max_body_bytes)"
                 )
-            key = None if keys is None else keys[i]
-            args += (event_id, body, "" if key is None else validate_key(key))
+            if keys is None:
+                args += (event_id, body)
+            else:
+                key = keys[i]
+                args += (event_id, body, "" if key is None else validate_key(key))
         groups = self._groups.get(topic, ())
         for _ in range(_PUBLISH_ROUNDS):
             call = load_script("publish").call(
-                [self._now_arg(), repr(dedup_window), len(groups), *groups, *args],
+                [
+                    self._now_arg(),
+                    repr(dedup_window),
+                    len(groups),
+                    *groups,
+                    2 if keys is None else 3,
+                    *args,
+                ],
                 topic=topic_keys,
                 groups=[self._keys.group(topic, group) for group in groups],
             )

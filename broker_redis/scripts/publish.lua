@@ -16,7 +16,8 @@ the script answers with the real set so that the client can retry.
 KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq
       then per group g = 1..n: 4+4g ready  5+4g marker  6+4g lanes  7+4g heads
 ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
-      4..n+3 the group names, then triples: event id, body, ordering key ('' = none)
+      4..n+3 the group names, n+4 how many values per event (2, or 3 with keys),
+      then per event: event id, body[, ordering key ('' = none)]
 Returns: the number of copies enqueued (integer: events not skipped times n) once
          published, or the subscribed group names (array) when they differ from the
          ones passed.
@@ -41,28 +42,35 @@ if n == 0 then
   return 0
 end
 
-local now = now_from(ARGV[1])
+local stride, first_event = tonumber(ARGV[n + 4]), n + 5
 local ids = {}
-for i = n + 4, #ARGV, 3 do
+for i = first_event, #ARGV, stride do
   ids[#ids + 1] = ARGV[i]
 end
-local ended = redis.call('ZRANGE', dedup, '-inf', num(now), 'BYSCORE', 'LIMIT', 0, 2 * #ids + 16)
-call_chunked('ZREM', dedup, ended, 1, #ended)
-local windows = get_chunked('ZMSCORE', dedup, ids)
+-- Publishers without a window, on a topic without records, skip the dedup work.
+local recording = redis.call('EXISTS', dedup) == 1
+local now = (window > 0 or recording) and now_from(ARGV[1])
+local windows = {}
+if recording then
+  local ended = redis.call('ZRANGE', dedup, '-inf', num(now), 'BYSCORE', 'LIMIT', 0, 2 * #ids + 16)
+  call_chunked('ZREM', dedup, ended, 1, #ended)
+  windows = get_chunked('ZMSCORE', dedup, ids)
+end
 
 -- Every event of the call shares the end of its window.
 local ends = window > 0 and num(now + window)
 local fresh, fresh_keys, recorded = {}, {}, {}
 for i, id in ipairs(ids) do
   local open = windows[i] and tonumber(windows[i]) > now
-  local at = n + 1 + 3 * i
+  local at = first_event + stride * (i - 1)
+  local key = stride == 3 and ARGV[at + 2] or ''
   if not open and redis.call('HSETNX', msg, id, ARGV[at + 1]) == 1 then
     redis.call('HSET', refs, id, n)
-    if ARGV[at + 2] ~= '' then
-      redis.call('HSET', eventkeys, id, ARGV[at + 2])
+    if key ~= '' then
+      redis.call('HSET', eventkeys, id, key)
     end
     fresh[#fresh + 1] = id
-    fresh_keys[#fresh] = ARGV[at + 2]
+    fresh_keys[#fresh] = key
     if ends then
       recorded[#recorded + 1] = ends
       recorded[#recorded + 1] = id
