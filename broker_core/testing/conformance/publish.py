@@ -244,3 +244,17 @@ class PublishConformance(ConformanceBase):
             await tr.publish(T, [("e1", b"x")], dedup_window=-1)
         assert _counts(await tr.stats(T, G)) == (0, 0, 0, 0)
         assert await tr.publish(T, [("e1", b"x"), ("e2", b"y")], keys=["k", "k"]) == 2
+
+    # -- the transport's own body limit ------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_the_body_limit_it_declares_is_the_one_it_keeps(self, harness: Harness) -> None:
+        # The Broker refuses larger events before publishing, trusting this figure.
+        tr = harness.transport
+        limit = tr.max_body_bytes
+        assert limit is None or (isinstance(limit, int) and limit > 0)
+        if limit is not None:
+            await tr.subscribe(T, G)
+            assert await tr.publish(T, [("e1", b"x" * limit)]) == 1
+            [m] = await harness.claim(G, T)
+            assert len(m.body) == limit
