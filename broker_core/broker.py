@@ -466,9 +466,17 @@ class Broker:
         topics = [validate_topic(topic)] if topic is not None else await self.transport.topics()
         return [await self.transport.topic_stats(name) for name in topics]
 
-    async def rewind(self, topic: str, *, to: Start = "earliest", group: str | None = None) -> int:
+    async def rewind(
+        self,
+        topic: str,
+        *,
+        to: Start = "earliest",
+        group: str | None = None,
+        dry_run: bool = False,
+    ) -> int:
         """Deliver ``topic``'s retained events from ``to`` on to this broker's group (or
-        ``group``) again, oldest first; returns how many.
+        ``group``) again, oldest first; returns how many (with ``dry_run``: how many it
+        would deliver now, changing nothing).
 
         This is how a service rebuilds a projection. The events join the back of the
         group's queue as fresh deliveries; events the group still holds are left out
@@ -480,7 +488,7 @@ class Broker:
         if history is None:
             raise ValueError('rewind needs to="earliest" or a datetime; "latest" rewinds nothing')
         return await self.transport.rewind(
-            validate_topic(topic), self._require_group(group), history=history
+            validate_topic(topic), self._require_group(group), history=history, dry_run=dry_run
         )
 
     async def dead_letters(

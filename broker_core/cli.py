@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker_core.broker import Broker
+from broker_core.broker import Broker, Start
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
 from broker_core.plugins import installed_transports, plugin_manager
@@ -316,6 +317,87 @@ def stats(
         console.print(table)
 
     _run(collect)
+
+
+@app.command()
+def topics(url: StoreUrl = None) -> None:
+    """Topics with their retention, the history they retain, and their groups."""
+    store = _shared_store(url, "topics")
+
+    async def collect() -> None:
+        async with Broker.from_url(store) as broker:
+            rows = [(s, await broker.transport.groups(s.topic)) for s in await broker.topic_stats()]
+        table = Table(title=f"topics on {redact(store)}")
+        for column in ("topic", "max age", "max events", "retained", "oldest", "groups"):
+            table.add_column(column, justify="right" if column == "retained" else "left")
+        now = datetime.now(UTC)
+        for row, groups in rows:
+            oldest = (
+                "" if row.oldest_age is None else _when(now - timedelta(seconds=row.oldest_age))
+            )
+            table.add_row(
+                row.topic,
+                "" if row.max_age is None else str(timedelta(seconds=row.max_age)),
+                "" if row.max_events is None else f"{row.max_events:,}",
+                f"{row.retained:,}" if row.retains else "no retention",
+                oldest,
+                ", ".join(groups),
+            )
+        console.print(table)
+
+    _run(collect)
+
+
+def _when(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def _start(value: str) -> Start:
+    """``earliest`` or an ISO 8601 time (UTC when it names no zone)."""
+    if value == "earliest":
+        return "earliest"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither 'earliest' nor an ISO time such as 2026-12-01T09:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def rewind(
+    topic: TopicArg,
+    group: GroupArg,
+    to: Annotated[
+        str, typer.Option("--to", help="'earliest', or an ISO time (UTC unless it says).")
+    ],
+    url: StoreUrl = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do it; without, only say what it would do.")
+    ] = False,
+) -> None:
+    """Deliver a topic's retained events from --to on to a group again (to rebuild a projection)."""
+    store = _shared_store(url, "rewind")
+    start = _start(to)
+    since = _when(start) if isinstance(start, datetime) else "the earliest retained event"
+
+    async def act() -> int:
+        async with Broker.from_url(store, group=group) as broker:
+            return await broker.rewind(topic, to=start, dry_run=not yes)
+
+    try:
+        count = _run(act)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if yes:
+        console.print(f"rewound {topic}/{group}: {count} events from {since} delivered again")
+    else:
+        console.print(
+            f"would deliver {count} events of {topic} from {since} to {group} again "
+            "(events the group still holds are left out); nothing changed: pass --yes to rewind"
+        )
 
 
 @app.command()

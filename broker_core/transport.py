@@ -209,13 +209,15 @@ class Transport(Protocol):
         """``topic``'s retention, how many events it retains and how old the oldest is."""
         ...
 
-    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+    async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """Deliver the retained events published at most ``history`` seconds ago (``math.inf``:
         all of them) to ``group`` again, oldest first, as fresh deliveries at the back of
         its queue; returns how many.
 
         An event the group still holds (READY, LEASED, DELAYED or DEAD) is skipped: it
-        is delivered anyway. Raises ValueError if ``group`` does not subscribe ``topic``.
+        is delivered anyway. With ``dry_run`` nothing changes and the count is of what
+        would be delivered now. Raises ValueError if ``group`` does not subscribe
+        ``topic``.
         """
         ...
 

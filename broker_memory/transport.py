@@ -391,7 +391,7 @@ class MemoryStore:
             oldest = now - log[0].published_at if log else None
             return TopicStats(topic, t.max_age, t.max_events, len(log), oldest)
 
-    def rewind(self, topic: str, group: str, *, history: float) -> int:
+    def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """See :meth:`broker_core.transport.Transport.rewind`."""
         validate_topic(topic)
         validate_group(group)
@@ -401,19 +401,27 @@ class MemoryStore:
             q = t.groups.get(group) if t else None
             if t is None or q is None:
                 raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
+            if dry_run:
+                return len(self._history_for(t, q, history))
             count = self._deliver_history(t, q, history)
             if count:
                 self._notify(group, topic, work=True)
             return count
 
-    def _deliver_history(self, t: _Topic, q: _Queue, history: float) -> int:
-        """Copy the retained events at most ``history`` s old that ``q`` does not hold
-        to the back of ``q``, oldest first; returns how many (the caller holds the lock)."""
+    def _history_for(self, t: _Topic, q: _Queue, history: float) -> list[_Entry]:
+        """The retained entries at most ``history`` s old whose events ``q`` does not hold."""
         now = self.clock.now()
+        return [
+            e
+            for e in t.retained(now)
+            if e.published_at >= now - history and e.event_id not in q.copies
+        ]
+
+    def _deliver_history(self, t: _Topic, q: _Queue, history: float) -> int:
+        """Copy :meth:`_history_for` to the back of ``q``, oldest first; returns how many
+        (the caller holds the lock)."""
         count = 0
-        for e in t.retained(now):
-            if e.published_at < now - history or e.event_id in q.copies:
-                continue
+        for e in self._history_for(t, q, history):
             c = _Copy(e.event_id, e.body, e.key)
             q.copies[e.event_id] = c
             q.enqueue(c)
@@ -905,9 +913,9 @@ class MemoryTransport:
         """See :meth:`broker_core.transport.Transport.topic_stats`."""
         return self.store.topic_stats(topic)
 
-    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+    async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """See :meth:`broker_core.transport.Transport.rewind`."""
-        return self.store.rewind(topic, group, history=history)
+        return self.store.rewind(topic, group, history=history, dry_run=dry_run)
 
     async def groups(self, topic: str) -> list[str]:
         """See :meth:`broker_core.transport.Transport.groups`."""

@@ -379,11 +379,13 @@ class RedisTransport:
             float(age) if age else None,
         )
 
-    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+    async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """Copy the retained events again into ``group``, in bounded steps; how many."""
         topic, group = validate_topic(topic), validate_group(group)
         validate_history(history)
         wanted = "inf" if math.isinf(history) else repr(history)
+        if dry_run:
+            return await self._count_history(topic, group, wanted)
         call = load_script("rewind").call(
             [group, wanted, self._now_arg(), _TRIM_STEP], topic=self._keys.topic(topic)
         )
@@ -399,6 +401,24 @@ class RedisTransport:
         topics() leaves out, rather than a subscription topics() does not list.
         """
         await self._guard("subscribe", self._client().sadd(self._keys.topics, topic))
+
+    async def _count_history(self, topic: str, group: str, history: str) -> int:
+        """What a rewind would deliver now, read in bounded steps; nothing changes."""
+        t, g = self._keys.topic(topic), self._keys.group(topic, group)
+        now = self._now_arg()
+        cursor: Arg = ""
+        count = 0
+        while True:
+            call = load_script("count_history").call(
+                [group, history, cursor, _COPY_STEP, now], topic=t, group=g
+            )
+            [reply] = await self._run("rewind", [call])
+            if reply == -1:
+                raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
+            cursor, part = reply
+            count += int(part)
+            if not cursor:
+                return count
 
     async def groups(self, topic: str) -> list[str]:
         """The groups subscribed to ``topic``, sorted."""

@@ -186,6 +186,7 @@ EMPTY_REPLIES: dict[str, Any] = {
     "subscribe": [2, 0],
     "copy_history": [1, 0],
     "rewind": 2,
+    "count_history": [b"", 0],
     "topic_stats": [b"", b"", 0, b""],
 }
 
@@ -216,6 +217,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.configure_topic(T, max_events=10)
     await tr.topic_stats(T)
     await tr.rewind(T, G, history=60.0)
+    await tr.rewind(T, G, history=60.0, dry_run=True)
     await tr.publish(T, [("e1", b"x")])
     await tr.claim(G, [T], max_count=1, lease=30, max_attempts=3)
     await tr._poll(G, [T])

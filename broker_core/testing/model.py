@@ -222,12 +222,18 @@ class DeliveryModel:
         ]
         return log
 
-    def rewind(self, topic: str, group: str, history: float, now: float) -> int | None:
+    def rewind(
+        self, topic: str, group: str, history: float, now: float, dry_run: bool = False
+    ) -> int | None:
         """The group gets the retained events at most ``history`` s old again, those it
-        holds left out; returns how many, or None if it does not subscribe ``topic``."""
+        holds left out; returns how many, or None if it does not subscribe ``topic``.
+
+        With ``dry_run`` only the count, and nothing changes."""
         g = self.group(topic, group)
         if g is None:
             return None
+        if dry_run:
+            return len(self._history_for(g, topic, history, now))
         return self._deliver_history(g, topic, history, now)
 
     def topic_stats(self, topic: str, now: float) -> tuple[int, float | None]:
@@ -235,14 +241,18 @@ class DeliveryModel:
         log = self.retained(topic, now)
         return len(log), (now - log[0].published_at if log else None)
 
+    def _history_for(self, g: GroupModel, topic: str, history: float, now: float) -> list[LogEntry]:
+        return [
+            e
+            for e in self.retained(topic, now)
+            if e.published_at >= now - history and e.event_id not in g.copies
+        ]
+
     def _deliver_history(self, g: GroupModel, topic: str, history: float, now: float) -> int:
-        count = 0
-        for e in self.retained(topic, now):
-            if e.published_at < now - history or e.event_id in g.copies:
-                continue
+        entries = self._history_for(g, topic, history, now)
+        for e in entries:
             self._enqueue(g, ModelCopy(e.event_id, e.body, e.key, seq=next(self._seq)))
-            count += 1
-        return count
+        return len(entries)
 
     @staticmethod
     def _enqueue(g: GroupModel, c: ModelCopy) -> None:

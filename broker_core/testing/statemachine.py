@@ -207,8 +207,12 @@ class TransportStateMachine(RuleBasedStateMachine):
         those it holds are left out, the others join the back of its queue in order."""
         pairs = self.model.pairs()
         topic, group = pairs[pair % len(pairs)]
+        now = self.clock.now()
+        preview = self.run(self.transport.rewind(topic, group, history=history, dry_run=True))
+        expected = self.model.rewind(topic, group, history, now, dry_run=True)
+        assert preview == expected, f"rewind dry run = {preview}, model says {expected}"
         got = self.run(self.transport.rewind(topic, group, history=history))
-        expected = self.model.rewind(topic, group, history, self.clock.now())
+        expected = self.model.rewind(topic, group, history, now)
         assert got == expected, f"rewind({topic}, {group}, {history}) = {got}, model {expected}"
 
     @rule(
@@ -415,9 +419,33 @@ class TransportStateMachine(RuleBasedStateMachine):
         In an ordered group the retried event still holds its key: the next claim must
         not hand out a later event of that key (invariant 8).
         """
-        # Most telling: a receipt whose key has later events waiting behind it.
-        blocking = [r for r in self.held if self._holds_back_its_key(r)]
-        receipt = blocking[-1 - pick % len(blocking)] if blocking else self._pick(pick, False)
+        self._retry_and_claim(self._pick(pick, False), delay)
+
+    @precondition(lambda self: bool(self._blocking()))
+    @rule(pick=PICK, delay=st.sampled_from(DELAYS[1:]))
+    def retry_at_the_head_of_its_key(self, pick: int, delay: float) -> None:
+        """As fail_and_claim_again, for an event whose key has later events waiting: the
+        case where a retry must hold its key back (invariant 8; bullmq#2774)."""
+        blocking = self._blocking()
+        self._retry_and_claim(blocking[-1 - pick % len(blocking)], delay)
+
+    def _blocking(self) -> list[Receipt]:
+        """Held receipts of live leases whose key has later events waiting behind them."""
+        now = self.clock.now()
+        found = []
+        for r in self.held:
+            c = self.model.live(r, now)
+            g = self.model.group(r.topic, r.group)
+            if (
+                c is not None
+                and g is not None
+                and c.key is not None
+                and any(g.copies[i].key == c.key for i in g.waiting)
+            ):
+                found.append(r)
+        return found
+
+    def _retry_and_claim(self, receipt: Receipt, delay: float) -> None:
         now = self.clock.now()
         got = self.run(self.transport.nack(receipt, delay=delay, error="E: retry"))
         expected = self.model.nack(receipt, now, delay, "E: retry")
@@ -425,11 +453,6 @@ class TransportStateMachine(RuleBasedStateMachine):
         self.held.remove(receipt)
         pairs = self.model.pairs()
         self.claim(pairs.index((receipt.topic, receipt.group)), False, 3, LEASES[1], 4)
-
-    def _holds_back_its_key(self, receipt: Receipt) -> bool:
-        g = self.model.group(receipt.topic, receipt.group)
-        c = g.copies.get(receipt.event_id) if g else None
-        return g is not None and c is not None and any(g.copies[i].key == c.key for i in g.waiting)
 
     @precondition(lambda self: bool(self.held))
     @rule(picks=st.lists(PICK, min_size=1, max_size=3))

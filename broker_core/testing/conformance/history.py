@@ -160,6 +160,8 @@ class HistoryConformance(ConformanceBase):
         [m] = await harness.claim(G, T)
         assert await tr.ack([m.receipt]) == [True]
         [leased] = await harness.claim(G, T)  # e2 LEASED, e3 READY: both held
+        assert await tr.rewind(T, G, history=math.inf, dry_run=True) == 1
+        assert _counts(await tr.stats(T, G)) == (1, 1, 0, 0)  # a dry run changes nothing
         assert await tr.rewind(T, G, history=math.inf) == 1
         assert await harness.claim_ids(G, T) == ["e3", "e1"]
         assert await tr.ack([leased.receipt]) == [True]
@@ -169,8 +171,9 @@ class HistoryConformance(ConformanceBase):
         tr = harness.transport
         await tr.configure_topic(T, max_events=100)
         await harness.publish(T, "e1")
-        with pytest.raises(ValueError, match="subscribe"):
-            await tr.rewind(T, G, history=math.inf)
+        for dry_run in (True, False):
+            with pytest.raises(ValueError, match="subscribe"):
+                await tr.rewind(T, G, history=math.inf, dry_run=dry_run)
         assert await tr.groups(T) == []
 
     @pytest.mark.asyncio

@@ -77,6 +77,9 @@ local function trim_log(t, rt, now, budget)
     for _, id in ipairs(ids) do
       drop_ref(t.msg, t.refs, t.eventkeys, id)
     end
+    if #gone > 0 and redis.call('XLEN', t.log) == 0 then
+      redis.call('DEL', t.log)  -- an empty stream stays a key; last_ms keeps its clock
+    end
     if #gone < #batch or #batch < math.min(budget, CHUNK) then
       return true
     end
