@@ -22,7 +22,10 @@ from rich.table import Table
 from broker_core.broker import Broker
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
+from broker_core.names import validate_topic
 from broker_core.plugins import installed_transports, plugin_manager
+from broker_core.tail import tail as run_tail
+from broker_core.tail import tail_group
 from broker_core.urls import redact
 
 if TYPE_CHECKING:
@@ -372,6 +375,87 @@ def purge(
 ) -> None:
     """Delete dead events for good."""
     _on_dead(url, topic, group, event_id, "purge")
+
+
+@app.command()
+def unsubscribe(
+    topic: TopicArg,
+    group: GroupArg,
+    url: StoreUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a group's subscription and every event it holds there, dead ones included.
+
+    For a decommissioned service, or a tail killed before it could clean up. Other groups
+    keep their events. A consumer of the group still running would subscribe it again.
+    """
+    store = _shared_store(url, "unsubscribe")
+    if not yes:
+        typer.confirm(
+            f"Remove group {group!r} from topic {topic!r}, with every event it holds there?",
+            abort=True,
+        )
+
+    async def act() -> bool:
+        async with Broker.from_url(store, group=group) as broker:
+            return await broker.unsubscribe(topic)
+
+    if _run(act):
+        console.print(f"unsubscribed {group} from {topic}")
+    else:
+        console.print(f"{group} was not subscribed to {topic}: nothing to do")
+
+
+@app.command()
+def tail(
+    topic: TopicArg,
+    url: StoreUrl = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            help="Show what this group receives: refused unless it is subscribed to the "
+            "topic (its queue is never read or changed).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print the events published to a topic from now on, one line each, until Ctrl-C.
+
+    The tail reads through a group of its own, which it removes when it stops, so it
+    disturbs no group and leaves nothing behind (docs/operations.md, "broker tail").
+    """
+    store = _shared_store(url, "tail")
+    own = tail_group()
+
+    def out(line: str) -> None:
+        # print, not rich: no markup in payloads is interpreted, and each line is flushed
+        # at once for a pipe.
+        print(line, flush=True)
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with Broker.from_url(store) as broker:
+            if group is not None and group not in await broker.transport.groups(
+                validate_topic(topic)
+            ):
+                console.print(f"[red]error:[/red] group {group!r} is not subscribed to {topic!r}")
+                raise typer.Exit(2)
+            # Every group of a topic receives every event published after it subscribed,
+            # so the tail's own group sees what `group` receives from now on.
+            shown = f" (what {group} receives)" if group is not None else ""
+            console.print(
+                f"tailing {topic}{shown} on {redact(store)} as group {own}; Ctrl-C stops",
+                soft_wrap=True,
+            )
+            sys.stdout.flush()
+            await run_tail(broker.transport, topic, own, out, stop)
+        console.print(f"stopped; group {own} removed")
+
+    _run(follow)
 
 
 def main() -> None:

@@ -393,6 +393,32 @@ async def test_two_prefixes_on_one_server_are_isolated(make: MakeTransport) -> N
     assert (await b.stats(T, G)).leased == 1
 
 
+async def test_unsubscribe_leaves_no_key_of_the_group(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix)
+    await tr.subscribe(T, G2)
+    before = keys_of(redis_server, prefix)
+    await tr.subscribe(T, G, ordered=True)
+    events = [(f"e{i}", b"x") for i in range(6)]
+    await tr.publish(T, events, keys=["k", "k", "j", None, None, None])
+    claimed = await tr.claim(G, [T], max_count=4, lease=30, max_attempts=3)
+    assert await tr.nack(claimed[1].receipt, delay=60)
+    assert await tr.kill(claimed[2].receipt, reason="handler", error="E: x")
+    assert any(b":g:billing:" in key for key in keys_of(redis_server, prefix))
+    assert await tr.unsubscribe(T, G)
+    assert not any(b":g:billing:" in key for key in keys_of(redis_server, prefix))
+    with redis_server.admin() as client:
+        assert client.smembers(f"{prefix}:{{{T}}}:groups") == {G2.encode()}
+        refs = client.hgetall(f"{prefix}:{{{T}}}:refs")
+    assert refs == {f"e{i}".encode(): b"1" for i in range(6)}
+    shipped = await tr.claim(G2, [T], max_count=10, lease=30, max_attempts=3)
+    assert await tr.ack([m.receipt for m in shipped]) == [True] * 6
+    # The seq counter of ordered keys and the registry entry are all that stay.
+    assert keys_of(redis_server, prefix) - before == {f"{prefix}:{{{T}}}:seq".encode()}
+
+
 async def test_body_stored_once_and_memory_returns_to_baseline(
     redis_factory: RedisFactory,
 ) -> None:

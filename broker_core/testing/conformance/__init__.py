@@ -31,6 +31,7 @@ from broker_core.testing.conformance.progress import ProgressConformance
 from broker_core.testing.conformance.publish import PublishConformance
 from broker_core.testing.conformance.release import ReleaseConformance
 from broker_core.testing.conformance.state_machine import StateMachineConformance
+from broker_core.testing.conformance.unsubscribe import UnsubscribeConformance
 
 __all__ = [
     "BAD_NAMES",
@@ -49,6 +50,7 @@ __all__ = [
     "ReleaseConformance",
     "StateMachineConformance",
     "TransportConformance",
+    "UnsubscribeConformance",
 ]
 
 
@@ -56,6 +58,7 @@ __all__ = [
 # order of the delivery state machine, from the whole-machine test to name checks.
 class TransportConformance(
     NameConformance,
+    UnsubscribeConformance,
     ProgressConformance,
     DeadLetterConformance,
     OrderingConformance,
