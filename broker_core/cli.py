@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -456,6 +457,69 @@ def tail(
         console.print(f"stopped; group {own} removed")
 
     _run(follow)
+
+
+@app.command()
+def dashboard(
+    url: StoreUrl = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; keep the default unless behind a proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    allow_writes: Annotated[
+        bool,
+        typer.Option("--allow-writes", help="Allow replaying and purging dead letters."),
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BROKER_DASHBOARD_TOKEN",
+            help="The token writes need (default: a random one, printed at start).",
+            show_default=False,
+        ),
+    ] = None,
+    refresh: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between two readings of the counts.")
+    ] = 1.0,
+) -> None:
+    """Serve a live web dashboard of the store: counts, rates, dead letters.
+
+    Read-only unless started with --allow-writes; writes then need the token
+    (docs/operations.md, "Dashboard").
+    """
+    store = _shared_store(url, "dashboard")
+    try:
+        from broker_dashboard import WritePolicy, serve
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in ("starlette", "jinja2", "uvicorn"):
+            raise
+        console.print(
+            f"[red]error:[/red] the dashboard needs {missing}, which is not installed: "
+            "pip install 'embedded-event-broker\\[dashboard]'",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from exc
+
+    async def reachable() -> None:
+        async with Broker.from_url(store):
+            pass
+
+    # A store that cannot be reached is an error now, not a failed start inside uvicorn.
+    _run(reachable)
+    if allow_writes and not token:
+        token = secrets.token_urlsafe(18)
+        console.print(f"write token (to confirm a replay or purge): {token}", soft_wrap=True)
+    elif token and not allow_writes:
+        console.print("read-only (no --allow-writes): the token is not used")
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"dashboard of {redact(store)} at http://{shown}:{port}/ "
+        f"({'writes allowed with the token' if allow_writes else 'read-only'})",
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    serve(store, host=host, port=port, policy=WritePolicy(allow_writes, token), refresh=refresh)
 
 
 def main() -> None:
