@@ -125,6 +125,14 @@ class _Dashboard:
         self.policy = config.policy
         self.sampler = Sampler(broker.stats, config.refresh)
         self.env = _templates()
+        # Set when the server stops: event streams end then, instead of holding it up.
+        self.closing = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def close_streams(self) -> None:
+        """End every event stream; safe to call from a signal handler or another thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.closing.set)
 
     # -- rendering -------------------------------------------------------------------
 
@@ -160,19 +168,33 @@ class _Dashboard:
 
     # -- pages -----------------------------------------------------------------------
 
+    async def favicon(self, request: Request) -> Response:
+        return Response(status_code=204)
+
     async def overview(self, request: Request) -> Response:
         return self.page(request, "overview.html", sample=self.sampler.latest)
 
     async def events(self, request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
             async with self.sampler.subscribe() as queue:
-                while True:
-                    try:
-                        sample = await asyncio.wait_for(queue.get(), _KEEPALIVE)
-                    except TimeoutError:
-                        yield ": keepalive\n\n"
-                        continue
-                    yield self.sse(sample)
+                closing = asyncio.ensure_future(self.closing.wait())
+                try:
+                    while not self.closing.is_set():
+                        sample = asyncio.ensure_future(queue.get())
+                        await asyncio.wait(
+                            {sample, closing},
+                            timeout=_KEEPALIVE,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        if sample.done():
+                            yield self.sse(sample.result())
+                        elif not closing.done():
+                            sample.cancel()
+                            yield ": keepalive\n\n"
+                        else:
+                            sample.cancel()
+                finally:
+                    closing.cancel()
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
@@ -321,6 +343,7 @@ class _Dashboard:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         await self.broker.connect()
         task = asyncio.create_task(self.sampler.run(), name="dashboard-sampler")
         try:
@@ -420,6 +443,7 @@ def create_app(broker: Broker, config: DashboardConfig) -> Starlette:
         routes=[
             Route("/", dashboard.overview),
             Route("/events", dashboard.events),
+            Route("/favicon.ico", dashboard.favicon),
             Route(group, dashboard.group),
             Route(f"{group}/confirm", dashboard.confirm),
             Route(f"{group}/dead/{{event_id:path}}", dashboard.letter),
@@ -435,5 +459,5 @@ def create_app(broker: Broker, config: DashboardConfig) -> Starlette:
         exception_handlers={BrokerError: store_error},
         lifespan=dashboard.lifespan,
     )
-    app.state.dashboard = dashboard
+    app.state.close_streams = dashboard.close_streams
     return app
