@@ -328,13 +328,14 @@ def dead(
     group: GroupArg,
     url: StoreUrl = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many of the oldest.")] = 0,
 ) -> None:
-    """List dead events of a topic and group, with why they died."""
+    """List dead events of a topic and group, oldest death first, with why they died."""
     store = _shared_store(url, "dead")
 
     async def collect() -> None:
         async with Broker.from_url(store, group=group) as broker:
-            letters = await broker.dead_letters(topic, limit=limit)
+            letters = await broker.dead_letters(topic, limit=limit, offset=offset)
         table = Table(title=f"dead letters of {topic}/{group}")
         for column in ("event id", "reason", "attempts", "last error"):
             table.add_column(column)

@@ -50,6 +50,9 @@ log = logging.getLogger("broker.dashboard")
 
 _ACTIONS = {"replay": "replayed", "purge": "purged"}
 _MAX_SELECTED = 1000
+# Room for a selection of _MAX_SELECTED event ids many times over; a larger body is no form
+# of these pages.
+_MAX_FORM_BYTES = 1_000_000
 _KEEPALIVE = 15.0
 
 
@@ -292,6 +295,8 @@ class _Dashboard:
             return self.problem(request, 404, "no such page")
         topic, group = names
         form = await _form(request)
+        if form is None:
+            return self.problem(request, 413, "the form is too large; nothing was changed")
         origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
         refusal = self.policy.check(
             request.headers,
@@ -345,7 +350,11 @@ class _Dashboard:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
         await self.broker.connect()
-        task = asyncio.create_task(self.sampler.run(), name="dashboard-sampler")
+        # The first pages then show counts, not "no reading yet".
+        await self.sampler.sample_once()
+        task = asyncio.create_task(
+            self.sampler.run(first_after=self.sampler.interval), name="dashboard-sampler"
+        )
         try:
             yield
         finally:
@@ -417,9 +426,13 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
-async def _form(request: Request) -> dict[str, list[str]]:
-    """The URL-encoded form of a POST (the only kind the pages send)."""
-    body = await request.body()
+async def _form(request: Request) -> dict[str, list[str]] | None:
+    """The URL-encoded form of a POST (the only kind the pages send); None if too large."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            return None
     try:
         return parse_qs(body.decode("utf-8"), keep_blank_values=True)
     except UnicodeDecodeError:

@@ -117,8 +117,9 @@ class Sampler:
             taken_at=time.time(), rows=tuple(rows), by_name={row.name: row for row in rows}
         )
 
-    async def run(self) -> None:
-        """Sample until cancelled, one reading per interval."""
+    async def run(self, *, first_after: float = 0.0) -> None:
+        """Sample until cancelled, one reading per interval, the first after ``first_after`` s."""
+        await asyncio.sleep(first_after)
         while True:
             started = time.monotonic()
             await self.sample_once()

@@ -21,8 +21,11 @@ from typer.testing import CliRunner
 
 from broker_core import Broker
 from broker_core.cli import app as cli
+from broker_core.errors import TransportError
+from broker_core.transport import QueueStats
 from broker_dashboard import DashboardConfig, WritePolicy, allowed_hosts, create_app
 from broker_dashboard.deadletters import GROUPING_WINDOW
+from broker_dashboard.sampler import Sampler
 from broker_memory import MemoryTransport, forget_store, named_store
 
 TOKEN = "s3cret-token"
@@ -257,6 +260,44 @@ def test_a_selection_is_replayed_or_purged_alone(writable: Setup) -> None:
         f"{GROUP_PAGE}/purge", [("scope", "ids"), ("csrf", csrf), ("token", TOKEN)]
     )
     assert nothing.status == 400 and writable.dead == 3
+
+
+def test_an_oversized_form_is_refused(writable: Setup) -> None:
+    csrf, fields = _confirm(writable, "action=purge&scope=all")
+    padding = ("pad", "x" * 1_100_000)
+    reply = writable.client.post(
+        f"{GROUP_PAGE}/purge", [*fields, ("csrf", csrf), ("token", TOKEN), padding]
+    )
+    assert reply.status == 413 and writable.dead == 5
+
+
+@pytest.mark.asyncio
+async def test_a_failed_reading_keeps_the_last_counts_and_says_why() -> None:
+    readings: list[list[QueueStats] | Exception] = [
+        [QueueStats("orders", "billing", 5, 0, 0, 1)],
+        TransportError("connection refused"),
+        [QueueStats("orders", "billing", 1, 0, 0, 3)],
+    ]
+
+    async def read() -> list[QueueStats]:
+        reading = readings.pop(0)
+        if isinstance(reading, Exception):
+            raise reading
+        return reading
+
+    sampler = Sampler(read, interval=0.1)
+    async with sampler.subscribe() as queue:
+        assert (await queue.get()).error == "no reading yet"
+        first = await sampler.sample_once()
+        assert first.row("orders", "billing") is not None and first.error is None
+        failed = await sampler.sample_once()
+        assert failed.error == "connection refused" and failed.rows == first.rows
+        assert (await queue.get()) is failed  # a slow browser gets the newest only
+        third = await sampler.sample_once()
+    row = third.row("orders", "billing")
+    assert row is not None and row.dead_rate is not None and row.lag_rate is not None
+    assert row.dead_rate > 0 > row.lag_rate
+    assert sampler.subscribers == 0
 
 
 # -- the command -----------------------------------------------------------------------
