@@ -166,6 +166,17 @@ class DeliveryModel:
         self.topics.setdefault(topic, {})[group] = GroupModel(ordered=bool(ordered))
         return True
 
+    def unsubscribe(self, topic: str, group: str) -> bool:
+        """End the subscription: the group's copies go, in whatever state (so its ids are
+        free once no other group holds them) and its receipts are stale. Returns whether
+        it was subscribed."""
+        groups = self.topics.get(topic, {})
+        if groups.pop(group, None) is None:
+            return False
+        if not groups:
+            del self.topics[topic]  # topics() lists only topics with groups
+        return True
+
     def group(self, topic: str, group: str) -> GroupModel | None:
         """The model of (topic, group), or None if the group is not subscribed."""
         return self.topics.get(topic, {}).get(group)

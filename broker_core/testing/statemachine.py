@@ -71,6 +71,8 @@ DEFAULT_SETTINGS = hypothesis.settings(
 
 TOPICS = ("orders", "payments")
 GROUPS = ("billing", "shipping", "audit")
+FIRST_SUBSCRIPTIONS = ((TOPICS[0], GROUPS[0]), (TOPICS[0], GROUPS[1]))
+"""Subscribed from the start (the second ordered), and never unsubscribed."""
 EVENT_IDS = tuple(f"e{i}" for i in range(8))
 """A small pool, so that ids are often republished while held, and after being done."""
 LEASES = (1.5, 4.5, 10.5, 30.5)
@@ -155,8 +157,8 @@ class TransportStateMachine(RuleBasedStateMachine):
     def first_subscriptions(self) -> None:
         """Start with two groups on one topic, one of them ordered: claims have a group,
         fan-out is the norm, and per-key order is always under test."""
-        self.subscribe(TOPICS[0], GROUPS[0], False)
-        self.subscribe(TOPICS[0], GROUPS[1], True)
+        for (topic, group), ordered in zip(FIRST_SUBSCRIPTIONS, (False, True), strict=True):
+            self.subscribe(topic, group, ordered)
 
     @rule(
         topic=st.sampled_from(TOPICS),
@@ -457,6 +459,19 @@ class TransportStateMachine(RuleBasedStateMachine):
     def crash(self, keep: int) -> None:
         """A consumer dies: its receipts are forgotten and only expiry brings the events back."""
         del self.held[keep:]
+
+    @rule(topic=st.sampled_from(TOPICS), group=st.sampled_from(GROUPS))
+    def unsubscribe(self, topic: str, group: str) -> None:
+        """An operator removes a group (subscribed or not) from a topic; its copies go.
+
+        The first subscriptions stay, so that fan-out and per-key order stay under test.
+        """
+        if (topic, group) in FIRST_SUBSCRIPTIONS:
+            return
+        got = self.run(self.transport.unsubscribe(topic, group))
+        expected = self.model.unsubscribe(topic, group)
+        assert got == expected, f"unsubscribe({topic}, {group}) = {got}, model says {expected}"
+        self.held = [r for r in self.held if (r.topic, r.group) != (topic, group)]
 
     @precondition(lambda self: self.model.any_dead())
     @rule(
