@@ -131,6 +131,7 @@ class _Dashboard:
         # Set when the server stops: event streams end then, instead of holding it up.
         self.closing = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rendered: tuple[Sample, str] | None = None
 
     def close_streams(self) -> None:
         """End every event stream; safe to call from a signal handler or another thread."""
@@ -161,13 +162,20 @@ class _Dashboard:
         return self.page(request, "problem.html", status=status, message=message)
 
     def sse(self, sample: Sample) -> str:
-        """One sample as server-sent events: the overview table, then each queue's counts."""
+        """One sample as server-sent events: the overview table, then each queue's counts.
+
+        Rendered once per sample, however many browsers it goes to.
+        """
+        if self._rendered is not None and self._rendered[0] is sample:
+            return self._rendered[1]
         events = [("overview", self.render("_overview_table.html", sample=sample))]
         events += [
             (f"queue:{row.name}", self.render("_counts.html", row=row, sample=sample))
             for row in sample.rows
         ]
-        return "".join(_event(name, html) for name, html in events)
+        text = "".join(_event(name, html) for name, html in events)
+        self._rendered = (sample, text)
+        return text
 
     # -- pages -----------------------------------------------------------------------
 

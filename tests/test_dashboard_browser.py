@@ -204,7 +204,11 @@ def test_live_counts_and_a_replay_with_the_token(
     page.click("#back")
     expect(page.locator("#dead-letters tbody tr")).to_have_count(2)
     assert page.locator(f'tr[data-event-id="{event_id}"]').count() == 0
-    expect(page.locator("#counts dd.dead")).to_have_text("2", timeout=10_000)
+    expect(page.locator("#counts dd.dead")).to_have_text("2")
+    ready = int(page.locator("#counts dd.ready").inner_text())
+    _publish(store, "o-more")
+    # The group's counts are pushed too.
+    expect(page.locator("#counts dd.ready")).to_have_text(str(ready + 1), timeout=10_000)
     assert sorted(_dead(store)) == ["", HOSTILE]
     assert problems == []
 
