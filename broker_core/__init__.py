@@ -20,11 +20,19 @@ from broker_core.errors import (
 )
 from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import Outcome, OutcomeKind, hookimpl
+from broker_core.retention import validate_history, validate_retention
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
 from broker_core.sync import SyncBroker
 from broker_core.text import safe_text
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, Transport
+from broker_core.transport import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    Receipt,
+    TopicStats,
+    Transport,
+)
 
 __all__ = [
     "Broker",
@@ -49,10 +57,13 @@ __all__ = [
     "RetryPolicy",
     "SubscriptionMismatch",
     "SyncBroker",
+    "TopicStats",
     "Transport",
     "TransportError",
     "UnknownEvent",
     "UnknownTransport",
     "hookimpl",
     "safe_text",
+    "validate_history",
+    "validate_retention",
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from broker_core.codec import encode
 from broker_core.consumer import Consumer
@@ -17,9 +19,14 @@ from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.plugins import broker_plugin_manager, make_transport
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
-from broker_core.transport import DeadLetter, QueueStats, Transport
+from broker_core.transport import DeadLetter, QueueStats, TopicStats, Transport
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "Start"]
+
+Start = Literal["latest", "earliest"] | datetime
+"""Where a subscription or a rewind starts: ``"latest"`` (only events published from now
+on), ``"earliest"`` (everything the topic retains) or the first retained event published
+at or after an aware ``datetime``."""
 
 H = TypeVar("H", bound=Handler)
 
@@ -303,7 +310,9 @@ class Broker:
 
     # -- subscribing and handling --------------------------------------------------------
 
-    async def subscribe(self, *topics: str, ordered: bool | None = None) -> None:
+    async def subscribe(
+        self, *topics: str, ordered: bool | None = None, start: Start = "latest"
+    ) -> None:
         """Subscribe this broker's group to ``topics`` (durably: it outlives the process).
 
         With ``ordered=True`` the group handles the events of one ordering key one at a
@@ -311,10 +320,18 @@ class Broker:
         docs/semantics.md). A subscription keeps the options it was created with:
         without ``ordered`` (as :meth:`run` subscribes) they are kept, and a different
         ``ordered`` raises SubscriptionMismatch.
+
+        ``start`` applies to a new subscription: ``"earliest"`` or a datetime first
+        delivers the history the topic retains (see :meth:`configure_topic`) from there
+        on, oldest first, then the events published later. An existing subscription
+        keeps its place, so a service may pass ``start`` on every start.
         """
         group = self._require_group()
+        history = _history(start)
         for topic in topics:
-            await self.transport.subscribe(validate_topic(topic), group, ordered=ordered)
+            await self.transport.subscribe(
+                validate_topic(topic), group, ordered=ordered, history=history
+            )
             self._subscribed.add(topic)
 
     async def unsubscribe(self, topic: str, *, group: str | None = None) -> bool:
@@ -437,6 +454,50 @@ class Broker:
                 result.append(await self.transport.stats(name, group))
         return result
 
+    async def configure_topic(
+        self,
+        topic: str,
+        *,
+        max_age: timedelta | float | None = None,
+        max_events: int | None = None,
+    ) -> None:
+        """Keep ``topic``'s events as history: for ``max_age`` (a timedelta or seconds), the
+        newest ``max_events``, or both (whichever drops an event first).
+
+        The retention is stored in the transport and shared by every process; without
+        either (the default of every topic) a topic keeps no history. New groups may
+        then subscribe with ``start="earliest"`` and groups may :meth:`rewind`.
+        """
+        age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        await self.transport.configure_topic(
+            validate_topic(topic), max_age=age, max_events=max_events
+        )
+
+    async def topic_stats(self, topic: str | None = None) -> list[TopicStats]:
+        """Per topic: its retention, how many events it retains and the oldest one's age.
+
+        All topics with subscribers, or just ``topic``.
+        """
+        topics = [validate_topic(topic)] if topic is not None else await self.transport.topics()
+        return [await self.transport.topic_stats(name) for name in topics]
+
+    async def rewind(self, topic: str, *, to: Start = "earliest", group: str | None = None) -> int:
+        """Deliver ``topic``'s retained events from ``to`` on to this broker's group (or
+        ``group``) again, oldest first; returns how many.
+
+        This is how a service rebuilds a projection. The events join the back of the
+        group's queue as fresh deliveries; events the group still holds are left out
+        (they are delivered anyway). Consumers running meanwhile go on with what they
+        had queued, then get the rewound events. Raises ValueError if the group does not
+        subscribe ``topic``.
+        """
+        history = _history(to)
+        if history is None:
+            raise ValueError('rewind needs to="earliest" or a datetime; "latest" rewinds nothing')
+        return await self.transport.rewind(
+            validate_topic(topic), self._require_group(group), history=history
+        )
+
     async def dead_letters(
         self, topic: str, *, group: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
@@ -471,3 +532,16 @@ class Broker:
         return await self.transport.purge_dead(
             validate_topic(topic), self._require_group(group), event_ids
         )
+
+
+def _history(start: Start) -> float | None:
+    """How many seconds back ``start`` reaches (None: not at all; math.inf: everything)."""
+    if start == "latest":
+        return None
+    if start == "earliest":
+        return math.inf
+    if not isinstance(start, datetime):
+        raise ValueError(f'start must be "latest", "earliest" or a datetime, got {start!r}')
+    if start.tzinfo is None:
+        raise ValueError(f"start must be an aware datetime (with a time zone), got {start!r}")
+    return max(0.0, (datetime.now(UTC) - start).total_seconds())

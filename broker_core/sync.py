@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -179,6 +180,21 @@ class SyncBroker:
     def stats(self, topic: str | None = None, *, timeout: float | None = None) -> list[QueueStats]:
         """:meth:`Broker.stats`: per topic and group, ready, leased, delayed and dead counts."""
         return self._call("stats", lambda b: b.stats(topic), timeout)
+
+    def configure_topic(
+        self,
+        topic: str,
+        *,
+        max_age: timedelta | float | None = None,
+        max_events: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """See :meth:`Broker.configure_topic`."""
+        return self._call(
+            "configure_topic",
+            lambda b: b.configure_topic(topic, max_age=max_age, max_events=max_events),
+            timeout,
+        )
 
     def dead_letters(
         self,

@@ -33,6 +33,7 @@ __all__ = [
     "Message",
     "QueueStats",
     "Receipt",
+    "TopicStats",
     "Transport",
 ]
 
@@ -121,6 +122,26 @@ class QueueStats:
         return self.ready + self.leased + self.delayed
 
 
+@dataclass(frozen=True, slots=True)
+class TopicStats:
+    """A topic's retention, and the history it holds for new groups and rewinds."""
+
+    topic: str
+    max_age: float | None
+    """Retention by age, in seconds (None: no age limit)."""
+    max_events: int | None
+    """Retention by count: the newest this many events (None: no count limit)."""
+    retained: int
+    """Events readable as history right now (0 for a topic without retention)."""
+    oldest_age: float | None
+    """Seconds since the oldest retained event was published (None: nothing retained)."""
+
+    @property
+    def retains(self) -> bool:
+        """Whether the topic keeps history at all."""
+        return self.max_age is not None or self.max_events is not None
+
+
 @runtime_checkable
 class Transport(Protocol):
     """What a store must do to carry events; see the module docstring for the states."""
@@ -142,10 +163,23 @@ class Transport(Protocol):
         """Release connections. The stored state survives (for durable stores)."""
         ...
 
-    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
         """Make ``group`` a durable subscriber of ``topic``; idempotent.
 
-        Events published after this call reach the group; earlier ones do not. With
+        Events published after this call reach the group; earlier ones do not, except
+        with ``history``: a *new* subscription then first receives every event the topic
+        retains (see :meth:`configure_topic`) that was published at most ``history``
+        seconds ago (``math.inf``: all of them), oldest first, before any event published
+        later (invariant 9). A store may copy a long history in bounded steps; the
+        subscription then joins the topic's groups when the copy has caught up, and a
+        copy cut short by a crash goes on at the group's next ``subscribe``. With
         ``ordered=True`` the group is *ordered*: of the events of one ordering key it only
         ever leases the earliest not yet DONE or DEAD, and only once that one is READY,
         so a key's events are handled one at a time in publish order, through retries
@@ -161,11 +195,42 @@ class Transport(Protocol):
 
         Every event the group holds, in any state (READY, LEASED, DELAYED or DEAD, and
         those of an ordered group waiting for their key's turn), is forgotten as if the
-        group were done with it: a body no other group holds is freed, and its id may be
-        published anew (after its dedup window). Receipts of the group become stale;
+        group were done with it: a body neither another group nor the topic's history
+        holds is freed, and its id may be published anew (after its dedup window). A
+        group still receiving the history (subscribe with ``history``, rewind) counts as
+        subscribed, and gets no more of it. Receipts of the group become stale;
         other groups are untouched (invariant 7). Events published afterwards do not
         reach the group; subscribing again starts afresh, with new options. Idempotent:
         returns whether the group was subscribed.
+        """
+        ...
+
+    async def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        """Store ``topic``'s retention, shared by every process of the store.
+
+        With retention, each event published to the topic is also appended to its
+        history, which keeps it readable (for :meth:`subscribe` with ``history`` and for
+        :meth:`rewind`) after every group is done with it, until it is ``max_age``
+        seconds old or no longer among the newest ``max_events`` events of the history.
+        The topic holds a retained event's id as a group does: publishing the id again
+        is skipped. Both None (the default of every topic) retains nothing. Trimming is
+        the store's own, bounded work per call; what it has yet to trim is never read.
+        """
+        ...
+
+    async def topic_stats(self, topic: str) -> TopicStats:
+        """``topic``'s retention, how many events it retains and how old the oldest is."""
+        ...
+
+    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+        """Deliver the retained events published at most ``history`` seconds ago (``math.inf``:
+        all of them) to ``group`` again, oldest first, as fresh deliveries at the back of
+        its queue; returns how many.
+
+        An event the group still holds (READY, LEASED, DELAYED or DEAD) is skipped: it
+        is delivered anyway. Raises ValueError if ``group`` does not subscribe ``topic``.
         """
         ...
 
@@ -192,12 +257,14 @@ class Transport(Protocol):
         key (:attr:`Message.key`).
 
         All of one call's events become visible atomically. An event is skipped when the
-        topic still holds its id (some group is not done with it), or when its id was
-        published to the topic less than the ``dedup_window`` it was published with ago
-        (in seconds on the transport's clock), even if every group is done with it since
-        (invariant 10). A skipped duplicate does not extend that window. Ids are recorded
-        only while the topic has subscribers. Returns the number of copies enqueued:
-        events not skipped, times the groups subscribed (0 when none; not an error).
+        topic still holds its id (some group is not done with it, or the topic's history
+        retains it), or when its id was published to the topic less than the
+        ``dedup_window`` it was published with ago (in seconds on the transport's clock),
+        even if every group is done with it since (invariant 10). A skipped duplicate does
+        not extend that window. Ids are recorded only while the topic has subscribers or
+        retention. An event that is not skipped joins the topic's history if it has
+        retention. Returns the number of copies enqueued: events not skipped, times the
+        groups subscribed (0 when none; not an error).
         """
         ...
 

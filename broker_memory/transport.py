@@ -39,8 +39,9 @@ from itertools import islice
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.errors import SubscriptionMismatch
 from broker_core.names import validate_group, validate_key, validate_topic
+from broker_core.retention import validate_history, validate_retention
 from broker_core.text import safe_text
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
+from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
 
 __all__ = ["MemoryStore", "MemoryTransport", "forget_store", "named_store"]
 
@@ -163,19 +164,123 @@ class _Queue:
         return min(first, self.delayed[0][0]) if self.delayed else first
 
 
+class _Entry:
+    """One event in a topic's history."""
+
+    __slots__ = ("body", "event_id", "key", "position", "published_at", "trimmed")
+
+    def __init__(
+        self, position: int, event_id: str, body: bytes, key: str | None, published_at: float
+    ) -> None:
+        self.position = position
+        self.event_id = event_id
+        self.body = body
+        self.key = key
+        self.published_at = published_at
+        # Dropped out of order (see _Topic.still_held); the trimming skips it.
+        self.trimmed = False
+
+
+# Entries of a history trimmed per publish or claim, besides those the call adds: bounded
+# work per call, and yet a history never lags behind its retention for long.
+_TRIM_BUDGET = 64
+
+
 class _Topic:
-    __slots__ = ("groups", "held", "published", "windows")
+    __slots__ = (
+        "groups",
+        "held",
+        "log",
+        "logged",
+        "max_age",
+        "max_events",
+        "position",
+        "published",
+        "windows",
+    )
 
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
-        # How many groups still hold each event id (not DONE): the id is skipped by
-        # publish, and its body kept, while this is above zero.
+        # How many groups still hold each event id (not DONE), plus one while the history
+        # retains it: the id is skipped by publish, and its body kept, while above zero.
         self.held: dict[str, int] = {}
+        # Retention (both None: none) and the history, oldest first; ``logged`` finds
+        # an event's entry by id and ``position`` counts the entries ever appended.
+        self.max_age: float | None = None
+        self.max_events: int | None = None
+        self.log: deque[_Entry] = deque()
+        self.logged: dict[str, _Entry] = {}
+        self.position = 0
         # Event id -> end of its dedup window; ``windows`` holds the same as a heap by
         # end (publishers may use different windows), so that ended windows are
         # forgotten a few per publish, earliest end first.
         self.published: dict[str, float] = {}
         self.windows: list[tuple[float, str]] = []
+
+    @property
+    def retains(self) -> bool:
+        return self.max_age is not None or self.max_events is not None
+
+    def expired(self, e: _Entry, now: float) -> bool:
+        """Whether retention no longer covers ``e``: it is never read again."""
+        return (
+            not self.retains
+            or (self.max_age is not None and now >= e.published_at + self.max_age)
+            or (self.max_events is not None and e.position <= self.position - self.max_events)
+        )
+
+    def trim(self, now: float, budget: float) -> None:
+        """Drop up to ``budget`` expired entries of the history, the oldest first.
+
+        Retention only ever expires the oldest entries first, so the expired ones are a
+        prefix of the history (apart from those still_held dropped already).
+        """
+        log = self.log
+        while budget > 0 and log and (log[0].trimmed or self.expired(log[0], now)):
+            e = log.popleft()
+            budget -= 1
+            if not e.trimmed:
+                self._unlog(e)
+
+    def retained(self, now: float) -> list[_Entry]:
+        """The history at ``now``, oldest first."""
+        self.trim(now, math.inf)
+        return [e for e in self.log if not e.trimmed]
+
+    def still_held(self, event_id: str, now: float) -> bool:
+        """Whether the topic holds ``event_id``: a group does, or the history retains it.
+
+        An entry retention no longer covers but the trimming has yet to reach holds
+        nothing: it is dropped here, out of order.
+        """
+        if event_id not in self.held:
+            return False
+        e = self.logged.get(event_id)
+        if e is None or self.held[event_id] > 1 or not self.expired(e, now):
+            return True
+        e.trimmed = True
+        self._unlog(e)
+        return False
+
+    def append(self, event_id: str, body: bytes, key: str | None, now: float) -> None:
+        """A published event joins the history, which holds its id from now on."""
+        self.position += 1
+        e = _Entry(self.position, event_id, body, key, now)
+        self.log.append(e)
+        self.logged[event_id] = e
+        self.held[event_id] = self.held.get(event_id, 0) + 1
+
+    def release(self, event_id: str) -> None:
+        """One holder (a group, or the history) is done with ``event_id``."""
+        left = self.held[event_id] - 1
+        if left:
+            self.held[event_id] = left
+        else:
+            del self.held[event_id]  # nobody holds it: the id may be published anew
+
+    def _unlog(self, e: _Entry) -> None:
+        del self.logged[e.event_id]
+        self.release(e.event_id)
 
     def forget_windows(self, now: float, budget: int) -> None:
         """Drop up to ``budget`` ended dedup windows, the earliest ended first."""
@@ -234,17 +339,28 @@ class MemoryStore:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
-        """See :meth:`broker_core.transport.Transport.subscribe`."""
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
+        """See :meth:`broker_core.transport.Transport.subscribe`.
+
+        A history is copied at once: memory is no shared store that a long copy blocks.
+        """
         validate_topic(topic)
         validate_group(group)
+        validate_history(history)
         with self._lock:
-            t = self._topics.get(topic)
-            if t is None:
-                t = self._topics[topic] = _Topic()
+            t = self._topic(topic)
             q = t.groups.get(group)
             if q is None:
-                t.groups[group] = _Queue(ordered=bool(ordered))
+                q = t.groups[group] = _Queue(ordered=bool(ordered))
+                if history is not None and self._deliver_history(t, q, history):
+                    self._notify(group, topic, work=True)
             elif ordered is not None and ordered != q.ordered:
                 raise SubscriptionMismatch(
                     f"group {group!r} subscribed to {topic!r} with ordered={q.ordered}: "
@@ -265,6 +381,59 @@ class MemoryStore:
             for c in list(q.copies.values()):
                 self._done(topic, q, c)
             return True
+
+    def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        """See :meth:`broker_core.transport.Transport.configure_topic`."""
+        validate_topic(topic)
+        validate_retention(max_age, max_events)
+        with self._lock:
+            t = self._topic(topic)
+            t.max_age, t.max_events = max_age, max_events
+            t.trim(self.clock.now(), math.inf)
+
+    def topic_stats(self, topic: str) -> TopicStats:
+        """See :meth:`broker_core.transport.Transport.topic_stats`."""
+        validate_topic(topic)
+        with self._lock:
+            t = self._topics.get(topic)
+            if t is None:
+                return TopicStats(topic, None, None, 0, None)
+            now = self.clock.now()
+            log = t.retained(now)
+            oldest = now - log[0].published_at if log else None
+            return TopicStats(topic, t.max_age, t.max_events, len(log), oldest)
+
+    def rewind(self, topic: str, group: str, *, history: float) -> int:
+        """See :meth:`broker_core.transport.Transport.rewind`."""
+        validate_topic(topic)
+        validate_group(group)
+        validate_history(history)
+        with self._lock:
+            t = self._topics.get(topic)
+            q = t.groups.get(group) if t else None
+            if t is None or q is None:
+                raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
+            count = self._deliver_history(t, q, history)
+            if count:
+                self._notify(group, topic, work=True)
+            return count
+
+    def _deliver_history(self, t: _Topic, q: _Queue, history: float) -> int:
+        """Copy the retained events at most ``history`` s old that ``q`` does not hold
+        to the back of ``q``, oldest first; returns how many (the caller holds the lock)."""
+        now = self.clock.now()
+        count = 0
+        for e in t.retained(now):
+            if e.published_at < now - history or e.event_id in q.copies:
+                continue
+            c = _Copy(e.event_id, e.body, e.key)
+            q.copies[e.event_id] = c
+            q.enqueue(c)
+            t.held[e.event_id] += 1
+            count += 1
+        return count
 
     def groups(self, topic: str) -> list[str]:
         """See :meth:`broker_core.transport.Transport.groups`."""
@@ -301,21 +470,28 @@ class MemoryStore:
                     validate_key(key)
         with self._lock:
             t = self._topics.get(topic)
-            if t is None or not t.groups:
+            if t is None or not (t.groups or t.retains):
                 return 0
             now = self.clock.now()
-            # Forget at least as many ended windows as this call can add: bounded work,
-            # and the record never outgrows the ids published within a window.
+            # Forget at least as many ended windows and history entries as this call can
+            # add: bounded work, and neither outgrows what the topic must keep.
             t.forget_windows(now, 2 * len(events) + 16)
+            retains = t.retains
+            if retains or t.log:
+                t.trim(now, len(events) + _TRIM_BUDGET)
             queues = list(t.groups.items())
             n = len(queues)
-            held, published = t.held, t.published
+            published = t.published
             added = 0
             for i, (event_id, body) in enumerate(events):
-                if event_id in held or published.get(event_id, -math.inf) > now:
+                if t.still_held(event_id, now) or published.get(event_id, -math.inf) > now:
                     continue
                 key = None if keys is None else keys[i]
-                held[event_id] = n
+                if n:
+                    t.held[event_id] = n
+                if retains:
+                    t.append(event_id, body, key, now)
+                    t.trim(now, 1)  # the newest max_events: one in, one out
                 added += 1
                 if dedup_window > 0:
                     published[event_id] = ends = now + dedup_window
@@ -350,9 +526,12 @@ class MemoryStore:
             for topic in topics:
                 if len(out) >= max_count or alone:
                     break
-                q = self._queue(topic, group)
-                if q is None:
+                t = self._topics.get(topic)
+                q = t.groups.get(group) if t else None
+                if t is None or q is None:
                     continue
+                if t.log:
+                    t.trim(now, _TRIM_BUDGET)  # a quiet topic's history ages out too
                 self._reap(q, now)
                 ready = q.ready
                 taken = len(out)
@@ -671,12 +850,13 @@ class MemoryStore:
 
     def _done(self, topic: str, q: _Queue, c: _Copy) -> None:
         del q.copies[c.event_id]
-        held = self._topics[topic].held
-        left = held[c.event_id] - 1
-        if left:
-            held[c.event_id] = left
-        else:
-            del held[c.event_id]  # every group is done: the id may be published anew
+        self._topics[topic].release(c.event_id)
+
+    def _topic(self, topic: str) -> _Topic:
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = _Topic()
+        return t
 
     @staticmethod
     def _chosen_dead(q: _Queue, event_ids: Collection[str] | None) -> list[_Copy]:
@@ -722,9 +902,30 @@ class MemoryTransport:
     async def close(self) -> None:
         """Nothing to release; the store keeps its state."""
 
-    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
-        """See :meth:`broker_core.transport.Transport.subscribe`."""
-        self.store.subscribe(topic, group, ordered=ordered)
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
+        """See :meth:`MemoryStore.subscribe`."""
+        self.store.subscribe(topic, group, ordered=ordered, history=history)
+
+    async def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        """See :meth:`broker_core.transport.Transport.configure_topic`."""
+        self.store.configure_topic(topic, max_age=max_age, max_events=max_events)
+
+    async def topic_stats(self, topic: str) -> TopicStats:
+        """See :meth:`broker_core.transport.Transport.topic_stats`."""
+        return self.store.topic_stats(topic)
+
+    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+        """See :meth:`broker_core.transport.Transport.rewind`."""
+        return self.store.rewind(topic, group, history=history)
 
     async def unsubscribe(self, topic: str, group: str) -> bool:
         """See :meth:`broker_core.transport.Transport.unsubscribe`."""

@@ -53,6 +53,16 @@ class TopicKeys:
     """SET of the groups subscribed with ``ordered=True``."""
     seq: str
     """STRING counter: the position of each event in its key's history (lanes)."""
+    retention: str
+    """HASH max_age, max_events (each only when set), position (entries ever appended to
+    the history) and last_ms (the newest entry's milliseconds)."""
+    log: str
+    """STREAM, the history of a topic with retention: per event i (id), t (when it was
+    published, seconds) and p (its position)."""
+    logged: str
+    """HASH event id -> its entry in ``log``, while the history holds it."""
+    pins: str
+    """HASH group -> JSON of its history copy in progress (see copy_history.lua)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,9 @@ class GroupKeys:
     """ZSET (all scores 0) of the other events of those keys, waiting their turn: members
     ``<key> NUL <position, 16 digits> NUL <event id>``, so a key's next is its first by
     lexical order."""
+    held: str
+    """SET of the event ids the group holds (not DONE), kept on topics with retention
+    only: a rewind leaves them out."""
 
 
 class Keys:
@@ -127,6 +140,10 @@ class Keys:
             eventkeys=f"{base}:eventkeys",
             ordered=f"{base}:ordered",
             seq=f"{base}:seq",
+            retention=f"{base}:retention",
+            log=f"{base}:log",
+            logged=f"{base}:logged",
+            pins=f"{base}:pins",
         )
         _remember(self._topic_keys, topic, keys)
         return keys
@@ -151,6 +168,7 @@ class Keys:
             suspects=f"{base}:suspects",
             heads=f"{base}:heads",
             lanes=f"{base}:lanes",
+            held=f"{base}:held",
         )
         _remember(self._group_keys, (topic, group), keys)
         return keys

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Sequence
@@ -36,7 +37,8 @@ from redis.maint_notifications import MaintNotificationsConfig
 from broker_core.clock import Clock
 from broker_core.errors import EventTooLarge, SubscriptionMismatch, TransportError
 from broker_core.names import validate_group, validate_key, validate_topic
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt
+from broker_core.retention import validate_history, validate_retention
+from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
 from broker_core.urls import redact
 from broker_redis.errors import transport_error
 from broker_redis.keys import Keys
@@ -52,6 +54,14 @@ _T = TypeVar("_T")
 # A publish retried this often still sees a different set of groups: subscribers change
 # faster than one round trip.
 _PUBLISH_ROUNDS = 5
+
+# History work per script call: entries trimmed, and entries a copy reads. Each call
+# stays well under a millisecond of Redis time; the client loops until done.
+_TRIM_STEP = 1000
+_COPY_STEP = 1000
+# Replies of the history scripts: a copy is to be run; the script must be called again.
+_COPY = 2
+_CALL_AGAIN = 3
 
 
 MIN_REDIS_VERSION = (6, 2)
@@ -282,23 +292,105 @@ class RedisTransport:
 
     # -- subscriptions -----------------------------------------------------------------
 
-    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
         """Make ``group`` a durable subscriber of ``topic``; idempotent.
 
         The subscription keeps the options it was created with; other explicit options
-        raise SubscriptionMismatch.
+        raise SubscriptionMismatch. A new one with ``history`` first copies the retained
+        events in bounded steps (copy_history.lua) and joins the topic's groups when the
+        copy has caught up; a copy a crash cut short goes on here.
         """
         topic, group = validate_topic(topic), validate_group(group)
+        validate_history(history)
         await self._register(topic)
         asked = "" if ordered is None else ("1" if ordered else "0")
-        call = load_script("subscribe").call([group, asked], topic=self._keys.topic(topic))
-        [(outcome, stored)] = await self._run("subscribe", [call])
+        wanted = "" if history is None else ("inf" if math.isinf(history) else repr(history))
+        args: list[Arg] = [group, asked, wanted, self._now_arg(), _TRIM_STEP]
+        call = load_script("subscribe").call(args, topic=self._keys.topic(topic))
+        while True:
+            [(outcome, stored)] = await self._run("subscribe", [call])
+            if outcome != _CALL_AGAIN:
+                break
         if outcome == -1:
             raise SubscriptionMismatch(
                 f"group {group!r} subscribed to {topic!r} with ordered={stored == 1}: "
                 f"subscribe again without options or with ordered={stored == 1} (a "
                 "subscription keeps the options it was created with)"
             )
+        if outcome == _COPY:
+            await self._copy_history(topic, group)
+
+    async def _copy_history(self, topic: str, group: str) -> int:
+        """Run the group's history copy in progress to its end; how many it copied."""
+        call = load_script("copy_history").call(
+            [group, _COPY_STEP], topic=self._keys.topic(topic), group=self._keys.group(topic, group)
+        )
+        copied = 0
+        while True:
+            [(complete, count)] = await self._run("copy_history", [call])
+            copied += int(count)
+            if complete:
+                return copied
+
+    async def _trimmed(self, op: str, call: Call) -> Any:
+        """Run a script that trims the history first (a bounded part per call) again
+        until it could finish; its reply."""
+        while True:
+            [reply] = await self._run(op, [call])
+            if reply != _CALL_AGAIN:
+                return reply
+
+    # -- retention and history -------------------------------------------------------------
+
+    async def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        """Store ``topic``'s retention and trim its history to it, in bounded steps."""
+        topic = validate_topic(topic)
+        validate_retention(max_age, max_events)
+        args: list[Arg] = [
+            "" if max_age is None else repr(float(max_age)),
+            "" if max_events is None else max_events,
+            self._now_arg(),
+            _TRIM_STEP,
+        ]
+        call = load_script("configure_topic").call(args, topic=self._keys.topic(topic))
+        await self._trimmed("configure_topic", call)
+
+    async def topic_stats(self, topic: str) -> TopicStats:
+        """``topic``'s retention and history, trimmed first (in bounded steps)."""
+        topic = validate_topic(topic)
+        call = load_script("topic_stats").call(
+            [self._now_arg(), _TRIM_STEP], topic=self._keys.topic(topic)
+        )
+        max_age, max_events, retained, age = await self._trimmed("topic_stats", call)
+        return TopicStats(
+            topic,
+            float(max_age) if max_age else None,
+            int(max_events) if max_events else None,
+            int(retained),
+            float(age) if age else None,
+        )
+
+    async def rewind(self, topic: str, group: str, *, history: float) -> int:
+        """Copy the retained events again into ``group``, in bounded steps; how many."""
+        topic, group = validate_topic(topic), validate_group(group)
+        validate_history(history)
+        wanted = "inf" if math.isinf(history) else repr(history)
+        call = load_script("rewind").call(
+            [group, wanted, self._now_arg(), _TRIM_STEP], topic=self._keys.topic(topic)
+        )
+        outcome = await self._trimmed("rewind", call)
+        if outcome == -1:
+            raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
+        return await self._copy_history(topic, group) if outcome == _COPY else 0
 
     async def unsubscribe(self, topic: str, group: str) -> bool:
         """End ``group``'s subscription to ``topic``, dropping its copies; idempotent.

@@ -125,10 +125,17 @@ class SlowSubscribe(MemoryTransport):
         self.entered = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
         self.entered.set()
         await self.proceed.wait()
-        await super().subscribe(topic, group, ordered=ordered)
+        await super().subscribe(topic, group, ordered=ordered, history=history)
 
 
 async def test_stop_while_run_is_starting_is_kept() -> None:

@@ -57,14 +57,20 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:eventkeys",
         f"p:{{{T}}}:ordered",
         f"p:{{{T}}}:seq",
+        f"p:{{{T}}}:retention",
+        f"p:{{{T}}}:log",
+        f"p:{{{T}}}:logged",
+        f"p:{{{T}}}:pins",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
         f"p:{{{T}}}:g:{G}:lanes",
         f"p:{{{T}}}:g:{G}:heads",
+        f"p:{{{T}}}:g:{G}:held",
         f"p:{{{T}}}:g:{G2}:ready",
         f"p:{{{T}}}:g:{G2}:marker",
         f"p:{{{T}}}:g:{G2}:lanes",
         f"p:{{{T}}}:g:{G2}:heads",
+        f"p:{{{T}}}:g:{G2}:held",
     ]
 
 
@@ -176,7 +182,11 @@ EMPTY_REPLIES: dict[str, Any] = {
     "ack": [1],
     "extend": [1],
     "release": [1],
-    "subscribe": [0, 0],
+    # A new group from history: a copy to run, which completes at once.
+    "subscribe": [2, 0],
+    "copy_history": [1, 0],
+    "rewind": 2,
+    "topic_stats": [b"", b"", 0, b""],
 }
 
 
@@ -202,7 +212,10 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     monkeypatch.setattr(tr, "_run", run)
     monkeypatch.setattr(tr, "_register", register)
     receipt = Receipt(T, G, "e1", "tok")
-    await tr.subscribe(T, G)
+    await tr.subscribe(T, G, history=60.0)
+    await tr.configure_topic(T, max_events=10)
+    await tr.topic_stats(T)
+    await tr.rewind(T, G, history=60.0)
     await tr.publish(T, [("e1", b"x")])
     await tr.claim(G, [T], max_count=1, lease=30, max_attempts=3)
     await tr._poll(G, [T])
@@ -217,7 +230,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.stats(T, G)
     await tr.unsubscribe(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [7, 15]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [11, 21]
     for call in calls:
         assert call.keys == expected_keys(call), call.script.name
 

@@ -18,7 +18,7 @@ from hypothesis import Phase
 from broker_core.testing import DEFAULT_SETTINGS, TransportFactory, run_transport_state_machine
 from broker_core.transport import Message, Receipt
 from broker_memory import MemoryStore, MemoryTransport
-from broker_memory.transport import _Copy, _Queue, _State
+from broker_memory.transport import _Copy, _Queue, _State, _Topic
 
 pytest_plugins = ["pytester"]
 
@@ -93,14 +93,21 @@ class CountsNoAttempts(_SpoilsClaims):
 class DeliversEarlierEvents(MemoryStore):
     """A group that subscribes late receives the events its topic still holds."""
 
-    def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
         is_new = group not in self.groups(topic)
         super().subscribe(topic, group, ordered=ordered)
         t = self._topics[topic]
         if not is_new:
             return
-        for event_id in t.held:
-            body = next(q.copies[event_id].body for q in t.groups.values() if event_id in q.copies)
+        bodies = {i: c.body for q in t.groups.values() for i, c in q.copies.items()}
+        for event_id, body in bodies.items():
             copy = _Copy(event_id, body)
             t.groups[group].copies[event_id] = copy
             t.groups[group].ready.append(copy)
@@ -214,8 +221,50 @@ class ForgetsPublishedIds(MemoryStore):
 class IgnoresOrdering(MemoryStore):
     """Every group is unordered: two events of one key can be leased at once."""
 
-    def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
-        super().subscribe(topic, group)
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
+        super().subscribe(topic, group, history=history)
+
+
+class LosesLiveDuringCopy(MemoryStore):
+    """A history copy that takes its snapshot, then joins the topic late: the newest
+    retained event, published while it copied, reaches the new group neither way."""
+
+    def _deliver_history(self, t: _Topic, q: _Queue, history: float) -> int:
+        newest = t.log.pop() if t.log else None
+        try:
+            return super()._deliver_history(t, q, history)
+        finally:
+            if newest is not None:
+                t.log.append(newest)
+
+
+class KeepsEverything(MemoryStore):
+    """Retention by count is never applied: a topic keeps more than its newest events."""
+
+    def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        super().configure_topic(topic, max_age=max_age if max_events is None else 1e9)
+
+
+class RewindsHeldEvents(MemoryStore):
+    """A rewind copies every retained event, those the group holds too: one event
+    ends up twice in the group, and its first copy is lost."""
+
+    def _deliver_history(self, t: _Topic, q: _Queue, history: float) -> int:
+        held = {e.event_id: q.copies.pop(e.event_id) for e in t.log if e.event_id in q.copies}
+        try:
+            return super()._deliver_history(t, q, history)
+        finally:
+            for event_id in held:
+                t.held[event_id] -= 1  # the lost copy no longer holds its id
 
 
 class RetriesGetOvertaken(MemoryStore):
@@ -260,6 +309,9 @@ BROKEN: dict[type[MemoryStore], str] = {
     ForgetsPublishedIds: "test_an_id_within_its_window_is_skipped_after_every_ack",
     IgnoresOrdering: "test_one_event_per_key_is_leased_at_a_time",
     RetriesGetOvertaken: "test_a_retry_holds_back_only_its_own_key",
+    LosesLiveDuringCopy: "test_history_then_live_events_none_lost",
+    KeepsEverything: "test_retention_by_count_keeps_the_newest",
+    RewindsHeldEvents: "test_rewind_skips_events_the_group_holds",
 }
 """Each broken store, and one conformance test that must fail on it."""
 
@@ -277,7 +329,7 @@ def _factory(store: type[MemoryStore]) -> TransportFactory:
 # Deterministic and bounded: no shrinking, no example database.
 HUNT = hypothesis.settings(
     DEFAULT_SETTINGS,
-    max_examples=200,
+    max_examples=300,
     derandomize=True,
     database=None,
     phases=[Phase.explicit, Phase.generate],

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from broker_core.transport import Receipt
 
-__all__ = ["DeliveryModel", "GroupModel", "ModelCopy", "State"]
+__all__ = ["DeliveryModel", "GroupModel", "LogEntry", "ModelCopy", "State"]
 
 
 class State(enum.Enum):
@@ -139,6 +139,18 @@ class GroupModel:
         return any(self.copies[i].suspect for i in self.front())
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One event in a topic's history (retention)."""
+
+    position: int
+    """1, 2, ... in the order the topic's history received its events."""
+    event_id: str
+    body: bytes
+    key: str | None
+    published_at: float
+
+
 class DeliveryModel:
     """Topics, their subscribed groups, and every group's copies; time passed in explicitly.
 
@@ -150,12 +162,26 @@ class DeliveryModel:
         self.topics: dict[str, dict[str, GroupModel]] = {}
         self.windows: dict[str, dict[str, float]] = {}
         """Per topic, event id -> end of its dedup window."""
+        self.retention: dict[str, tuple[float | None, int | None]] = {}
+        """Per topic with retention: (max_age, max_events)."""
+        self.logs: dict[str, list[LogEntry]] = {}
+        """Per topic, its history, oldest first; entries past retention are dropped by
+        :meth:`retained` as soon as anything looks."""
+        self._positions: dict[str, int] = {}
         self._seq = itertools.count(1)
 
     # -- subscriptions and publish --------------------------------------------------------
 
-    def subscribe(self, topic: str, group: str, ordered: bool | None = None) -> bool:
-        """Subscribe ``group``; it sees only events published from now on.
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        ordered: bool | None = None,
+        history: float | None = None,
+        now: float = 0.0,
+    ) -> bool:
+        """Subscribe ``group``; it sees events published from now on and, when it is new
+        and ``history`` is given, first the retained ones at most ``history`` s old.
 
         Returns False, changing nothing, when ``ordered`` contradicts the options the
         subscription was created with (the transport raises SubscriptionMismatch then).
@@ -163,7 +189,9 @@ class DeliveryModel:
         existing = self.group(topic, group)
         if existing is not None:
             return ordered is None or ordered == existing.ordered
-        self.topics.setdefault(topic, {})[group] = GroupModel(ordered=bool(ordered))
+        g = self.topics.setdefault(topic, {})[group] = GroupModel(ordered=bool(ordered))
+        if history is not None:
+            self._deliver_history(g, topic, history, now)
         return True
 
     def unsubscribe(self, topic: str, group: str) -> bool:
@@ -176,6 +204,64 @@ class DeliveryModel:
         if not groups:
             del self.topics[topic]  # topics() lists only topics with groups
         return True
+
+    # -- retention and history -----------------------------------------------------------
+
+    def configure(
+        self, topic: str, max_age: float | None, max_events: int | None, now: float
+    ) -> None:
+        """Set (or, with both None, remove) ``topic``'s retention."""
+        if max_age is None and max_events is None:
+            self.retention.pop(topic, None)
+        else:
+            self.retention[topic] = (max_age, max_events)
+        self.retained(topic, now)
+
+    def retained(self, topic: str, now: float) -> list[LogEntry]:
+        """``topic``'s history at ``now``, oldest first (trimmed to its retention)."""
+        log = self.logs.get(topic, [])
+        if topic not in self.retention:
+            log.clear()
+            return log
+        max_age, max_events = self.retention[topic]
+        newest = self._positions.get(topic, 0)
+        log[:] = [
+            e
+            for e in log
+            if (max_age is None or now < e.published_at + max_age)
+            and (max_events is None or e.position > newest - max_events)
+        ]
+        return log
+
+    def rewind(self, topic: str, group: str, history: float, now: float) -> int | None:
+        """The group gets the retained events at most ``history`` s old again, those it
+        holds left out; returns how many, or None if it does not subscribe ``topic``."""
+        g = self.group(topic, group)
+        if g is None:
+            return None
+        return self._deliver_history(g, topic, history, now)
+
+    def topic_stats(self, topic: str, now: float) -> tuple[int, float | None]:
+        """How many events ``topic`` retains, and the age of the oldest (None if none)."""
+        log = self.retained(topic, now)
+        return len(log), (now - log[0].published_at if log else None)
+
+    def _deliver_history(self, g: GroupModel, topic: str, history: float, now: float) -> int:
+        count = 0
+        for e in self.retained(topic, now):
+            if e.published_at < now - history or e.event_id in g.copies:
+                continue
+            self._enqueue(g, ModelCopy(e.event_id, e.body, e.key, seq=next(self._seq)))
+            count += 1
+        return count
+
+    @staticmethod
+    def _enqueue(g: GroupModel, c: ModelCopy) -> None:
+        g.copies[c.event_id] = c
+        if g.behind_its_key(c):
+            g.waiting.add(c.event_id)
+        else:
+            g.blocks.append({c.event_id})
 
     def group(self, topic: str, group: str) -> GroupModel | None:
         """The model of (topic, group), or None if the group is not subscribed."""
@@ -194,9 +280,12 @@ class DeliveryModel:
         """Whether some group has a dead letter."""
         return any(g.dead for groups in self.topics.values() for g in groups.values())
 
-    def held(self, topic: str, event_id: str) -> bool:
-        """Whether some group of ``topic`` still holds ``event_id`` (it is not DONE)."""
-        return any(event_id in g.copies for g in self.topics.get(topic, {}).values())
+    def held(self, topic: str, event_id: str, now: float = 0.0) -> bool:
+        """Whether some group of ``topic`` still holds ``event_id`` (it is not DONE), or
+        the topic's history retains it."""
+        return any(event_id in g.copies for g in self.topics.get(topic, {}).values()) or any(
+            e.event_id == event_id for e in self.retained(topic, now)
+        )
 
     def publish(
         self,
@@ -212,9 +301,10 @@ class DeliveryModel:
         """
         groups = self.topics.get(topic, {})
         windows = self.windows.setdefault(topic, {})
+        retains = topic in self.retention
         added = 0
         for i, (event_id, body) in enumerate(events):
-            if not groups or self.held(topic, event_id):
+            if not (groups or retains) or self.held(topic, event_id, now):
                 continue
             if windows.get(event_id, float("-inf")) > now:
                 continue
@@ -222,13 +312,13 @@ class DeliveryModel:
                 windows[event_id] = now + dedup_window
             added += 1
             key = None if keys is None else keys[i]
+            if retains:
+                position = self._positions[topic] = self._positions.get(topic, 0) + 1
+                log = self.logs.setdefault(topic, [])
+                log.append(LogEntry(position, event_id, body, key, now))
             seq = next(self._seq)
             for g in groups.values():
-                c = g.copies[event_id] = ModelCopy(event_id, body, key, seq=seq)
-                if g.behind_its_key(c):
-                    g.waiting.add(event_id)
-                else:
-                    g.blocks.append({event_id})
+                self._enqueue(g, ModelCopy(event_id, body, key, seq=seq))
         return added * len(groups)
 
     # -- time ------------------------------------------------------------------------------

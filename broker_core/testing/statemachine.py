@@ -5,11 +5,12 @@ bodies are exercised, with or without a dedup window), republish what was publis
 with a window, subscribe, claim, consume everything of a topic in every group (so that
 ids are often done everywhere), settle (ack, nack with and without delay,
 extend, release, kill), renew held leases (mostly asking for less than is left), replay
-and purge dead letters, move the clock, and crash consumers (forget their receipts).
+and purge dead letters, move the clock, crash consumers (forget their receipts), set topics'
+retention, subscribe new groups from history and rewind groups.
 There are few rules, each with many choices, because hypothesis enables a random subset
 of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step invariants 1-8, 10 and 11 of docs/semantics.md are checked
+purpose. After every step invariants 1-11 of docs/semantics.md are checked
 against the model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and
@@ -26,6 +27,9 @@ against the model:
 7. isolation: every group is checked on its own after every step;
 8. per-key order: an ordered group only leases the READY head of a key, and never holds
    two events of a key out (checked after every step);
+9. history completeness: each topic retains exactly what its retention covers, and a
+   group subscribing from history or rewinding gets those events in publish order
+   (behind older events of their keys), which the counts and claims that follow check;
 10. no duplicate publish: a publish enqueues exactly the copies the model does, which
     skips ids held or published within their dedup window;
 11. no collateral charge: an event whose last lease expired is marked isolated and is
@@ -38,6 +42,7 @@ Time moves in whole seconds from a whole-second start, and leases and delays end
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -90,6 +95,10 @@ PICK = st.integers(0, 3)
 """Which receipt, counting from the newest: recent ones are the likeliest to be live."""
 FROM_SEEN = st.sampled_from([False, False, False, True])
 """Whether a settling call uses any receipt ever seen (often stale) or a held one."""
+RETENTIONS = ((None, None), (5.5, None), (None, 3), (30.5, 6))
+"""(max_age, max_events) a topic is configured with: none, short by age, few by count, both."""
+HISTORIES = (math.inf, math.inf, 2.5, 10.5)
+"""How far back a subscription from history or a rewind reaches: all, or a few seconds."""
 TIME_TOLERANCE = 1e-3
 """Stores may keep times in milliseconds."""
 
@@ -164,20 +173,45 @@ class TransportStateMachine(RuleBasedStateMachine):
         topic=st.sampled_from(TOPICS),
         group=st.sampled_from(GROUPS),
         ordered=st.sampled_from([None, None, False, True]),
+        history=st.sampled_from((None, None, *HISTORIES)),
     )
-    def subscribe(self, topic: str, group: str, ordered: bool | None) -> None:
-        """A group subscribes (again); earlier events never reach it.
+    def subscribe(
+        self, topic: str, group: str, ordered: bool | None, history: float | None = None
+    ) -> None:
+        """A group subscribes (again): from now on, or a new one from history first.
 
         Subscribing again keeps the stored options; other explicit options are refused.
+        A new group subscribing with ``history`` first gets the retained events of that
+        age, in publish order (invariant 9): the claims and counts that follow hold it to
+        the model.
         """
-        if self.model.subscribe(topic, group, ordered):
-            self.run(self.transport.subscribe(topic, group, ordered=ordered))
+        now = self.clock.now()
+        call = self.transport.subscribe(topic, group, ordered=ordered, history=history)
+        if self.model.subscribe(topic, group, ordered, history, now):
+            self.run(call)
             return
         try:
-            self.run(self.transport.subscribe(topic, group, ordered=ordered))
+            self.run(call)
         except SubscriptionMismatch:
             return
         raise AssertionError(f"{topic}/{group}: subscribe changed its options to {ordered=}")
+
+    @rule(topic=st.sampled_from(TOPICS), retention=st.sampled_from(RETENTIONS))
+    def configure(self, topic: str, retention: tuple[float | None, int | None]) -> None:
+        """A topic's retention is set, changed or removed; what it no longer covers goes."""
+        max_age, max_events = retention
+        self.run(self.transport.configure_topic(topic, max_age=max_age, max_events=max_events))
+        self.model.configure(topic, max_age, max_events, self.clock.now())
+
+    @rule(pair=st.integers(0, 100), history=st.sampled_from(HISTORIES))
+    def rewind(self, pair: int, history: float) -> None:
+        """A group rebuilding a projection gets the retained events again (invariant 9):
+        those it holds are left out, the others join the back of its queue in order."""
+        pairs = self.model.pairs()
+        topic, group = pairs[pair % len(pairs)]
+        got = self.run(self.transport.rewind(topic, group, history=history))
+        expected = self.model.rewind(topic, group, history, self.clock.now())
+        assert got == expected, f"rewind({topic}, {group}, {history}) = {got}, model {expected}"
 
     @rule(
         topic=st.sampled_from(TOPICS),
@@ -383,7 +417,9 @@ class TransportStateMachine(RuleBasedStateMachine):
         In an ordered group the retried event still holds its key: the next claim must
         not hand out a later event of that key (invariant 8).
         """
-        receipt = self._pick(pick, False)
+        # Most telling: a receipt whose key has later events waiting behind it.
+        blocking = [r for r in self.held if self._holds_back_its_key(r)]
+        receipt = blocking[-1 - pick % len(blocking)] if blocking else self._pick(pick, False)
         now = self.clock.now()
         got = self.run(self.transport.nack(receipt, delay=delay, error="E: retry"))
         expected = self.model.nack(receipt, now, delay, "E: retry")
@@ -391,6 +427,11 @@ class TransportStateMachine(RuleBasedStateMachine):
         self.held.remove(receipt)
         pairs = self.model.pairs()
         self.claim(pairs.index((receipt.topic, receipt.group)), False, 3, LEASES[1], 4)
+
+    def _holds_back_its_key(self, receipt: Receipt) -> bool:
+        g = self.model.group(receipt.topic, receipt.group)
+        c = g.copies.get(receipt.event_id) if g else None
+        return g is not None and c is not None and any(g.copies[i].key == c.key for i in g.waiting)
 
     @precondition(lambda self: bool(self.held))
     @rule(picks=st.lists(PICK, min_size=1, max_size=3))
@@ -460,14 +501,15 @@ class TransportStateMachine(RuleBasedStateMachine):
         """A consumer dies: its receipts are forgotten and only expiry brings the events back."""
         del self.held[keep:]
 
-    @rule(topic=st.sampled_from(TOPICS), group=st.sampled_from(GROUPS))
-    def unsubscribe(self, topic: str, group: str) -> None:
-        """An operator removes a group (subscribed or not) from a topic; its copies go.
+    @precondition(lambda self: any(p not in FIRST_SUBSCRIPTIONS for p in self.model.pairs()))
+    @rule(pair=st.integers(0, 100))
+    def unsubscribe(self, pair: int) -> None:
+        """An operator removes a group from a topic; its copies go, its receipts go stale.
 
         The first subscriptions stay, so that fan-out and per-key order stay under test.
         """
-        if (topic, group) in FIRST_SUBSCRIPTIONS:
-            return
+        others = [p for p in self.model.pairs() if p not in FIRST_SUBSCRIPTIONS]
+        topic, group = others[pair % len(others)]
         got = self.run(self.transport.unsubscribe(topic, group))
         expected = self.model.unsubscribe(topic, group)
         assert got == expected, f"unsubscribe({topic}, {group}) = {got}, model says {expected}"
@@ -525,6 +567,22 @@ class TransportStateMachine(RuleBasedStateMachine):
                         f"{topic}/{group}: {c.event_id} of key {c.key!r} is {c.state.value} "
                         f"while {heads[c.key]}, published earlier, is not done (invariant 8)"
                     )
+
+    @invariant()
+    def history_as_retained(self) -> None:
+        """Invariant 9: each topic retains exactly what its retention covers."""
+        now = self.clock.now()
+        for topic in TOPICS:
+            stats = self.run(self.transport.topic_stats(topic))
+            retained, oldest = self.model.topic_stats(topic, now)
+            want = self.model.retention.get(topic, (None, None))
+            assert (stats.max_age, stats.max_events) == want, f"{topic}: retention {stats}"
+            assert stats.retained == retained, (
+                f"{topic}: retains {stats.retained} events, model says {retained} (invariant 9)"
+            )
+            assert (stats.oldest_age is None) == (oldest is None), f"{topic}: {stats}"
+            if stats.oldest_age is not None and oldest is not None:
+                assert abs(stats.oldest_age - oldest) <= TIME_TOLERANCE, f"{topic}: {stats}"
 
     @invariant()
     def every_copy_in_one_state(self) -> None:

@@ -4,7 +4,7 @@ A receipt counts only while its lease is live (same token, deadline not passed);
 one changes nothing. The body is freed once no group holds the event.
 
 KEYS: 1 msg  2 refs  3 eventkeys  4 leased  5 tokens  6 attempts  7 errors  8 suspects
-      9 ready  10 lanes  11 heads  12 marker
+      9 ready  10 lanes  11 heads  12 marker  13 held
 ARGV: 1 now ('' = server TIME), then pairs: event id, token
 Returns: per pair, 1 if acked, 0 if stale
 ]]
@@ -14,20 +14,20 @@ Returns: per pair, 1 if acked, 0 if stale
 --- @include "lanes"
 
 local msg, refs, eventkeys, leased, tokens, attempts, errors, suspects = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local ready, lanes, heads, marker = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local ready, lanes, heads, marker, held = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local now = now_from(ARGV[1])
 -- Every lookup and every write is one call per key for the whole batch, not per event.
 local ids = {}
 for i = 2, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
 end
-local held = get_chunked('HMGET', tokens, ids)
+local lease_tokens = get_chunked('HMGET', tokens, ids)
 local deadlines = get_chunked('ZMSCORE', leased, ids)
 local out, done, acked = {}, {}, {}
 for i, id in ipairs(ids) do
   -- The check of holds_lease (includes/lease.lua) on values read in bulk; an id acked
   -- earlier in this batch no longer holds a lease, as it would not one at a time.
-  if not acked[id] and held[i] == ARGV[2 * i + 1] and deadlines[i] and tonumber(deadlines[i]) > now then
+  if not acked[id] and lease_tokens[i] == ARGV[2 * i + 1] and deadlines[i] and tonumber(deadlines[i]) > now then
     acked[id] = true
     done[#done + 1] = id
     out[i] = 1
@@ -49,6 +49,10 @@ if #done > 0 and redis.call('EXISTS', heads) == 1 then
       pass_key(ready, lanes, heads, marker, keys_of[i], id)
     end
   end
+end
+-- Only groups of topics with retention record what they hold (for rewind).
+if #done > 0 and redis.call('EXISTS', held) == 1 then
+  call_chunked('SREM', held, done, 1, #done)
 end
 drop_refs(msg, refs, eventkeys, done)
 return out

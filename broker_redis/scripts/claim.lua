@@ -14,7 +14,8 @@ consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
 MAX_BURIALS) work, whatever the size of the queues.
 
 KEYS: 1 msg  2 eventkeys  3 ready  4 leased  5 tokens  6 attempts  7 errors  8 delayed
-      9 dead  10 deadinfo  11 suspects  12 marker  13 lanes  14 heads
+      9 dead  10 deadinfo  11 suspects  12 marker  13 lanes  14 heads  15 log  16 retention
+      17 logged  18 refs  19 pins
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
       5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
 Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
@@ -25,8 +26,11 @@ Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before 
 --- @include "requeue_due"
 --- @include "bury"
 --- @include "chunks"
+--- @include "history"
 
 local MAX_BURIALS = 1000
+-- Expired history entries freed per call: a quiet topic's history ages out too.
+local TRIM_BUDGET = 64
 local msg, eventkeys, ready, leased, tokens, delayed, marker = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[12]
 local k = {
   attempts = KEYS[6], errors = KEYS[7], dead = KEYS[9], deadinfo = KEYS[10], suspects = KEYS[11],
@@ -38,6 +42,13 @@ local max_count, max_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
 local may_isolate = ARGV[6] == '1'
 
 requeue_due(ready, leased, tokens, delayed, k.suspects, marker, now)
+
+local log = KEYS[15]
+if redis.call('EXISTS', log) == 1 then
+  local retention = KEYS[16]
+  local t = {retention = retention, log = log, logged = KEYS[17], refs = KEYS[18], msg = msg, eventkeys = eventkeys, pins = KEYS[19]}
+  trim_log(t, retention_of(retention), now, TRIM_BUDGET)
+end
 
 local out = {}
 local claimed, buried = 0, 0

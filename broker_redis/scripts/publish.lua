@@ -9,12 +9,18 @@ less than its dedup window ago, even if every group has finished with it since; 
 skipped duplicate does not extend the window. Ended windows are forgotten a bounded
 number per call, at least as many as the call can add.
 
+On a topic with retention, each event not skipped also joins the topic's history (see
+includes/history.lua), which holds its id until retention no longer covers it, and
+each group records that it holds the event (`held`, which a rewind consults), even with
+no group subscribed. The call first frees a bounded number of expired history entries.
+
 The client passes the groups it believes are subscribed, because every key a script
 touches must be declared in KEYS; if the subscribed set differs, nothing is written and
 the script answers with the real set so that the client can retry.
 
-KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq
-      then per group g = 1..n: 4+4g ready  5+4g marker  6+4g lanes  7+4g heads
+KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq  8 retention  9 log
+      10 logged  11 pins
+      then per group g = 1..n: 7+5g ready  8+5g marker  9+5g lanes  10+5g heads  11+5g held
 ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
       4..n+3 the group names, n+4 how many values per event (2, or 3 with keys),
       then per event: event id, body[, ordering key ('' = none)]
@@ -26,8 +32,11 @@ Returns: the number of copies enqueued (integer: events not skipped times n) onc
 --- @include "chunks"
 --- @include "wake"
 --- @include "lanes"
+--- @include "history"
 
 local msg, refs, groups, dedup, eventkeys, ordered, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local retention, log, logged, pins = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local t = {retention = retention, log = log, logged = logged, refs = refs, msg = msg, eventkeys = eventkeys, pins = pins}
 local window, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 
 if redis.call('SCARD', groups) ~= n then
@@ -38,7 +47,10 @@ for g = 1, n do
     return redis.call('SMEMBERS', groups)
   end
 end
-if n == 0 then
+-- Topics without retention pay one EXISTS for it.
+local rt = redis.call('EXISTS', retention) == 1 and retention_of(retention)
+local keeps = rt and retains(rt)
+if n == 0 and not keeps then
   return 0
 end
 
@@ -49,7 +61,10 @@ for i = first_event, #ARGV, stride do
 end
 -- Publishers without a window, on a topic without records, skip the dedup work.
 local recording = redis.call('EXISTS', dedup) == 1
-local now = (window > 0 or recording) and now_from(ARGV[1])
+local now = (window > 0 or recording or rt) and now_from(ARGV[1])
+if rt then
+  trim_log(t, rt, now, #ids + 64)
+end
 local windows = {}
 if recording then
   local ended = redis.call('ZRANGE', dedup, '-inf', num(now), 'BYSCORE', 'LIMIT', 0, 2 * #ids + 16)
@@ -64,10 +79,18 @@ for i, id in ipairs(ids) do
   local open = windows[i] and tonumber(windows[i]) > now
   local at = first_event + stride * (i - 1)
   local key = stride == 3 and ARGV[at + 2] or ''
-  if not open and redis.call('HSETNX', msg, id, ARGV[at + 1]) == 1 then
-    redis.call('HSET', refs, id, n)
+  local stored = not open and redis.call('HSETNX', msg, id, ARGV[at + 1]) == 1
+  if not open and not stored and rt and reclaim(t, rt, now, id) then
+    stored = redis.call('HSETNX', msg, id, ARGV[at + 1]) == 1
+  end
+  if stored then
+    redis.call('HSET', refs, id, keeps and n + 1 or n)
     if key ~= '' then
       redis.call('HSET', eventkeys, id, key)
+    end
+    if keeps then
+      log_event(t, rt, now, id)
+      trim_log(t, rt, now, 1)  -- the newest max_events: one in, one out
     end
     fresh[#fresh + 1] = id
     fresh_keys[#fresh] = key
@@ -78,12 +101,19 @@ for i, id in ipairs(ids) do
   end
 end
 call_chunked('ZADD', dedup, recorded, 1, #recorded)
-if #fresh > 0 then
+if keeps and #fresh > 0 then
+  save_position(t, rt)
+end
+if #fresh > 0 and n > 0 then
   -- Positions in the keys' histories, for ordered groups: one counter for the topic,
   -- which topics without an ordered group never create.
   local first = nil
   for g = 1, n do
-    local ready, marker, lanes, heads = KEYS[4 + 4 * g], KEYS[5 + 4 * g], KEYS[6 + 4 * g], KEYS[7 + 4 * g]
+    local ready, marker, lanes, heads = KEYS[7 + 5 * g], KEYS[8 + 5 * g], KEYS[9 + 5 * g], KEYS[10 + 5 * g]
+    local held = KEYS[11 + 5 * g]
+    if keeps then
+      call_chunked('SADD', held, fresh, 1, #fresh)
+    end
     if redis.call('SISMEMBER', ordered, ARGV[3 + g]) == 0 then
       call_chunked('RPUSH', ready, fresh, 1, #fresh)
     else

@@ -2,16 +2,19 @@
 
 All of them or the listed ids that are dead.
 
-KEYS: 1 msg  2 refs  3 eventkeys  4 dead  5 deadinfo
+KEYS: 1 msg  2 refs  3 eventkeys  4 dead  5 deadinfo  6 held
 ARGV: 1 'all' or 'ids', then the ids
 Returns: how many were deleted
 ]]
 --- @include "dead"
 --- @include "refs"
 
-local msg, refs, eventkeys, dead, deadinfo = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local msg, refs, eventkeys, dead, deadinfo, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local taken = take_dead(dead, deadinfo, ARGV[1] == 'ids' and ARGV, 2)
 for _, id in ipairs(taken) do
   drop_ref(msg, refs, eventkeys, id)
+end
+if #taken > 0 and redis.call('EXISTS', held) == 1 then
+  call_chunked('SREM', held, taken, 1, #taken)
 end
 return #taken

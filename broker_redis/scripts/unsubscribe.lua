@@ -1,37 +1,41 @@
 --[[ unsubscribe: end a group's subscription to one topic and drop its copy of every event.
 
 Every event the group holds, READY, LEASED, DELAYED, DEAD or waiting in its lanes, is
-released as if the group were done with it: a body no other group holds is freed (with
-its ordering key), and the group's keys are deleted, so that nothing of it is left.
-Other groups are untouched. A group that is not subscribed is left alone (idempotent).
-The registry of topics is outside the topic's slot and keeps the topic's name, which
-topics() leaves out while the topic has no groups.
+released as if the group were done with it: a body neither another group nor the
+topic's history holds is freed (with its ordering key), and the group's keys are
+deleted, so that nothing of it is left. A group still copying the topic's history (it
+subscribed from history, or is being rewound) counts as subscribed: its copy ends, and
+its pin no longer holds trimming back. Other groups are untouched. A group that is not
+subscribed is left alone (idempotent). The registry of topics is outside the topic's
+slot and keeps the topic's name, which topics() leaves out while the topic has no groups.
 
-KEYS: 1 msg  2 refs  3 groups  4 eventkeys  5 ordered  6 ready  7 leased  8 tokens
-      9 attempts  10 errors  11 delayed  12 dead  13 deadinfo  14 marker  15 suspects
-      16 heads  17 lanes
+KEYS: 1 msg  2 refs  3 groups  4 eventkeys  5 ordered  6 pins  7 ready  8 leased
+      9 tokens  10 attempts  11 errors  12 delayed  13 dead  14 deadinfo  15 marker
+      16 suspects  17 heads  18 lanes  19 held
 ARGV: 1 group
 Returns: 1 if the group was subscribed, 0 if not
 ]]
 --- @include "refs"
 
-local msg, refs, groups, eventkeys, ordered = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local ready, leased, tokens, attempts, errors = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local delayed, dead, deadinfo, marker, suspects = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local heads, lanes = KEYS[16], KEYS[17]
+local msg, refs, groups, eventkeys, ordered, pins = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ready, leased, tokens, attempts, errors = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local delayed, dead, deadinfo, marker, suspects = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local heads, lanes, held = KEYS[17], KEYS[18], KEYS[19]
 local group = ARGV[1]
 
-if redis.call('SREM', groups, group) == 0 then
+local was_member = redis.call('SREM', groups, group) == 1
+local was_copying = redis.call('HDEL', pins, group) == 1
+if not (was_member or was_copying) then
   return 0
 end
 redis.call('SREM', ordered, group)
 
 -- drop_refs takes one count per id: collect each held id once.
-local held, seen = {}, {}
+local ids, seen = {}, {}
 local function hold(id)
   if not seen[id] then
     seen[id] = true
-    held[#held + 1] = id
+    ids[#ids + 1] = id
   end
 end
 for _, list in ipairs({ready, dead}) do
@@ -59,6 +63,6 @@ for first = 0, waiting - 1, CHUNK do
   end
 end
 
-drop_refs(msg, refs, eventkeys, held)
-redis.call('DEL', ready, leased, tokens, attempts, errors, delayed, dead, deadinfo, marker, suspects, heads, lanes)
+drop_refs(msg, refs, eventkeys, ids)
+redis.call('DEL', ready, leased, tokens, attempts, errors, delayed, dead, deadinfo, marker, suspects, heads, lanes, held)
 return 1

@@ -21,6 +21,7 @@ from broker_core.testing.conformance.ack import AckConformance
 from broker_core.testing.conformance.base import ConformanceBase
 from broker_core.testing.conformance.claim import ClaimConformance
 from broker_core.testing.conformance.dead_letters import DeadLetterConformance
+from broker_core.testing.conformance.history import HistoryConformance
 from broker_core.testing.conformance.isolation import IsolationConformance
 from broker_core.testing.conformance.leases import LeaseConformance
 from broker_core.testing.conformance.lifecycle import LifecycleConformance
@@ -39,6 +40,7 @@ __all__ = [
     "ClaimConformance",
     "ConformanceBase",
     "DeadLetterConformance",
+    "HistoryConformance",
     "IsolationConformance",
     "LeaseConformance",
     "LifecycleConformance",
@@ -58,6 +60,7 @@ __all__ = [
 # order of the delivery state machine, from the whole-machine test to name checks.
 class TransportConformance(
     NameConformance,
+    HistoryConformance,
     UnsubscribeConformance,
     ProgressConformance,
     DeadLetterConformance,

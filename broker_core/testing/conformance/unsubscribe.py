@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from broker_core.testing.conformance.base import G2, T2, ConformanceBase, G, T, _counts
@@ -16,7 +18,7 @@ class UnsubscribeConformance(ConformanceBase):
     Covers the listings after it, events published afterwards, receipts made stale, the
     copies of other groups untouched (invariant 7), ids freed for a new publish once no
     group holds them, an ordered group's waiting events, a fresh start on subscribing
-    again, and idempotence.
+    again, the history of a topic with retention kept, and idempotence.
     """
 
     async def _every_state(self, harness: Harness, group: str) -> None:
@@ -105,6 +107,28 @@ class UnsubscribeConformance(ConformanceBase):
         assert await tr.ack([m.receipt for m in ms]) == [True] * 4
         assert await tr.publish(T, events, keys=["k", "k", "k", None]) == 8
         assert len(await harness.claim(G, T, max_count=10)) == 4
+
+    @pytest.mark.asyncio
+    async def test_the_history_keeps_what_an_unsubscribed_group_held(
+        self, harness: Harness
+    ) -> None:
+        tr = harness.transport
+        await tr.configure_topic(T, max_age=3600.0)
+        await tr.subscribe(T, G)
+        await self._every_state(harness, G)
+        assert await tr.unsubscribe(T, G)
+        assert (await tr.topic_stats(T)).retained == 4
+        # Still held by the history: publishing the ids again adds nothing.
+        await tr.subscribe(T, G2)
+        assert await harness.publish(T, "e1", "e2") == 0
+        await tr.subscribe(T, G, history=math.inf)
+        ms = await harness.claim(G, T, max_count=10)
+        assert [(m.event_id, m.attempt, m.body) for m in ms] == [
+            (i, 1, body_of(i)) for i in ("e1", "e2", "e3", "e4")
+        ]
+        assert await tr.unsubscribe(T, G)
+        with pytest.raises(ValueError):
+            await tr.rewind(T, G, history=math.inf)
 
     @pytest.mark.asyncio
     async def test_unsubscribe_is_idempotent(self, harness: Harness) -> None:

@@ -1,0 +1,34 @@
+"""Checks of the arguments that set a topic's retention and read its history.
+
+Transports call them on what reaches them, so that every store refuses the same bad
+input with the same message, before it changes anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["validate_history", "validate_retention"]
+
+
+def validate_retention(max_age: float | None, max_events: int | None) -> None:
+    """Raise ValueError unless ``max_age`` (seconds) and ``max_events`` are each None or
+    positive (a finite age, a whole count)."""
+    if max_age is not None and (
+        isinstance(max_age, bool)
+        or not isinstance(max_age, int | float)
+        or not 0 < max_age < math.inf
+    ):
+        raise ValueError(f"max_age must be a positive number of seconds, got {max_age!r}")
+    if max_events is not None and (
+        isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
+    ):
+        raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+
+
+def validate_history(history: float | None) -> None:
+    """Raise ValueError unless ``history`` is None or seconds >= 0 (``math.inf``: all)."""
+    if history is not None and (
+        isinstance(history, bool) or not isinstance(history, int | float) or not history >= 0
+    ):
+        raise ValueError(f"history must be seconds >= 0 (math.inf: all), got {history!r}")
