@@ -36,7 +36,7 @@ from broker_core.errors import BrokerError, InvalidName
 from broker_core.names import validate_group, validate_topic
 from broker_core.urls import redact
 from broker_dashboard import deadletters
-from broker_dashboard.sampler import Sample, Sampler
+from broker_dashboard.sampler import Sample, Sampler, read_store
 from broker_dashboard.security import (
     CSRF_COOKIE,
     SECURITY_HEADERS,
@@ -76,6 +76,7 @@ def _templates() -> Environment:
     )
     env.filters["when"] = _when
     env.filters["rate"] = _rate
+    env.filters["duration"] = _duration
     env.filters["q"] = lambda text: quote(str(text), safe="")
     return env
 
@@ -85,6 +86,13 @@ def _when(seconds: float) -> str:
     if seconds > 1e9:
         return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
     return f"{seconds:.1f} s on the store's clock"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _rate(value: float | None) -> str:
@@ -126,7 +134,7 @@ class _Dashboard:
         self.broker = broker
         self.config = config
         self.policy = config.policy
-        self.sampler = Sampler(broker.stats, config.refresh)
+        self.sampler = Sampler(lambda: read_store(broker.transport), config.refresh)
         self.env = _templates()
         # Set when the server stops: event streams end then, instead of holding it up.
         self.closing = asyncio.Event()

@@ -17,11 +17,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from broker_core.errors import BrokerError
-from broker_core.transport import QueueStats
+from broker_core.transport import QueueStats, TopicStats, Transport
 
-__all__ = ["QueueRow", "Sample", "Sampler"]
+__all__ = ["QueueRow", "Reading", "Sample", "Sampler", "read_store"]
 
 log = logging.getLogger("broker.dashboard")
+
+
+Reading = tuple[list[QueueStats], dict[str, TopicStats]]
+"""What one reading of the store gives: every queue's counts, and each topic's retention."""
+
+
+async def read_store(transport: Transport) -> Reading:
+    """Every (topic, group)'s counts and every topic's retention, in one pass."""
+    queues: list[QueueStats] = []
+    topics: dict[str, TopicStats] = {}
+    for topic in await transport.topics():
+        topics[topic] = await transport.topic_stats(topic)
+        for group in await transport.groups(topic):
+            queues.append(await transport.stats(topic, group))
+    return queues, topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,8 @@ class QueueRow:
     """One (topic, group) of a sample: its counts, and how they moved since the last one."""
 
     stats: QueueStats
+    retention: TopicStats | None
+    """Its topic's retention and history."""
     lag_rate: float | None
     """Change of the lag, in events per second: positive while the backlog grows."""
     dead_rate: float | None
@@ -67,9 +84,7 @@ class Sampler:
     slow subscriber skips samples rather than queueing them (only the newest matters).
     """
 
-    def __init__(
-        self, read: Callable[[], Awaitable[list[QueueStats]]], interval: float = 1.0
-    ) -> None:
+    def __init__(self, read: Callable[[], Awaitable[Reading]], interval: float = 1.0) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval}")
         self._read = read
@@ -82,7 +97,7 @@ class Sampler:
         """Take one reading, publish it to every subscriber, and return it."""
         started = time.monotonic()
         try:
-            rows = await self._read()
+            reading = await self._read()
         except (BrokerError, OSError) as exc:
             log.warning("dashboard: cannot read the store: %s", exc)
             sample = Sample(
@@ -92,7 +107,7 @@ class Sampler:
                 by_name=self.latest.by_name,
             )
         else:
-            sample = self._sample(started, rows)
+            sample = self._sample(started, *reading)
         self.latest = sample
         for queue in self._subscribers:
             if queue.full():
@@ -100,19 +115,19 @@ class Sampler:
             queue.put_nowait(sample)
         return sample
 
-    def _sample(self, now: float, stats: list[QueueStats]) -> Sample:
+    def _sample(self, now: float, stats: list[QueueStats], topics: dict[str, TopicStats]) -> Sample:
         previous = self._previous
         self._previous = (now, {f"{s.topic}/{s.group}": s for s in stats})
         rows = []
         for s in stats:
+            retention = topics.get(s.topic)
             before = previous[1].get(f"{s.topic}/{s.group}") if previous else None
             if before is None or previous is None or now <= previous[0]:
-                rows.append(QueueRow(s, None, None))
+                rows.append(QueueRow(s, retention, None, None))
                 continue
             seconds = now - previous[0]
-            rows.append(
-                QueueRow(s, _rate(s.lag, before.lag, seconds), _rate(s.dead, before.dead, seconds))
-            )
+            lag_rate = _rate(s.lag, before.lag, seconds)
+            rows.append(QueueRow(s, retention, lag_rate, _rate(s.dead, before.dead, seconds)))
         return Sample(
             taken_at=time.time(), rows=tuple(rows), by_name={row.name: row for row in rows}
         )

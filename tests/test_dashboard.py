@@ -25,7 +25,7 @@ from broker_core.errors import TransportError
 from broker_core.transport import QueueStats
 from broker_dashboard import DashboardConfig, WritePolicy, allowed_hosts, create_app
 from broker_dashboard.deadletters import GROUPING_WINDOW
-from broker_dashboard.sampler import Sampler
+from broker_dashboard.sampler import Reading, Sampler
 from broker_memory import MemoryTransport, forget_store, named_store
 
 TOKEN = "s3cret-token"
@@ -131,6 +131,23 @@ def test_overview_lists_every_queue_and_streams_new_counts(writable: Setup) -> N
     blocks = writable.client.stream("/events", 8)
     assert any('<td class="n ready">1</td>' in b for b in blocks if "event: overview" in b)
     assert any(b.startswith("event: queue:orders/billing\n") for b in blocks)
+
+
+def test_the_overview_shows_each_topics_retention() -> None:
+    store = f"dash-{uuid.uuid4().hex}"
+
+    async def fill() -> None:
+        async with Broker.from_url(f"memory://{store}", group="billing") as broker:
+            await broker.configure_topic("orders", max_age=7200, max_events=500)
+            await broker.subscribe("orders", "payments")
+            await broker.publish_many([DashOrder(order_id="1"), DashOrder(order_id="2")])
+
+    asyncio.run(fill())
+    for setup in _serve(store, WritePolicy(allow_writes=False, token=None)):
+        page = setup.client.get("/").text
+        rows = dict(re.findall(r'data-queue="([^"]+)">.*?class="retention">([^<]*)<', page, re.S))
+        assert rows["orders/billing"].startswith("2 h, newest 500: 2 kept, oldest ")
+        assert rows["payments/billing"] == "none"
 
 
 def test_one_reading_per_interval_serves_every_browser(writable: Setup) -> None:
@@ -273,13 +290,13 @@ def test_an_oversized_form_is_refused(writable: Setup) -> None:
 
 @pytest.mark.asyncio
 async def test_a_failed_reading_keeps_the_last_counts_and_says_why() -> None:
-    readings: list[list[QueueStats] | Exception] = [
-        [QueueStats("orders", "billing", 5, 0, 0, 1)],
+    readings: list[Reading | Exception] = [
+        ([QueueStats("orders", "billing", 5, 0, 0, 1)], {}),
         TransportError("connection refused"),
-        [QueueStats("orders", "billing", 1, 0, 0, 3)],
+        ([QueueStats("orders", "billing", 1, 0, 0, 3)], {}),
     ]
 
-    async def read() -> list[QueueStats]:
+    async def read() -> Reading:
         reading = readings.pop(0)
         if isinstance(reading, Exception):
             raise reading

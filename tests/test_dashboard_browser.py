@@ -81,6 +81,7 @@ def store(redis_url: str) -> str:
 
     async def fill() -> None:
         async with Broker.from_url(url, group="billing") as broker:
+            await broker.configure_topic("orders", max_age=7 * 86400)
             await broker.subscribe("orders")
             await broker.transport.subscribe("orders", "shipping")
             await broker.publish_many(
@@ -180,6 +181,7 @@ def test_live_counts_and_a_replay_with_the_token(
     # Pushed by the server: the page is never reloaded.
     expect(shipping.locator("td.ready")).to_have_text("4", timeout=10_000)
     expect(shipping.locator("td.lag-rate")).not_to_have_text("-", timeout=10_000)
+    expect(shipping.locator("td.retention")).to_contain_text("7 d: 4 kept")
     page.screenshot(path=str(tmp_path / "overview.png"))
     if os.environ.get("DASHBOARD_SCREENSHOT"):
         page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"])
