@@ -334,6 +334,21 @@ class Broker:
             )
             self._subscribed.add(topic)
 
+    async def unsubscribe(self, topic: str, *, group: str | None = None) -> bool:
+        """End the subscription of this broker's group (or ``group``) to ``topic``.
+
+        For a service that is decommissioned, or no longer consumes ``topic``: every
+        event the group still holds there, dead letters included, is dropped, and events
+        published afterwards no longer reach it. Other groups are untouched. A consumer
+        still running for the group would subscribe it again. Returns whether it was
+        subscribed.
+        """
+        name, group = validate_topic(topic), self._require_group(group)
+        removed = await self.transport.unsubscribe(name, group)
+        if group == self.options.group:
+            self._subscribed.discard(name)
+        return removed
+
     def on(
         self,
         target: type[Event] | str,
@@ -492,11 +507,14 @@ class Broker:
         )
 
     async def dead_letters(
-        self, topic: str, *, group: str | None = None, limit: int = 100
+        self, topic: str, *, group: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
-        """Dead events of ``topic`` for this broker's group (or ``group``), oldest first."""
+        """Dead events of ``topic`` for this broker's group (or ``group``), oldest first.
+
+        ``offset`` skips that many of the oldest, to read a long list a page at a time.
+        """
         return await self.transport.dead_letters(
-            validate_topic(topic), self._require_group(group), limit=limit
+            validate_topic(topic), self._require_group(group), limit=limit, offset=offset
         )
 
     async def replay_dead(

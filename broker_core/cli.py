@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -23,7 +24,10 @@ from rich.table import Table
 from broker_core.broker import Broker, Start
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
+from broker_core.names import validate_topic
 from broker_core.plugins import installed_transports, plugin_manager
+from broker_core.tail import tail as run_tail
+from broker_core.tail import tail_group
 from broker_core.urls import redact
 
 if TYPE_CHECKING:
@@ -406,13 +410,14 @@ def dead(
     group: GroupArg,
     url: StoreUrl = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many of the oldest.")] = 0,
 ) -> None:
-    """List dead events of a topic and group, with why they died."""
+    """List dead events of a topic and group, oldest death first, with why they died."""
     store = _shared_store(url, "dead")
 
     async def collect() -> None:
         async with Broker.from_url(store, group=group) as broker:
-            letters = await broker.dead_letters(topic, limit=limit)
+            letters = await broker.dead_letters(topic, limit=limit, offset=offset)
         table = Table(title=f"dead letters of {topic}/{group}")
         for column in ("event id", "reason", "attempts", "last error"):
             table.add_column(column)
@@ -454,6 +459,150 @@ def purge(
 ) -> None:
     """Delete dead events for good."""
     _on_dead(url, topic, group, event_id, "purge")
+
+
+@app.command()
+def unsubscribe(
+    topic: TopicArg,
+    group: GroupArg,
+    url: StoreUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a group's subscription and every event it holds there, dead ones included.
+
+    For a decommissioned service, or a tail killed before it could clean up. Other groups
+    keep their events. A consumer of the group still running would subscribe it again.
+    """
+    store = _shared_store(url, "unsubscribe")
+    if not yes:
+        typer.confirm(
+            f"Remove group {group!r} from topic {topic!r}, with every event it holds there?",
+            abort=True,
+        )
+
+    async def act() -> bool:
+        async with Broker.from_url(store, group=group) as broker:
+            return await broker.unsubscribe(topic)
+
+    if _run(act):
+        console.print(f"unsubscribed {group} from {topic}")
+    else:
+        console.print(f"{group} was not subscribed to {topic}: nothing to do")
+
+
+@app.command()
+def tail(
+    topic: TopicArg,
+    url: StoreUrl = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            help="Show what this group receives: refused unless it is subscribed to the "
+            "topic (its queue is never read or changed).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print the events published to a topic from now on, one line each, until Ctrl-C.
+
+    The tail reads through a group of its own, which it removes when it stops, so it
+    disturbs no group and leaves nothing behind (docs/operations.md, "broker tail").
+    """
+    store = _shared_store(url, "tail")
+    own = tail_group()
+
+    def out(line: str) -> None:
+        # print, not rich: no markup in payloads is interpreted, and each line is flushed
+        # at once for a pipe.
+        print(line, flush=True)
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with Broker.from_url(store) as broker:
+            if group is not None and group not in await broker.transport.groups(
+                validate_topic(topic)
+            ):
+                console.print(f"[red]error:[/red] group {group!r} is not subscribed to {topic!r}")
+                raise typer.Exit(2)
+            # Every group of a topic receives every event published after it subscribed,
+            # so the tail's own group sees what `group` receives from now on.
+            shown = f" (what {group} receives)" if group is not None else ""
+            console.print(
+                f"tailing {topic}{shown} on {redact(store)} as group {own}; Ctrl-C stops",
+                soft_wrap=True,
+            )
+            sys.stdout.flush()
+            await run_tail(broker.transport, topic, own, out, stop)
+        console.print(f"stopped; group {own} removed")
+
+    _run(follow)
+
+
+@app.command()
+def dashboard(
+    url: StoreUrl = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; keep the default unless behind a proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    allow_writes: Annotated[
+        bool,
+        typer.Option("--allow-writes", help="Allow replaying and purging dead letters."),
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BROKER_DASHBOARD_TOKEN",
+            help="The token writes need (default: a random one, printed at start).",
+            show_default=False,
+        ),
+    ] = None,
+    refresh: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between two readings of the counts.")
+    ] = 1.0,
+) -> None:
+    """Serve a live web dashboard of the store: counts, rates, dead letters.
+
+    Read-only unless started with --allow-writes; writes then need the token
+    (docs/operations.md, "Dashboard").
+    """
+    store = _shared_store(url, "dashboard")
+    try:
+        from broker_dashboard import WritePolicy, serve
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in ("starlette", "jinja2", "uvicorn"):
+            raise
+        console.print(
+            f"[red]error:[/red] the dashboard needs {missing}, which is not installed: "
+            "pip install 'embedded-event-broker\\[dashboard]'",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from exc
+
+    async def reachable() -> None:
+        async with Broker.from_url(store):
+            pass
+
+    # A store that cannot be reached is an error now, not a failed start inside uvicorn.
+    _run(reachable)
+    if allow_writes and not token:
+        token = secrets.token_urlsafe(18)
+        console.print(f"write token (to confirm a replay or purge): {token}", soft_wrap=True)
+    elif token and not allow_writes:
+        console.print("read-only (no --allow-writes): the token is not used")
+    shown = f"[{host}]" if ":" in host else host
+    console.print(
+        f"dashboard of {redact(store)} at http://{shown}:{port}/ "
+        f"({'writes allowed with the token' if allow_writes else 'read-only'})",
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    serve(store, host=host, port=port, policy=WritePolicy(allow_writes, token), refresh=refresh)
 
 
 def main() -> None:

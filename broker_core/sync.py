@@ -202,11 +202,14 @@ class SyncBroker:
         *,
         group: str | None = None,
         limit: int = 100,
+        offset: int = 0,
         timeout: float | None = None,
     ) -> list[DeadLetter]:
         """:meth:`Broker.dead_letters`: dead events of ``topic``, oldest first."""
         return self._call(
-            "dead_letters", lambda b: b.dead_letters(topic, group=group, limit=limit), timeout
+            "dead_letters",
+            lambda b: b.dead_letters(topic, group=group, limit=limit, offset=offset),
+            timeout,
         )
 
     def replay_dead(

@@ -190,6 +190,21 @@ class Transport(Protocol):
         """
         ...
 
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """End ``group``'s subscription to ``topic`` and drop its copy of every event.
+
+        Every event the group holds, in any state (READY, LEASED, DELAYED or DEAD, and
+        those of an ordered group waiting for their key's turn), is forgotten as if the
+        group were done with it: a body neither another group nor the topic's history
+        holds is freed, and its id may be published anew (after its dedup window). A
+        group still receiving the history (subscribe with ``history``, rewind) counts as
+        subscribed, and gets no more of it. Receipts of the group become stale;
+        other groups are untouched (invariant 7). Events published afterwards do not
+        reach the group; subscribing again starts afresh, with new options. Idempotent:
+        returns whether the group was subscribed.
+        """
+        ...
+
     async def configure_topic(
         self, topic: str, *, max_age: float | None = None, max_events: int | None = None
     ) -> None:
@@ -320,8 +335,15 @@ class Transport(Protocol):
         """Move a leased event to DEAD with ``reason``; False (no change) if stale."""
         ...
 
-    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Up to ``limit`` dead events of (topic, group), oldest death first."""
+    async def dead_letters(
+        self, topic: str, group: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead events of (topic, group), oldest death first.
+
+        ``offset`` skips that many of the oldest first, so that a long list is read a
+        page at a time without loading it all; pages are positions, not a snapshot, so a
+        death, replay or purge between two calls shifts the later pages.
+        """
         ...
 
     async def replay_dead(

@@ -368,6 +368,20 @@ class MemoryStore:
                     "subscription keeps the options it was created with)"
                 )
 
+    def unsubscribe(self, topic: str, group: str) -> bool:
+        """See :meth:`broker_core.transport.Transport.unsubscribe`."""
+        validate_topic(topic)
+        validate_group(group)
+        with self._lock:
+            t = self._topics.get(topic)
+            q = t.groups.pop(group, None) if t else None
+            if t is None or q is None:
+                return False
+            # Receipts of the group are stale from here on: no queue answers for them.
+            for c in list(q.copies.values()):
+                self._done(topic, q, c)
+            return True
+
     def configure_topic(
         self, topic: str, *, max_age: float | None = None, max_events: int | None = None
     ) -> None:
@@ -658,10 +672,14 @@ class MemoryStore:
 
     # -- dead letters ---------------------------------------------------------------------
 
-    def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+    def dead_letters(
+        self, topic: str, group: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
         """See :meth:`broker_core.transport.Transport.dead_letters`."""
         validate_topic(topic)
         validate_group(group)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
         with self._lock:
             q = self._queue(topic, group)
             if q is None:
@@ -670,7 +688,7 @@ class MemoryStore:
                 DeadLetter(
                     topic, group, c.event_id, c.body, c.reason, c.error, c.attempts, c.died_at
                 )
-                for c in islice(q.dead.values(), max(limit, 0))
+                for c in islice(q.dead.values(), offset, offset + max(limit, 0))
             ]
 
     def replay_dead(self, topic: str, group: str, event_ids: Sequence[str] | None = None) -> int:
@@ -917,6 +935,10 @@ class MemoryTransport:
         """See :meth:`broker_core.transport.Transport.rewind`."""
         return self.store.rewind(topic, group, history=history, dry_run=dry_run)
 
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """See :meth:`broker_core.transport.Transport.unsubscribe`."""
+        return self.store.unsubscribe(topic, group)
+
     async def groups(self, topic: str) -> list[str]:
         """See :meth:`broker_core.transport.Transport.groups`."""
         return self.store.groups(topic)
@@ -974,9 +996,11 @@ class MemoryTransport:
         """See :meth:`broker_core.transport.Transport.kill`."""
         return self.store.kill(receipt, reason=reason, error=error)
 
-    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(
+        self, topic: str, group: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
         """See :meth:`broker_core.transport.Transport.dead_letters`."""
-        return self.store.dead_letters(topic, group, limit=limit)
+        return self.store.dead_letters(topic, group, limit=limit, offset=offset)
 
     async def replay_dead(
         self, topic: str, group: str, event_ids: Sequence[str] | None = None

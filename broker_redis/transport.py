@@ -394,6 +394,21 @@ class RedisTransport:
             raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
         return await self._copy_history(topic, group) if outcome == _COPY else 0
 
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """End ``group``'s subscription to ``topic``, dropping its copies; idempotent.
+
+        One script removes the subscription, frees the bodies no other group holds and
+        deletes every key of the group. The topic stays in the registry of topics, which
+        lists it again only when a group subscribes.
+        """
+        topic, group = validate_topic(topic), validate_group(group)
+        call = load_script("unsubscribe").call(
+            [group], topic=self._keys.topic(topic), group=self._keys.group(topic, group)
+        )
+        [removed] = await self._run("unsubscribe", [call])
+        self._due.pop((group, topic), None)
+        return _flag(removed)
+
     async def _register(self, topic: str) -> None:
         """Add ``topic`` to the registry behind topics(), which lives outside its slot.
 
@@ -762,11 +777,15 @@ class RedisTransport:
 
     # -- dead letters and stats ----------------------------------------------------------
 
-    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Up to ``limit`` dead events of (topic, group), oldest death first."""
+    async def dead_letters(
+        self, topic: str, group: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead events of (topic, group), oldest death first, from ``offset``."""
         topic, group = validate_topic(topic), validate_group(group)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
         t, g = self._keys.topic(topic), self._keys.group(topic, group)
-        call = load_script("dead_letters").call([limit], topic=t, group=g)
+        call = load_script("dead_letters").call([limit, offset], topic=t, group=g)
         [rows] = await self._run("dead_letters", [call])
         letters = []
         for i in range(0, len(rows), 3):

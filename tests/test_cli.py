@@ -197,6 +197,10 @@ def test_operator_commands_show_replay_and_purge_dead_letters(redis_url: str) ->
     assert listed.exit_code == 0, listed.output
     assert event_id in listed.output
     assert "ValueError: bad ping" in listed.output
+    skipped = runner.invoke(
+        app, ["dead", "--url", url, "--topic", "pings", "--group", "ops", "--offset", "1"]
+    )
+    assert skipped.exit_code == 0 and event_id not in skipped.output
 
     stats = runner.invoke(app, ["stats", "--url", url])
     assert stats.exit_code == 0, stats.output

@@ -230,6 +230,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.replay_dead(T, G)
     await tr.purge_dead(T, G)
     await tr.stats(T, G)
+    await tr.unsubscribe(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
     assert [len(call.keys) for call in calls if call.script.name == "publish"] == [11, 21]
     for call in calls:

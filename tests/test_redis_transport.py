@@ -27,6 +27,7 @@ from broker_core.transport import Message, QueueStats, Transport
 from broker_redis import plugin
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULTS, OPTION_NAMES, parse_options
+from broker_redis.scripts import load_script
 from broker_redis.testing import RedisFactory, RedisServer, make_tls_files, unique_prefix
 from broker_redis.transport import RedisTransport
 
@@ -391,6 +392,59 @@ async def test_two_prefixes_on_one_server_are_isolated(make: MakeTransport) -> N
     assert await a.kill(ma.receipt, reason="handler")
     assert await b.dead_letters(T, G) == []
     assert (await b.stats(T, G)).leased == 1
+
+
+async def test_unsubscribe_leaves_no_key_of_the_group(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix)
+    await tr.subscribe(T, G2)
+    before = keys_of(redis_server, prefix)
+    await tr.subscribe(T, G, ordered=True)
+    events = [(f"e{i}", b"x") for i in range(6)]
+    await tr.publish(T, events, keys=["k", "k", "j", None, None, None])
+    claimed = await tr.claim(G, [T], max_count=4, lease=30, max_attempts=3)
+    assert await tr.nack(claimed[1].receipt, delay=60)
+    assert await tr.kill(claimed[2].receipt, reason="handler", error="E: x")
+    assert any(b":g:billing:" in key for key in keys_of(redis_server, prefix))
+    assert await tr.unsubscribe(T, G)
+    assert not any(b":g:billing:" in key for key in keys_of(redis_server, prefix))
+    with redis_server.admin() as client:
+        assert client.smembers(f"{prefix}:{{{T}}}:groups") == {G2.encode()}
+        refs = client.hgetall(f"{prefix}:{{{T}}}:refs")
+    assert refs == {f"e{i}".encode(): b"1" for i in range(6)}
+    shipped = await tr.claim(G2, [T], max_count=10, lease=30, max_attempts=3)
+    assert await tr.ack([m.receipt for m in shipped]) == [True] * 6
+    # The seq counter of ordered keys and the registry entry are all that stay.
+    assert keys_of(redis_server, prefix) - before == {f"{prefix}:{{{T}}}:seq".encode()}
+
+
+async def test_unsubscribe_ends_a_history_copy_in_progress(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    prefix = unique_prefix()
+    tr = await make(key_prefix=prefix)
+    await tr.configure_topic(T, max_events=100)
+    await tr.subscribe(T, G2)
+    await tr.publish(T, [(f"e{i}", b"x") for i in range(5)])
+    # Begin a history copy for G, as a subscribe does, without running it to its end
+    # (a process that crashed mid-copy).
+    begin = load_script("subscribe").call([G, "", "inf", "", 1000], topic=tr._keys.topic(T))
+    step = load_script("copy_history").call(
+        [G, 2], topic=tr._keys.topic(T), group=tr._keys.group(T, G)
+    )
+    [(outcome, _)] = await tr._run("subscribe", [begin])
+    [(complete, copied)] = await tr._run("copy_history", [step])
+    assert (outcome, complete, copied) == (2, 0, 2)
+    assert await tr.groups(T) == [G2]
+    assert await tr.unsubscribe(T, G)
+    assert not any(b":g:billing:" in key for key in keys_of(redis_server, prefix))
+    with redis_server.admin() as client:
+        assert client.hgetall(f"{prefix}:{{{T}}}:pins") == {}
+        refs = client.hgetall(f"{prefix}:{{{T}}}:refs")
+    assert refs == {f"e{i}".encode(): b"2" for i in range(5)}  # G2 and the history
+    assert await tr.unsubscribe(T, G) is False
 
 
 async def test_body_stored_once_and_memory_returns_to_baseline(

@@ -194,6 +194,17 @@ class DeliveryModel:
             self._deliver_history(g, topic, history, now)
         return True
 
+    def unsubscribe(self, topic: str, group: str) -> bool:
+        """End the subscription: the group's copies go, in whatever state (so its ids are
+        free once no other group holds them) and its receipts are stale. Returns whether
+        it was subscribed."""
+        groups = self.topics.get(topic, {})
+        if groups.pop(group, None) is None:
+            return False
+        if not groups:
+            del self.topics[topic]  # topics() lists only topics with groups
+        return True
+
     # -- retention and history -----------------------------------------------------------
 
     def configure(

@@ -76,6 +76,8 @@ DEFAULT_SETTINGS = hypothesis.settings(
 
 TOPICS = ("orders", "payments")
 GROUPS = ("billing", "shipping", "audit")
+FIRST_SUBSCRIPTIONS = ((TOPICS[0], GROUPS[0]), (TOPICS[0], GROUPS[1]))
+"""Subscribed from the start (the second ordered), and never unsubscribed."""
 EVENT_IDS = tuple(f"e{i}" for i in range(8))
 """A small pool, so that ids are often republished while held, and after being done."""
 LEASES = (1.5, 4.5, 10.5, 30.5)
@@ -164,8 +166,8 @@ class TransportStateMachine(RuleBasedStateMachine):
     def first_subscriptions(self) -> None:
         """Start with two groups on one topic, one of them ordered: claims have a group,
         fan-out is the norm, and per-key order is always under test."""
-        self.subscribe(TOPICS[0], GROUPS[0], False)
-        self.subscribe(TOPICS[0], GROUPS[1], True)
+        for (topic, group), ordered in zip(FIRST_SUBSCRIPTIONS, (False, True), strict=True):
+            self.subscribe(topic, group, ordered)
 
     @rule(
         topic=st.sampled_from(TOPICS),
@@ -521,6 +523,20 @@ class TransportStateMachine(RuleBasedStateMachine):
     def crash(self, keep: int) -> None:
         """A consumer dies: its receipts are forgotten and only expiry brings the events back."""
         del self.held[keep:]
+
+    @precondition(lambda self: any(p not in FIRST_SUBSCRIPTIONS for p in self.model.pairs()))
+    @rule(pair=st.integers(0, 100))
+    def unsubscribe(self, pair: int) -> None:
+        """An operator removes a group from a topic; its copies go, its receipts go stale.
+
+        The first subscriptions stay, so that fan-out and per-key order stay under test.
+        """
+        others = [p for p in self.model.pairs() if p not in FIRST_SUBSCRIPTIONS]
+        topic, group = others[pair % len(others)]
+        got = self.run(self.transport.unsubscribe(topic, group))
+        expected = self.model.unsubscribe(topic, group)
+        assert got == expected, f"unsubscribe({topic}, {group}) = {got}, model says {expected}"
+        self.held = [r for r in self.held if (r.topic, r.group) != (topic, group)]
 
     @precondition(lambda self: self.model.any_dead())
     @rule(

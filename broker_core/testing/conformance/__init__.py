@@ -32,6 +32,7 @@ from broker_core.testing.conformance.progress import ProgressConformance
 from broker_core.testing.conformance.publish import PublishConformance
 from broker_core.testing.conformance.release import ReleaseConformance
 from broker_core.testing.conformance.state_machine import StateMachineConformance
+from broker_core.testing.conformance.unsubscribe import UnsubscribeConformance
 
 __all__ = [
     "BAD_NAMES",
@@ -51,6 +52,7 @@ __all__ = [
     "ReleaseConformance",
     "StateMachineConformance",
     "TransportConformance",
+    "UnsubscribeConformance",
 ]
 
 
@@ -59,6 +61,7 @@ __all__ = [
 class TransportConformance(
     NameConformance,
     HistoryConformance,
+    UnsubscribeConformance,
     ProgressConformance,
     DeadLetterConformance,
     OrderingConformance,

@@ -123,6 +123,26 @@ class DeadLetterConformance(ConformanceBase):
         assert [d.event_id for d in limited] == ["e1", "e2"]
 
     @pytest.mark.asyncio
+    async def test_dead_letters_are_read_a_page_at_a_time(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await self._kill_in_order(harness, "e1", "e2", "e3", "e4", "e5")
+        pages = [
+            [d.event_id for d in await tr.dead_letters(T, G, limit=2, offset=offset)]
+            for offset in (0, 2, 4, 6)
+        ]
+        assert pages == [["e1", "e2"], ["e3", "e4"], ["e5"], []]
+        [page] = [await tr.dead_letters(T, G, limit=1, offset=3)]
+        assert [(d.event_id, d.error, d.body) for d in page] == [("e4", "e4", body_of("e4"))]
+        assert await tr.replay_dead(T, G, ["e1"]) == 1  # pages are positions: they shift
+        assert [d.event_id for d in await tr.dead_letters(T, G, limit=2, offset=2)] == [
+            "e4",
+            "e5",
+        ]
+        with pytest.raises(ValueError, match="offset"):
+            await tr.dead_letters(T, G, offset=-1)
+
+    @pytest.mark.asyncio
     async def test_dead_letters_in_death_order_not_publish_order(self, harness: Harness) -> None:
         tr = harness.transport
         await tr.subscribe(T, G)

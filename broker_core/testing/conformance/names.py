@@ -32,6 +32,7 @@ BAD_NAMES: tuple[str, ...] = (
 NameCall = Callable[[Transport, str], Awaitable[object]]
 _TOPIC_CALLS: dict[str, NameCall] = {
     "subscribe": lambda t, bad: t.subscribe(bad, G),
+    "unsubscribe": lambda t, bad: t.unsubscribe(bad, G),
     "groups": lambda t, bad: t.groups(bad),
     "publish": lambda t, bad: t.publish(bad, [("e1", b"x")]),
     "claim": lambda t, bad: t.claim(G, [bad], max_count=1, lease=1.0, max_attempts=3),
@@ -43,6 +44,7 @@ _TOPIC_CALLS: dict[str, NameCall] = {
 }
 _GROUP_CALLS: dict[str, NameCall] = {
     "subscribe": lambda t, bad: t.subscribe(T, bad),
+    "unsubscribe": lambda t, bad: t.unsubscribe(T, bad),
     "claim": lambda t, bad: t.claim(bad, [T], max_count=1, lease=1.0, max_attempts=3),
     "wait": lambda t, bad: t.wait(bad, [T], 0.0),
     "dead_letters": lambda t, bad: t.dead_letters(T, bad),
