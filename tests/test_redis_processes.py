@@ -43,7 +43,9 @@ class Consumer:
     _file: IO[str] = field(repr=False)
 
     def lines(self) -> list[list[str]]:
-        return [line.split() for line in self.log.read_text().splitlines()]
+        # Only whole lines: the consumer may be halfway through writing the last one.
+        text = self.log.read_text()
+        return [line.split() for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def stop(self) -> None:
         if self.process.poll() is None:
