@@ -21,7 +21,7 @@ from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
 from broker_core.transport import DeadLetter, QueueStats, TopicStats, Transport
 
-__all__ = ["Broker", "Start"]
+__all__ = ["Broker", "Start", "parse_start"]
 
 Start = Literal["latest", "earliest"] | datetime
 """Where a subscription or a rewind starts: ``"latest"`` (only events published from now
@@ -553,3 +553,17 @@ def _history(start: Start) -> float | None:
     if start.tzinfo is None:
         raise ValueError(f"start must be an aware datetime (with a time zone), got {start!r}")
     return max(0.0, (datetime.now(UTC) - start).total_seconds())
+
+
+def parse_start(text: str) -> Start:
+    """A :data:`Start` from operator input: ``earliest``, ``latest``, or an ISO 8601 time
+    (UTC when it names no zone). Raises ValueError naming what is accepted."""
+    if text in ("earliest", "latest"):
+        return text  # type: ignore[return-value]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither 'earliest' nor an ISO time such as 2026-12-01T09:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker_core.broker import Broker, Start
+from broker_core.broker import Broker, Start, parse_start
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
 from broker_core.names import validate_topic
@@ -357,16 +357,10 @@ def _when(moment: datetime) -> str:
 
 
 def _start(value: str) -> Start:
-    """``earliest`` or an ISO 8601 time (UTC when it names no zone)."""
-    if value == "earliest":
-        return "earliest"
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is neither 'earliest' nor an ISO time such as 2026-12-01T09:00:00Z"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_start(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()

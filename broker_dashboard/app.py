@@ -1,9 +1,9 @@
-"""The dashboard's Starlette application: pages, live updates, and the two writes.
+"""The dashboard's Starlette application: pages, live updates, and its writes.
 
 Pages are rendered on the server from Jinja2 templates (autoescaped: whatever a payload
 holds is shown as text); htmx and its server-sent-events extension, vendored under
 ``static/``, swap in the live counts. The only writes are replaying and purging dead
-letters, each a POST from a confirmation page, checked by
+letters and rewinding a group, each a POST from a confirmation page, checked by
 :class:`~broker_dashboard.security.WritePolicy`.
 """
 
@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker_core.broker import Broker
+from broker_core.broker import Broker, Start, parse_start
 from broker_core.codec import Envelope
 from broker_core.errors import BrokerError, InvalidName
 from broker_core.names import validate_group, validate_topic
@@ -311,18 +311,9 @@ class _Dashboard:
             return self.problem(request, 404, "no such page")
         topic, group = names
         form = await _form(request)
-        if form is None:
-            return self.problem(request, 413, "the form is too large; nothing was changed")
-        origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        refusal = self.policy.check(
-            request.headers,
-            request.cookies.get(CSRF_COOKIE),
-            _one(form, "csrf"),
-            _one(form, "token"),
-            origin,
-        )
-        if refusal is not None:
-            return self.problem(request, 403, f"refused: {refusal.reason}; nothing was changed")
+        refused = self._refused(request, form)
+        if refused is not None or form is None:
+            return refused or self.problem(request, 413, "the form is too large")
         selection = _Selection.parse(
             _one(form, "scope"),
             form.get("id", []),
@@ -343,6 +334,76 @@ class _Dashboard:
             verb=_ACTIONS[action],
             count=done,
         )
+
+    def _refused(self, request: Request, form: dict[str, list[str]] | None) -> Response | None:
+        """The answer to a write the policy refuses (4xx, nothing changed), or None."""
+        if form is None:
+            return self.problem(request, 413, "the form is too large; nothing was changed")
+        origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        refusal = self.policy.check(
+            request.headers,
+            request.cookies.get(CSRF_COOKIE),
+            _one(form, "csrf"),
+            _one(form, "token"),
+            origin,
+        )
+        if refusal is not None:
+            return self.problem(request, 403, f"refused: {refusal.reason}; nothing was changed")
+        return None
+
+    # -- history ---------------------------------------------------------------------
+
+    async def history(self, request: Request) -> Response:
+        """Every topic's retention and history, and a rewind form per group."""
+        transport = self.broker.transport
+        topics = [
+            (await transport.topic_stats(topic), await transport.groups(topic))
+            for topic in await transport.topics()
+        ]
+        return self.page(request, "history.html", topics=topics)
+
+    async def rewind_preview(self, request: Request) -> Response:
+        """What a rewind from ``?to=`` would deliver now (a dry run), and its confirmation."""
+        target = await self._rewind_target(request, request.query_params.get("to", ""))
+        if isinstance(target, Response):
+            return target
+        topic, group, to, start = target
+        count = await self.broker.rewind(topic, to=start, group=group, dry_run=True)
+        return self.page(
+            request, "rewind.html", topic=topic, group=group, to=to, count=count, done=False
+        )
+
+    async def rewind(self, request: Request) -> Response:
+        form = await _form(request)
+        refused = self._refused(request, form)
+        if refused is not None or form is None:
+            return refused or self.problem(request, 413, "the form is too large")
+        target = await self._rewind_target(request, _one(form, "to"))
+        if isinstance(target, Response):
+            return target
+        topic, group, to, start = target
+        count = await self.broker.rewind(topic, to=start, group=group)
+        log.info("dashboard: rewound %s/%s from %s: %d events", topic, group, to, count)
+        return self.page(
+            request, "rewind.html", topic=topic, group=group, to=to, count=count, done=True
+        )
+
+    async def _rewind_target(
+        self, request: Request, to: str
+    ) -> tuple[str, str, str, Start] | Response:
+        names = _names(request)
+        if names is None:
+            return self.problem(request, 404, "no such topic or group name")
+        topic, group = names
+        if group not in await self.broker.transport.groups(topic):
+            return self.problem(request, 404, f"{group} is not subscribed to {topic}")
+        try:
+            start = parse_start(to)
+        except ValueError as exc:
+            return self.problem(request, 400, f"{exc}; nothing was changed")
+        if start == "latest":
+            return self.problem(request, 400, "rewind from 'earliest' or a time")
+        return topic, group, to, start
 
     async def _ids(self, topic: str, group: str, selection: _Selection) -> list[str] | None:
         """The ids a selection names now (None: every dead letter of the group)."""
@@ -476,9 +537,10 @@ def create_app(broker: Broker, config: DashboardConfig) -> Starlette:
             Route(group, dashboard.group),
             Route(f"{group}/confirm", dashboard.confirm),
             Route(f"{group}/dead/{{event_id:path}}", dashboard.letter),
+            Route("/history", dashboard.history),
+            Route(f"{group}/rewind", dashboard.rewind_preview, methods=["GET"]),
+            Route(f"{group}/rewind", dashboard.rewind, methods=["POST"]),
             Route(f"{group}/{{action}}", dashboard.act, methods=["POST"]),
-            # The History page (retention, rewind with a dry run) joins these routes, and
-            # the navigation in base.html, once topics have retention (issue 8).
             Mount("/static", StaticFiles(packages=[("broker_dashboard", "static")])),
         ],
         middleware=[

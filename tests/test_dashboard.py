@@ -341,3 +341,77 @@ def test_the_command_names_the_extra_when_it_is_missing(monkeypatch: pytest.Monk
     result = CliRunner().invoke(cli, ["dashboard", "--url", "redis://127.0.0.1:1/0"])
     assert result.exit_code == 2, result.output
     assert "embedded-event-broker[dashboard]" in result.output
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+def _with_history(store: str) -> None:
+    async def fill() -> None:
+        async with Broker.from_url(f"memory://{store}", group="billing") as broker:
+            await broker.configure_topic("orders", max_events=100)
+            await broker.subscribe("orders")
+            await broker.publish_many([DashOrder(order_id=f"h-{i}") for i in range(3)])
+
+    asyncio.run(fill())
+
+
+def test_the_history_page_previews_a_rewind_and_does_it_with_the_token() -> None:
+    store = f"dash-{uuid.uuid4().hex}"
+    _with_history(store)
+    for setup in _serve(store, WritePolicy(allow_writes=True, token=TOKEN)):
+        page = setup.client.get("/history")
+        assert page.status == 200, page.text
+        assert re.search(
+            r'data-topic="orders">.*?newest 100.*?class="num retained">3<', page.text, re.S
+        )
+        # Three events READY, so a rewind now would deliver nothing new.
+        preview = setup.client.get(f"{GROUP_PAGE}/rewind?to=earliest")
+        assert preview.status == 200 and 'id="preview">0<' in preview.text
+        asyncio.run(_ack_all(store))
+        preview = setup.client.get(f"{GROUP_PAGE}/rewind?to=earliest")
+        assert 'id="preview">3<' in preview.text
+        csrf = _csrf(preview.text)
+        without_token = setup.client.post(
+            f"{GROUP_PAGE}/rewind", [("csrf", csrf), ("to", "earliest")]
+        )
+        assert without_token.status == 403 and _ready(store) == 0
+        bad = setup.client.post(
+            f"{GROUP_PAGE}/rewind", [("csrf", csrf), ("token", TOKEN), ("to", "someday")]
+        )
+        assert bad.status == 400 and _ready(store) == 0
+        done = setup.client.post(
+            f"{GROUP_PAGE}/rewind", [("csrf", csrf), ("token", TOKEN), ("to", "earliest")]
+        )
+        assert done.status == 200, done.text
+        assert "3 events delivered again" in done.text
+        assert _ready(store) == 3
+
+
+def test_a_read_only_dashboard_previews_but_cannot_rewind() -> None:
+    store = f"dash-{uuid.uuid4().hex}"
+    _with_history(store)
+    asyncio.run(_ack_all(store))
+    for setup in _serve(store, WritePolicy(allow_writes=False, token=None)):
+        preview = setup.client.get(f"{GROUP_PAGE}/rewind?to=2000-01-01T00:00:00Z")
+        assert 'id="preview">3<' in preview.text and "Read-only" in preview.text
+        refused = setup.client.post(f"{GROUP_PAGE}/rewind", [("to", "earliest")])
+        assert refused.status == 403 and "location" not in refused.headers
+        assert _ready(store) == 0
+        assert setup.client.get("/topics/orders/groups/nobody/rewind?to=earliest").status == 404
+
+
+async def _ack_all(store: str) -> None:
+    async with Broker.from_url(f"memory://{store}") as broker:
+        ms = await broker.transport.claim(
+            "billing", ["orders"], max_count=100, lease=30, max_attempts=5
+        )
+        await broker.transport.ack([m.receipt for m in ms])
+
+
+def _ready(store: str) -> int:
+    async def read() -> int:
+        async with Broker.from_url(f"memory://{store}") as broker:
+            return (await broker.transport.stats("orders", "billing")).ready
+
+    return asyncio.run(read())
