@@ -11,8 +11,9 @@ from typing import ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from broker_core import Broker, Event
+from broker_core import Broker, Event, ManualClock
 from broker_core.cli import app
+from broker_memory import MemoryStore, MemoryTransport
 from broker_redis import RedisTransport
 from broker_redis.keys import Keys
 from broker_redis.testing import RedisServer
@@ -226,3 +227,23 @@ def test_cli_topics_and_rewind(redis_url: str, key_prefix: str) -> None:
         app, ["rewind", "--url", url, "--topic", "ledger", "--group", "x", "--to", "earliest"]
     )
     assert nobody.exit_code == 2 and "does not subscribe" in nobody.output
+
+
+async def test_memory_keeps_nothing_once_history_ages_out() -> None:
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    tr = MemoryTransport(store=store)
+    await tr.configure_topic("ledger", max_age=10.0)
+    await tr.subscribe("ledger", "billing")
+    await tr.publish("ledger", [(f"e{i}", b"x" * 100) for i in range(1000)])
+    msgs = await tr.claim("billing", ["ledger"], max_count=1000, lease=30, max_attempts=3)
+    assert await tr.ack([m.receipt for m in msgs]) == [True] * 1000
+    topic = store._topics["ledger"]
+    assert len(topic.log) == len(topic.held) == 1000  # the history holds them
+    clock.advance(11)
+    # A consumer polling the quiet topic frees a bounded part per claim.
+    for _ in range(100):
+        await tr.claim("billing", ["ledger"], max_count=1, lease=30, max_attempts=3)
+        if not topic.log:
+            break
+    assert (len(topic.log), len(topic.logged), len(topic.held)) == (0, 0, 0)
