@@ -5,15 +5,23 @@ from __future__ import annotations
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    ClusterDownError,
     MaxConnectionsError,
     NoScriptError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker_core.errors import TransportError
 
-__all__ = ["transport_error"]
+__all__ = ["REDIS_ERRORS", "transport_error"]
+
+REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
+"""What a redis-py call raises when Redis fails (the cluster client's own errors are no
+RedisError)."""
 
 # What redis-py's BlockingConnectionPool raises (a plain ConnectionError) when every
 # connection stayed busy for its whole timeout.
@@ -31,6 +39,10 @@ def transport_error(
         what = "Redis refused the credentials (check the user and password in the URL)"
     elif isinstance(exc, MaxConnectionsError) or str(exc) == _POOL_TIMED_OUT:
         what = "every connection of the pool stayed busy (raise the max_connections option)"
+    elif isinstance(exc, ClusterDownError | SlotNotCoveredError | RedisClusterException):
+        # No node answered, or the master of the keys' slot is down (a failover is
+        # promoting its replica): the next call refreshes the slot map.
+        what = "the Redis Cluster cannot serve the keys' slot now"
     elif isinstance(exc, RedisTimeoutError):
         what = "Redis did not answer in time"
     elif isinstance(exc, RedisConnectionError | OSError):

@@ -2,9 +2,12 @@
 
 ``redis://[[user]:password@]host[:port][/db][?option=value&...]``, ``rediss://`` for TLS
 (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` in the query) and
-``unix:///path/to/socket[?db=N]``. The options below may be given in the query string or
-as keyword arguments (a keyword argument wins); every other query parameter goes to
-redis-py unchanged. docs/redis-keys.md has the same table.
+``unix:///path/to/socket[?db=N]``. A Redis Cluster is
+``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?option=value&...]``
+(``rediss+cluster://`` for TLS): the hosts are seed nodes, from which the client learns
+every master and its slots (see docs/cluster.md). The options below may be given in the
+query string or as keyword arguments (a keyword argument wins); every other query
+parameter goes to redis-py unchanged. docs/redis-keys.md has the same table.
 
 ``key_prefix``
     Start of every key (default ``"broker"``): two applications with different prefixes
@@ -34,11 +37,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from broker_core.urls import redact
 from broker_redis.keys import DEFAULT_PREFIX, validate_prefix
 
-__all__ = ["DEFAULTS", "DEFAULT_URL", "OPTION_NAMES", "SCHEMES", "RedisOptions", "parse_options"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "DEFAULTS",
+    "DEFAULT_URL",
+    "OPTION_NAMES",
+    "SCHEMES",
+    "RedisOptions",
+    "parse_options",
+]
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
-SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""The URL schemes of a Redis Cluster."""
+
+SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 """The URL schemes this transport serves."""
 
 # Parser of each option's URL text. The rest of the query belongs to redis-py.
@@ -78,6 +92,11 @@ class RedisOptions:
     socket_connect_timeout: float
     max_body_bytes: int
     sweep_interval: float
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster."""
+        return urlsplit(self.url).scheme in CLUSTER_SCHEMES
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:

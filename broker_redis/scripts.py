@@ -30,9 +30,10 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from broker_core.errors import TransportError
+from broker_redis.errors import REDIS_ERRORS
 from broker_redis.keys import GroupKeys, TopicKeys
 
 __all__ = [
@@ -274,9 +275,17 @@ class ScriptRunner:
             for script in scripts:
                 pipe.script_load(script.source)
             shas = await self._guard("loading scripts", pipe.execute())
+        self._check_shas(scripts, shas)
+
+    @staticmethod
+    def _check_shas(scripts: Sequence[Script], shas: Sequence[Any]) -> None:
         for script, sha in zip(scripts, shas, strict=True):
             if (sha.decode(errors="replace") if isinstance(sha, bytes) else sha) != script.sha:
                 raise TransportError(f"Redis named script {script.name} {sha!r}, not {script.sha}")
+
+    async def _reload(self, lost: Sequence[tuple[Script, NoScriptError]]) -> None:
+        """Load again the scripts of the calls answered NOSCRIPT."""
+        await self.load({script for script, _ in lost})
 
     async def run(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """Run ``calls`` of operation ``op`` in one round trip: each call's reply, in order.
@@ -286,23 +295,24 @@ class ScriptRunner:
         """
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        lost: list[NoScriptError] = []
+        lost: list[tuple[Script, NoScriptError]] = []
         for _ in range(_NOSCRIPT_ROUNDS):
             replies = await self._send(op, [calls[i] for i in pending])
             missing = []
+            lost = []
             for i, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, NoScriptError):
                     missing.append(i)
-                    lost.append(reply)
+                    lost.append((calls[i].script, reply))
                 elif isinstance(reply, Exception):
                     raise self._error(op, reply) from reply
                 else:
                     results[i] = reply
             if not missing:
                 return results
-            await self.load({calls[i].script for i in missing})
+            await self._reload(lost)
             pending = missing
-        raise self._error(op, lost[-1])
+        raise self._error(op, lost[-1][1])
 
     async def _send(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """One round trip of EVALSHA calls: each call's reply, or the error it got."""
@@ -315,7 +325,7 @@ class ScriptRunner:
                 reply = await redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             except NoScriptError as exc:
                 return [exc]
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise self._error(op, exc) from exc
             return [reply]
         async with redis.pipeline(transaction=False) as pipe:
@@ -326,5 +336,5 @@ class ScriptRunner:
     async def _guard(self, op: str, awaitable: Awaitable[_T]) -> _T:
         try:
             return await awaitable
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._error(op, exc) from exc
