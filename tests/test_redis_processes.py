@@ -1,4 +1,5 @@
-"""Crash safety with real consumer processes sharing one group on a real redis-server.
+"""Crash safety with real consumer processes sharing one group on a real redis-server,
+and on a real 3-master Redis Cluster.
 
 The consumers (tests/redis_consumer.py) use the server's clock and short leases; the
 test kills one with SIGKILL mid-handler, or freezes one with SIGSTOP past its lease, and
@@ -25,7 +26,6 @@ import pytest_asyncio
 from checkout import checkout_env
 
 from broker_core.transport import QueueStats
-from broker_redis.testing import RedisServer
 from broker_redis.transport import RedisTransport
 
 CONSUMER = Path(__file__).with_name("redis_consumer.py")
@@ -56,15 +56,23 @@ class Consumer:
 StartConsumer = Callable[[str], Consumer]
 
 
+@pytest.fixture(params=["node", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The shared server's URL, or the shared cluster's (both flushed afterwards)."""
+    fixture = "redis_url" if request.param == "node" else "redis_cluster_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
 @pytest.fixture
-def start_consumer(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartConsumer]:
-    """Start consumer processes of group G on the shared server; all killed afterwards."""
+def start_consumer(store_url: str, tmp_path: Path) -> Iterator[StartConsumer]:
+    """Start consumer processes of group G on the shared store; all killed afterwards."""
     consumers: list[Consumer] = []
 
     def start(prefix: str) -> Consumer:
         log = tmp_path / f"consumer-{len(consumers)}.log"
         out = log.open("w")
-        args = [redis_server.url, prefix, G, T, str(LEASE), str(RUN_SECONDS)]
+        args = [store_url, prefix, G, T, str(LEASE), str(RUN_SECONDS)]
         process = subprocess.Popen(
             [sys.executable, str(CONSUMER), *args],
             stdout=out,
@@ -82,9 +90,9 @@ def start_consumer(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartC
 
 
 @pytest_asyncio.fixture
-async def transport(redis_url: str, key_prefix: str) -> AsyncIterator[RedisTransport]:
-    """The test's own view of the consumers' store (same server, same key prefix)."""
-    tr = RedisTransport(redis_url, key_prefix=key_prefix)
+async def transport(store_url: str, key_prefix: str) -> AsyncIterator[RedisTransport]:
+    """The test's own view of the consumers' store (same store, same key prefix)."""
+    tr = RedisTransport(store_url, key_prefix=key_prefix)
     await tr.connect()
     yield tr
     await tr.close()
