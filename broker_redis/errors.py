@@ -35,10 +35,15 @@ def transport_error(
 
     ``safe_url`` is the server's URL with its password already replaced.
     """
-    if isinstance(exc, AuthenticationError | AuthorizationError):
+    cause = exc.__cause__ if isinstance(exc, RedisClusterException) else None
+    if isinstance(exc, AuthenticationError | AuthorizationError) or isinstance(
+        cause, AuthenticationError | AuthorizationError
+    ):
         what = "Redis refused the credentials (check the user and password in the URL)"
     elif isinstance(exc, MaxConnectionsError) or str(exc) == _POOL_TIMED_OUT:
         what = "every connection of the pool stayed busy (raise the max_connections option)"
+    elif isinstance(exc, RedisClusterException) and cause is not None:
+        what = "cannot reach any node of the Redis Cluster"
     elif isinstance(exc, ClusterDownError | SlotNotCoveredError | RedisClusterException):
         # No node answered, or the master of the keys' slot is down (a failover is
         # promoting its replica): the next call refreshes the slot map.

@@ -276,7 +276,8 @@ class RedisCluster:
     create`` (the slots spread evenly over the masters) and returns once every node
     reports ``cluster_state:ok``. ``node_timeout`` (ms) is how long the others wait before
     they call a silent master failed and promote its replica: short, so that failover
-    tests are quick. ``args`` go to every node.
+    tests are quick. ``args`` go to every node; ``password`` is required of clients (and
+    of replicas by their masters).
     """
 
     def __init__(
@@ -287,6 +288,7 @@ class RedisCluster:
         replicas: int = 0,
         node_timeout: int = 1000,
         args: Sequence[str] = (),
+        password: str | None = None,
     ) -> None:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 masters, got {masters}")
@@ -299,21 +301,30 @@ class RedisCluster:
         self.directory = directory
         self.masters_count = masters
         self.replicas_count = replicas
+        self.password = password
+        auth = ["--masterauth", password] if password else []
         cluster_args = [
+            *auth,
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout),
             # A test may kill masters: the rest of the cluster keeps serving its slots.
             "--cluster-require-full-coverage", "no",
         ]  # fmt: skip
         self.nodes = [
-            RedisServer(directory / f"node-{i}", [*cluster_args, *args], ports=free_cluster_port)
+            RedisServer(
+                directory / f"node-{i}",
+                [*cluster_args, *args],
+                password=password,
+                ports=free_cluster_port,
+            )
             for i in range(masters * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
         """A ``redis+cluster://`` URL naming every node the cluster started with."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> None:
         """Start every node, create the cluster, and wait until every node reports ok."""
@@ -321,8 +332,9 @@ class RedisCluster:
             for node in self.nodes:
                 node.start()
             addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
             result = subprocess.run(
-                [self.cli, "--cluster", "create", *addresses,
+                [self.cli, *auth, "--cluster", "create", *addresses,
                  "--cluster-replicas", str(self.replicas_count), "--cluster-yes"],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
