@@ -24,17 +24,18 @@ refreshes the slot map first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, SlotNotCoveredError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.errors import TransportError
@@ -135,15 +136,22 @@ class ClusterScriptRunner(ScriptRunner):
     """Runs script calls on a Redis Cluster: each on the master of its keys' slot.
 
     At most ``max_connections`` calls are on the wire at once; a call waits up to
-    ``timeout`` seconds for its turn, as one waits for a connection of a pool.
+    ``timeout`` seconds for its turn, as one waits for a connection of a pool. A durable
+    call and its ``WAIT`` go together on one connection of the master of its slot.
     """
 
     __slots__ = ("_slots", "_timeout")
 
     def __init__(
-        self, redis: RedisCluster, error: ErrorMapper, max_connections: int, timeout: float
+        self,
+        redis: RedisCluster,
+        error: ErrorMapper,
+        max_connections: int,
+        timeout: float,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
-        super().__init__(redis, error)  # type: ignore[arg-type]
+        super().__init__(redis, error, replicas, replica_timeout)  # type: ignore[arg-type]
         self._slots = asyncio.Semaphore(max_connections)
         self._timeout = timeout
 
@@ -182,7 +190,11 @@ class ClusterScriptRunner(ScriptRunner):
         """Each call on its own master, concurrently: each call's reply, or its error."""
         return list(await asyncio.gather(*(self._one(op, call) for call in calls)))
 
-    async def _one(self, op: str, call: Call) -> Any:
+    async def _send_durable(self, op: str, calls: Sequence[Call]) -> list[Any]:
+        """Each call and a WAIT on one connection of its master, concurrently."""
+        return list(await asyncio.gather(*(self._one(op, call, durable=True) for call in calls)))
+
+    async def _one(self, op: str, call: Call, *, durable: bool = False) -> Any:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
@@ -191,6 +203,8 @@ class ClusterScriptRunner(ScriptRunner):
                 f"{op} failed: every connection stayed busy (raise the max_connections option)"
             ) from None
         try:
+            if durable:
+                return await self._with_wait(op, call)
             return await self.cluster.evalsha(
                 call.script.sha, len(call.keys), *call.keys, *call.args
             )
@@ -198,3 +212,38 @@ class ClusterScriptRunner(ScriptRunner):
             return exc
         finally:
             self._slots.release()
+
+    async def _with_wait(self, op: str, call: Call) -> Any:
+        """EVALSHA and WAIT on one connection of the master of the call's slot.
+
+        WAIT counts the replicas that have the writes of its own connection, so the two
+        cannot go through the cluster client, which may pick any connection. A MOVED or
+        ASK answer (the slot moved: nothing ran) refreshes the slot map and tries again.
+        """
+        for _ in range(2):
+            node = self.cluster.get_node_from_key(call.keys[0])
+            if node is None:
+                return SlotNotCoveredError(f"no master serves the slot of {call.keys[0]!r}")
+            commands = [
+                PipelineCommand(0, "EVALSHA", call.script.sha, len(call.keys), *call.keys,
+                                *call.args),
+                PipelineCommand(1, "WAIT", *self._wait_args()),
+            ]  # fmt: skip
+            try:
+                await node.execute_pipeline(commands)
+            except REDIS_ERRORS:
+                await self._refresh()
+                raise
+            reply, acked = commands[0].result, commands[1].result
+            if isinstance(reply, MovedError | AskError):
+                await self._refresh()
+                continue
+            if not isinstance(reply, Exception):
+                self._check_replicated(op, acked)
+            return reply
+        return reply
+
+    async def _refresh(self) -> None:
+        """Learn the slot map again (after a failover or a reshard)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.cluster.nodes_manager.initialize()

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker_core.errors import TransportError
 
-__all__ = ["REDIS_ERRORS", "transport_error"]
+__all__ = ["REDIS_ERRORS", "ReplicationTimeout", "replication_timeout", "transport_error"]
 
 REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
 """What a redis-py call raises when Redis fails (the cluster client's own errors are no
@@ -26,6 +26,23 @@ RedisError)."""
 # What redis-py's BlockingConnectionPool raises (a plain ConnectionError) when every
 # connection stayed busy for its whole timeout.
 _POOL_TIMED_OUT = "No connection available."
+
+
+class ReplicationTimeout(TransportError):
+    """Fewer replicas than ``min_replicas`` acknowledged a write in ``replica_timeout``.
+
+    The write took effect on the master; only its survival of a failover right now is
+    not assured. Publishing again is safe (publish skips ids the topic holds).
+    """
+
+
+def replication_timeout(op: str, acked: int, wanted: int, timeout: float) -> ReplicationTimeout:
+    """The error of ``op`` when ``acked`` of ``wanted`` replicas confirmed it in time."""
+    return ReplicationTimeout(
+        f"{op} took effect on the master, but only {acked} of {wanted} replicas acknowledged "
+        f"it within {timeout} s (options min_replicas, replica_timeout): it may be lost if "
+        "that master fails now; check the replicas' links"
+    )
 
 
 def transport_error(

@@ -23,6 +23,14 @@ parameter goes to redis-py unchanged. docs/redis-keys.md has the same table.
 ``sweep_interval``
     Longest an idle consumer blocks without re-checking the store (default 1 s). The
     re-check requeues leases that expired in consumers that died; it is one script call.
+``min_replicas``
+    Replicas that must have each publish, subscribe, ack, nack and kill before the call
+    returns (default 0: do not wait). After the script, ``WAIT`` on the same connection of
+    the master that ran it; fewer replicas within ``replica_timeout`` raise
+    ReplicationTimeout (the write is on the master, and may be lost if it fails now).
+    Costs a replication round trip per call; see docs/cluster.md.
+``replica_timeout``
+    Seconds ``WAIT`` waits for ``min_replicas`` replicas (default 1).
 ``clock`` (keyword only)
     A Clock to read the time from instead of the server's ``TIME`` (tests).
 """
@@ -63,6 +71,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "socket_connect_timeout": float,
     "max_body_bytes": int,
     "sweep_interval": float,
+    "min_replicas": int,
+    "replica_timeout": float,
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -74,6 +84,8 @@ DEFAULTS: Mapping[str, Any] = {
     # other accepts.
     "max_body_bytes": 1024 * 1024,
     "sweep_interval": 1.0,
+    "min_replicas": 0,
+    "replica_timeout": 1.0,
 }
 """The default of every option that may be a URL parameter."""
 
@@ -92,6 +104,8 @@ class RedisOptions:
     socket_connect_timeout: float
     max_body_bytes: int
     sweep_interval: float
+    min_replicas: int
+    replica_timeout: float
 
     @property
     def cluster(self) -> bool:
@@ -129,7 +143,9 @@ def parse_options(url: str, keywords: Mapping[str, Any]) -> RedisOptions:
             raise ValueError(f"invalid {name}={text!r} in Redis URL {redact(url)!r}") from None
     values.update({name: value for name, value in keywords.items() if value is not None})
     for name, value in values.items():
-        if name != "key_prefix" and value <= 0:
+        if name == "min_replicas" and value < 0:
+            raise ValueError(f"RedisTransport option {name} must not be negative, got {value}")
+        if name not in ("key_prefix", "min_replicas") and value <= 0:
             raise ValueError(f"RedisTransport option {name} must be positive, got {value}")
     return RedisOptions(
         url=redis_url,
@@ -139,4 +155,6 @@ def parse_options(url: str, keywords: Mapping[str, Any]) -> RedisOptions:
         socket_connect_timeout=float(values["socket_connect_timeout"]),
         max_body_bytes=int(values["max_body_bytes"]),
         sweep_interval=float(values["sweep_interval"]),
+        min_replicas=int(values["min_replicas"]),
+        replica_timeout=float(values["replica_timeout"]),
     )

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from broker_core.errors import TransportError
-from broker_redis.errors import REDIS_ERRORS
+from broker_redis.errors import REDIS_ERRORS, replication_timeout
 from broker_redis.keys import GroupKeys, TopicKeys
 
 __all__ = [
@@ -260,13 +260,20 @@ class ScriptRunner:
     """Runs script calls on one client by EVALSHA, loading the scripts again on NOSCRIPT.
 
     ``error`` turns a redis-py failure of an operation into the TransportError to raise.
+    With ``replicas`` above 0, a ``durable`` run is followed by ``WAIT`` on the same
+    connection, and raises ReplicationTimeout unless that many replicas acknowledged
+    its writes within ``replica_timeout`` seconds.
     """
 
-    __slots__ = ("_error", "_redis")
+    __slots__ = ("_error", "_redis", "_replica_timeout", "_replicas")
 
-    def __init__(self, redis: Redis, error: ErrorMapper) -> None:
+    def __init__(
+        self, redis: Redis, error: ErrorMapper, replicas: int = 0, replica_timeout: float = 1.0
+    ) -> None:
         self._redis = redis
         self._error = error
+        self._replicas = replicas
+        self._replica_timeout = replica_timeout
 
     async def load(self, scripts: Iterable[Script]) -> None:
         """SCRIPT LOAD each script in one round trip; refuse a SHA other than ours."""
@@ -287,17 +294,18 @@ class ScriptRunner:
         """Load again the scripts of the calls answered NOSCRIPT."""
         await self.load({script for script, _ in lost})
 
-    async def run(self, op: str, calls: Sequence[Call]) -> list[Any]:
+    async def run(self, op: str, calls: Sequence[Call], *, durable: bool = False) -> list[Any]:
         """Run ``calls`` of operation ``op`` in one round trip: each call's reply, in order.
 
         A call answered NOSCRIPT did not run, so only those calls are sent again, once
-        their scripts are loaded again.
+        their scripts are loaded again. ``durable`` waits for the replicas (see above).
         """
+        send = self._send_durable if durable and self._replicas else self._send
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         lost: list[tuple[Script, NoScriptError]] = []
         for _ in range(_NOSCRIPT_ROUNDS):
-            replies = await self._send(op, [calls[i] for i in pending])
+            replies = await send(op, [calls[i] for i in pending])
             missing = []
             lost = []
             for i, reply in zip(pending, replies, strict=True):
@@ -332,6 +340,25 @@ class ScriptRunner:
             for call in calls:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             return await self._guard(op, pipe.execute(raise_on_error=False))
+
+    async def _send_durable(self, op: str, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`_send`, then WAIT on the same connection: one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("WAIT", *self._wait_args())
+            *replies, acked = await self._guard(op, pipe.execute(raise_on_error=False))
+        self._check_replicated(op, acked)
+        return replies
+
+    def _wait_args(self) -> tuple[int, int]:
+        return self._replicas, max(1, round(self._replica_timeout * 1000))
+
+    def _check_replicated(self, op: str, acked: Any) -> None:
+        if isinstance(acked, Exception):
+            raise self._error(op, acked) from acked
+        if int(acked) < self._replicas:
+            raise replication_timeout(op, int(acked), self._replicas, self._replica_timeout)
 
     async def _guard(self, op: str, awaitable: Awaitable[_T]) -> _T:
         try:

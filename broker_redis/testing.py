@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 __all__ = [
     "RedisCluster",
@@ -309,6 +310,8 @@ class RedisCluster:
             "--cluster-node-timeout", str(node_timeout),
             # A test may kill masters: the rest of the cluster keeps serving its slots.
             "--cluster-require-full-coverage", "no",
+            # A replica (or a master back as one) syncs at once, not after 5 s.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
         self.nodes = [
             RedisServer(
@@ -370,9 +373,25 @@ class RedisCluster:
         roles = self._roles()
         return [n for n in self.running() if roles.get(n.port) == "slave"]
 
+    def master_of(self, key: str) -> RedisServer:
+        """The live master that serves ``key``'s slot now."""
+        slot = key_slot(key.encode())
+        for node in self.running():
+            try:
+                with node.admin() as client:
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+            for start, end, master, *_ in ranges:
+                if int(start) <= slot <= int(end):
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no live node knows the master of slot {slot}")
+
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Return once every live node reports ``cluster_state:ok`` and agrees on the
-        masters, every slot served by a live master; raise after ``timeout`` seconds."""
+        """Return once every live node reports ``cluster_state:ok``, every slot is served
+        by a live master and every replica's link to its master is up; raise after
+        ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             if self._is_ok():
@@ -391,7 +410,10 @@ class RedisCluster:
                     if "cluster_state:ok" not in text:
                         return False
                     slots = client.execute_command("CLUSTER", "SLOTS")
+                    replication = client.info("replication")
             except redis.RedisError:
+                return False
+            if replication["role"] == "slave" and replication["master_link_status"] != "up":
                 return False
             served = 0
             for start, end, master, *_ in slots:

@@ -56,6 +56,10 @@ _T = TypeVar("_T")
 _PUBLISH_ROUNDS = 5
 
 
+# The operations whose writes a failover must not lose: with min_replicas, each waits
+# until that many replicas have them (a lost claim or extend only means a redelivery).
+_DURABLE_OPS = frozenset({"publish", "subscribe", "ack", "nack", "kill"})
+
 MIN_REDIS_VERSION = (6, 2)
 """The oldest Redis whose commands every script and wait can use."""
 
@@ -125,6 +129,8 @@ class RedisTransport:
         socket_connect_timeout: float | None = None,
         max_body_bytes: int | None = None,
         sweep_interval: float | None = None,
+        min_replicas: int | None = None,
+        replica_timeout: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         options = parse_options(
@@ -136,6 +142,8 @@ class RedisTransport:
                 "socket_connect_timeout": socket_connect_timeout,
                 "max_body_bytes": max_body_bytes,
                 "sweep_interval": sweep_interval,
+                "min_replicas": min_replicas,
+                "replica_timeout": replica_timeout,
             },
         )
         self._keys = Keys(options.key_prefix)
@@ -144,6 +152,8 @@ class RedisTransport:
         self._connect_timeout = options.socket_connect_timeout
         self._max_body_bytes = options.max_body_bytes
         self._sweep_interval = options.sweep_interval
+        self._min_replicas = options.min_replicas
+        self._replica_timeout = options.replica_timeout
         self._url = options.url
         self._safe_url = redact(options.url)
         self._password = urlsplit(options.url).password
@@ -221,7 +231,7 @@ class RedisTransport:
             # A blocking wait lasts up to sweep_interval, so its reads may take that long.
             timeout = self._sweep_interval + self._socket_timeout
             blocking = Redis(connection_pool=self._pool(timeout))
-            scripts = ScriptRunner(redis, self._error)
+            scripts = ScriptRunner(redis, self._error, self._min_replicas, self._replica_timeout)
             try:
                 await self._guard("connect", redis.ping())
                 await self._check_version(redis)
@@ -236,7 +246,12 @@ class RedisTransport:
         """Connect to a cluster: learn its slots, check every master, load the scripts."""
         redis = settings.client(self._max_connections)
         scripts = ClusterScriptRunner(
-            redis, self._error, self._max_connections, self._socket_timeout
+            redis,
+            self._error,
+            self._max_connections,
+            self._socket_timeout,
+            self._min_replicas,
+            self._replica_timeout,
         )
         try:
             await self._guard("connect", redis.initialize())
@@ -311,7 +326,7 @@ class RedisTransport:
         """Run script calls in one round trip; see :class:`ScriptRunner`."""
         self._client()
         assert self._scripts is not None  # set together with _redis
-        return await self._scripts.run(op, calls)
+        return await self._scripts.run(op, calls, durable=op in _DURABLE_OPS)
 
     # -- time --------------------------------------------------------------------------
 
