@@ -424,6 +424,26 @@ class RedisCluster:
                 return False
         return True
 
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster's id of ``node`` (``CLUSTER MYID``)."""
+        with node.admin() as client:
+            answer = client.execute_command("CLUSTER", "MYID")
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+    def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
+        """Move ``slots`` slots (the lowest ``source`` serves), keys and all, to ``target``
+        with ``redis-cli --cluster reshard``; return once the cluster is ok again."""
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        result = subprocess.run(
+            [self.cli, *auth, "--cluster", "reshard", f"127.0.0.1:{source.port}",
+             "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+             "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster reshard failed:\n{result.stdout}")
+        self.wait_ok()
+
     def kill(self, node: RedisServer) -> None:
         """Kill one node abruptly (SIGKILL), as a crash would."""
         node.kill()

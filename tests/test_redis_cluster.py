@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -326,3 +326,82 @@ def test_cli_reads_the_cluster(redis_cluster_url: str) -> None:
         return stats.ready
 
     assert asyncio.run(ready()) == 1
+
+
+# -- resharding --------------------------------------------------------------------------
+
+
+class ReshardedOrder(Event):
+    """An event of the resharding test; its topic is chosen at run time."""
+
+    topic: ClassVar[str] = "resharded"
+    n: int
+
+
+async def test_a_run_continues_after_its_topics_slot_is_resharded(tmp_path: Path) -> None:
+    cluster = RedisCluster(tmp_path / "cluster", masters=3)
+    cluster.start()
+    try:
+        prefix = unique_prefix()
+        keys = Keys(prefix)
+        # The topic nearest the start of its master's slots: few slots to move.
+        with cluster.nodes[0].admin() as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+
+        def offset(topic: str) -> int:
+            slot = key_slot(keys.topic(topic).msg.encode())
+            return min(slot - s for s, e, *_ in ranges if s <= slot <= e)
+
+        topic = min((f"t{i}" for i in range(300)), key=offset)
+        source = cluster.master_of(keys.topic(topic).msg)
+        target = next(m for m in cluster.masters() if m.port != source.port)
+        url = f"{cluster.url}?key_prefix={prefix}"
+        consumer = Broker.from_url(url, group=G, poll_interval=0.2, lease=5.0)
+        publisher = Broker.from_url(url)
+        handled: list[int] = []
+
+        async def handle(event: ReshardedOrder) -> None:
+            if event.n < 0:
+                raise ValueError("poison")
+            handled.append(event.n)
+
+        consumer.on(topic, max_attempts=1)(handle)
+        async with consumer, publisher:
+            await consumer.subscribe(topic)
+            run = asyncio.create_task(consumer.run())
+            await publisher.publish(ReshardedOrder(n=-1), topic=topic)  # a dead letter
+            for n in range(10):
+                await publisher.publish(ReshardedOrder(n=n), topic=topic)
+            await until(lambda: len(handled) == 10, "the first events are handled")
+            await until_dead(consumer, topic, 1)
+
+            # While the consumer idles: MOVED answers, then the new slot map.
+            await asyncio.to_thread(cluster.reshard, source, target, offset(topic) + 1)
+            assert cluster.master_of(keys.topic(topic).msg).port == target.port
+            for n in range(10, 20):
+                await publisher.publish(ReshardedOrder(n=n), topic=topic)
+            await until(lambda: len(handled) == 20, "the events after the reshard are handled")
+            assert not run.done()
+            [letter] = await consumer.transport.dead_letters(topic, G)  # moved along
+            consumer.stop()
+            await run
+        assert sorted(handled) == list(range(20))
+        assert letter.attempts >= 1
+    finally:
+        cluster.stop()
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    """Poll ``condition()`` every 20 ms; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds}s waiting until {what}")
+        await asyncio.sleep(0.02)
+
+
+async def until_dead(broker: Broker, topic: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(await broker.transport.dead_letters(topic, G)) < count:
+        assert time.monotonic() < deadline, "the poison event never died"
+        await asyncio.sleep(0.05)
