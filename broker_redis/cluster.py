@@ -235,6 +235,8 @@ class ClusterScriptRunner(ScriptRunner):
                 await self._refresh()
                 raise
             reply, acked = commands[0].result, commands[1].result
+            if isinstance(reply, NoScriptError):
+                reply.connection = node  # type: ignore[attr-defined]  # where to reload
             if isinstance(reply, MovedError | AskError):
                 await self._refresh()
                 continue

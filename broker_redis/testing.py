@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.crc import key_slot
@@ -390,7 +391,7 @@ class RedisCluster:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Return once every live node reports ``cluster_state:ok``, every slot is served
-        by a live master and every replica's link to its master is up; raise after
+        by a live master and every replica is online at its master; raise after
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -414,6 +415,9 @@ class RedisCluster:
             except redis.RedisError:
                 return False
             if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                return False
+            links = [v for k, v in replication.items() if k.startswith("slave")]
+            if links and not self._replicas_acknowledge(node, slots, len(links)):
                 return False
             served = 0
             for start, end, master, *_ in slots:
@@ -443,6 +447,29 @@ class RedisCluster:
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster reshard failed:\n{result.stdout}")
         self.wait_ok()
+
+    @staticmethod
+    def _replicas_acknowledge(node: RedisServer, slots: list[Any], replicas: int) -> bool:
+        """Whether ``replicas`` replicas of master ``node`` acknowledge a write at once.
+
+        A replica counts as synced at its master a little before it acknowledges writes
+        (it may still be loading what it was sent): only a real write and WAIT tell.
+        """
+        mine = [(int(s), int(e)) for s, e, master, *_ in slots if int(master[1]) == node.port]
+        probe = next(
+            (f"probe-{i}" for i in range(10_000)
+             if any(s <= key_slot(f"probe-{i}".encode()) <= e for s, e in mine)),
+            None,
+        )  # fmt: skip
+        if probe is None:
+            return True  # a master without slots holds nothing to lose
+        try:
+            with node.admin() as client:
+                client.set(probe, "1")
+                client.delete(probe)
+                return int(client.execute_command("WAIT", replicas, 100)) >= replicas
+        except redis.RedisError:
+            return False
 
     def kill(self, node: RedisServer) -> None:
         """Kill one node abruptly (SIGKILL), as a crash would."""
