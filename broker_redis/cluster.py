@@ -28,7 +28,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
@@ -127,8 +127,6 @@ def parse_cluster_url(url: str, **kwargs: Any) -> ClusterSettings:
         options.pop(name, None)
     if tls:
         options["ssl"] = True
-    if "password" in options:
-        options["password"] = unquote(options["password"])
     return ClusterSettings(nodes, {**options, **kwargs})
 
 

@@ -14,7 +14,8 @@ parameter goes to redis-py unchanged. docs/redis-keys.md has the same table.
     share one Redis without seeing each other.
 ``max_connections``
     Size of each connection pool (default 32): one pool for commands, one for the
-    blocking waits of idle consumers.
+    blocking waits of idle consumers. On a cluster: connections per node, and script
+    calls on the wire at once.
 ``socket_timeout`` / ``socket_connect_timeout``
     Seconds to wait for an answer / a connection (defaults 10 and 5).
 ``max_body_bytes``

@@ -7,7 +7,10 @@ matter. Tests may pass a :class:`~broker_core.clock.Clock` instead; the scripts 
 read the time from the client.
 
 The URL and the options (key prefix, pool size, timeouts, body size limit, sweep
-interval, clock) are described and parsed in :mod:`broker_redis.options`.
+interval, replicas to wait for, clock) are described and parsed in
+:mod:`broker_redis.options`. A ``redis+cluster://`` URL runs the same scripts on a Redis
+Cluster (:mod:`broker_redis.cluster`), where idle consumers wait by pub/sub
+(:mod:`broker_redis.wakeups`); see docs/cluster.md.
 
 Failures
 --------

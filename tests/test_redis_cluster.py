@@ -75,6 +75,8 @@ def test_cluster_urls_name_seed_nodes_credentials_and_options() -> None:
     assert settings.kwargs["ssl"] is True
     assert settings.kwargs["ssl_ca_certs"] == "/ca.pem"
     assert "p@ss" not in repr(settings)
+    # Decoded once: a password may hold a literal percent sign.
+    assert parse_cluster_url("redis+cluster://:a%2540b@h1").kwargs["password"] == "a%40b"
     tr = RedisTransport("redis+cluster://:hunter2@h1:7000,h2:7001?key_prefix=app&socket_timeout=2")
     assert "hunter2" not in repr(tr) and "app" in repr(tr)
 
