@@ -161,10 +161,12 @@ class ClusterScriptRunner(ScriptRunner):
     async def load(self, scripts: Iterable[Script]) -> None:
         """SCRIPT LOAD each script on every master; refuse a SHA other than ours."""
         scripts = list(scripts)
-        shas = await self._guard(
-            "loading scripts",
-            asyncio.gather(*(self.cluster.script_load(s.source) for s in scripts)),
-        )
+
+        async def load(script: Script) -> Any:
+            async with self._slots:  # each uses one connection per master
+                return await self.cluster.script_load(script.source)
+
+        shas = await self._guard("loading scripts", asyncio.gather(*map(load, scripts)))
         self._check_shas(scripts, shas)
 
     async def _reload(self, lost: Sequence[tuple[Script, NoScriptError]]) -> None:

@@ -164,6 +164,25 @@ async def test_one_claim_takes_from_topics_on_every_master(
         assert (stats.ready, stats.leased, stats.delayed, stats.dead) == (0, 0, 0, 0)
 
 
+async def test_a_claim_over_more_topics_than_connections_waits_its_turn(
+    redis_cluster_url: str,
+) -> None:
+    # redis-py's cluster pool raises at once when a node has no free connection; the
+    # transport queues its calls instead, as a one-node pool does.
+    tr = RedisTransport(redis_cluster_url, key_prefix=unique_prefix(), max_connections=2)
+    await tr.connect()
+    try:
+        topics = [f"t{i}" for i in range(24)]
+        for topic in topics:
+            await tr.subscribe(topic, G)
+            await tr.publish(topic, [(f"{topic}-e", b"x")])
+        claimed = await tr.claim(G, topics, max_count=24, lease=30, max_attempts=3)
+        assert sorted(m.event_id for m in claimed) == sorted(f"{t}-e" for t in topics)
+        assert await tr.ack([m.receipt for m in claimed]) == [True] * 24
+    finally:
+        await tr.close()
+
+
 # -- wake-ups ----------------------------------------------------------------------------
 
 
