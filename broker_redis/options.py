@@ -2,16 +2,20 @@
 
 ``redis://[[user]:password@]host[:port][/db][?option=value&...]``, ``rediss://`` for TLS
 (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` in the query) and
-``unix:///path/to/socket[?db=N]``. The options below may be given in the query string or
-as keyword arguments (a keyword argument wins); every other query parameter goes to
-redis-py unchanged. docs/redis-keys.md has the same table.
+``unix:///path/to/socket[?db=N]``. A Redis Cluster is
+``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?option=value&...]``
+(``rediss+cluster://`` for TLS): the hosts are seed nodes, from which the client learns
+every master and its slots (see docs/cluster.md). The options below may be given in the
+query string or as keyword arguments (a keyword argument wins); every other query
+parameter goes to redis-py unchanged. docs/redis-keys.md has the same table.
 
 ``key_prefix``
     Start of every key (default ``"broker"``): two applications with different prefixes
     share one Redis without seeing each other.
 ``max_connections``
     Size of each connection pool (default 32): one pool for commands, one for the
-    blocking waits of idle consumers.
+    blocking waits of idle consumers. On a cluster: connections per node, and script
+    calls on the wire at once.
 ``socket_timeout`` / ``socket_connect_timeout``
     Seconds to wait for an answer / a connection (defaults 10 and 5).
 ``max_body_bytes``
@@ -20,6 +24,14 @@ redis-py unchanged. docs/redis-keys.md has the same table.
 ``sweep_interval``
     Longest an idle consumer blocks without re-checking the store (default 1 s). The
     re-check requeues leases that expired in consumers that died; it is one script call.
+``min_replicas``
+    Replicas that must have each publish, subscribe, ack, nack and kill before the call
+    returns (default 0: do not wait). After the script, ``WAIT`` on the same connection of
+    the master that ran it; fewer replicas within ``replica_timeout`` raise
+    ReplicationTimeout (the write is on the master, and may be lost if it fails now).
+    Costs a replication round trip per call; see docs/cluster.md.
+``replica_timeout``
+    Seconds ``WAIT`` waits for ``min_replicas`` replicas (default 1).
 ``clock`` (keyword only)
     A Clock to read the time from instead of the server's ``TIME`` (tests).
 """
@@ -34,11 +46,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from broker_core.urls import redact
 from broker_redis.keys import DEFAULT_PREFIX, validate_prefix
 
-__all__ = ["DEFAULTS", "DEFAULT_URL", "OPTION_NAMES", "SCHEMES", "RedisOptions", "parse_options"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "DEFAULTS",
+    "DEFAULT_URL",
+    "OPTION_NAMES",
+    "SCHEMES",
+    "RedisOptions",
+    "parse_options",
+]
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
-SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""The URL schemes of a Redis Cluster."""
+
+SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
 """The URL schemes this transport serves."""
 
 # Parser of each option's URL text. The rest of the query belongs to redis-py.
@@ -49,6 +72,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "socket_connect_timeout": float,
     "max_body_bytes": int,
     "sweep_interval": float,
+    "min_replicas": int,
+    "replica_timeout": float,
 }
 
 DEFAULTS: Mapping[str, Any] = {
@@ -60,6 +85,8 @@ DEFAULTS: Mapping[str, Any] = {
     # other accepts.
     "max_body_bytes": 1024 * 1024,
     "sweep_interval": 1.0,
+    "min_replicas": 0,
+    "replica_timeout": 1.0,
 }
 """The default of every option that may be a URL parameter."""
 
@@ -78,6 +105,13 @@ class RedisOptions:
     socket_connect_timeout: float
     max_body_bytes: int
     sweep_interval: float
+    min_replicas: int
+    replica_timeout: float
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster."""
+        return urlsplit(self.url).scheme in CLUSTER_SCHEMES
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -110,7 +144,9 @@ def parse_options(url: str, keywords: Mapping[str, Any]) -> RedisOptions:
             raise ValueError(f"invalid {name}={text!r} in Redis URL {redact(url)!r}") from None
     values.update({name: value for name, value in keywords.items() if value is not None})
     for name, value in values.items():
-        if name != "key_prefix" and value <= 0:
+        if name == "min_replicas" and value < 0:
+            raise ValueError(f"RedisTransport option {name} must not be negative, got {value}")
+        if name not in ("key_prefix", "min_replicas") and value <= 0:
             raise ValueError(f"RedisTransport option {name} must be positive, got {value}")
     return RedisOptions(
         url=redis_url,
@@ -120,4 +156,6 @@ def parse_options(url: str, keywords: Mapping[str, Any]) -> RedisOptions:
         socket_connect_timeout=float(values["socket_connect_timeout"]),
         max_body_bytes=int(values["max_body_bytes"]),
         sweep_interval=float(values["sweep_interval"]),
+        min_replicas=int(values["min_replicas"]),
+        replica_timeout=float(values["replica_timeout"]),
     )

@@ -1,4 +1,5 @@
-"""The ``broker`` entry point of the Redis transport: ``redis://``, ``rediss://``, ``unix://``."""
+"""The ``broker`` entry point of the Redis transport: ``redis://``, ``rediss://``, ``unix://``,
+and a Redis Cluster's ``redis+cluster://`` and ``rediss+cluster://``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def broker_transport_info() -> TransportInfo:
     return TransportInfo(
         name="redis",
         schemes=SCHEMES,
-        description="Redis (redis-py asyncio): shared by any number of processes; "
-        "one Lua script per state transition, leases on the server's clock",
+        description="Redis or Redis Cluster (redis-py asyncio): shared by any number of "
+        "processes; one Lua script per state transition, leases on the server's clock",
     )
 
 

@@ -30,9 +30,10 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from broker_core.errors import TransportError
+from broker_redis.errors import REDIS_ERRORS, replication_timeout
 from broker_redis.keys import GroupKeys, TopicKeys
 
 __all__ = [
@@ -259,13 +260,20 @@ class ScriptRunner:
     """Runs script calls on one client by EVALSHA, loading the scripts again on NOSCRIPT.
 
     ``error`` turns a redis-py failure of an operation into the TransportError to raise.
+    With ``replicas`` above 0, a ``durable`` run is followed by ``WAIT`` on the same
+    connection, and raises ReplicationTimeout unless that many replicas acknowledged
+    its writes within ``replica_timeout`` seconds.
     """
 
-    __slots__ = ("_error", "_redis")
+    __slots__ = ("_error", "_redis", "_replica_timeout", "_replicas")
 
-    def __init__(self, redis: Redis, error: ErrorMapper) -> None:
+    def __init__(
+        self, redis: Redis, error: ErrorMapper, replicas: int = 0, replica_timeout: float = 1.0
+    ) -> None:
         self._redis = redis
         self._error = error
+        self._replicas = replicas
+        self._replica_timeout = replica_timeout
 
     async def load(self, scripts: Iterable[Script]) -> None:
         """SCRIPT LOAD each script in one round trip; refuse a SHA other than ours."""
@@ -274,35 +282,45 @@ class ScriptRunner:
             for script in scripts:
                 pipe.script_load(script.source)
             shas = await self._guard("loading scripts", pipe.execute())
+        self._check_shas(scripts, shas)
+
+    @staticmethod
+    def _check_shas(scripts: Sequence[Script], shas: Sequence[Any]) -> None:
         for script, sha in zip(scripts, shas, strict=True):
             if (sha.decode(errors="replace") if isinstance(sha, bytes) else sha) != script.sha:
                 raise TransportError(f"Redis named script {script.name} {sha!r}, not {script.sha}")
 
-    async def run(self, op: str, calls: Sequence[Call]) -> list[Any]:
+    async def _reload(self, lost: Sequence[tuple[Script, NoScriptError]]) -> None:
+        """Load again the scripts of the calls answered NOSCRIPT."""
+        await self.load({script for script, _ in lost})
+
+    async def run(self, op: str, calls: Sequence[Call], *, durable: bool = False) -> list[Any]:
         """Run ``calls`` of operation ``op`` in one round trip: each call's reply, in order.
 
         A call answered NOSCRIPT did not run, so only those calls are sent again, once
-        their scripts are loaded again.
+        their scripts are loaded again. ``durable`` waits for the replicas (see above).
         """
+        send = self._send_durable if durable and self._replicas else self._send
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        lost: list[NoScriptError] = []
+        lost: list[tuple[Script, NoScriptError]] = []
         for _ in range(_NOSCRIPT_ROUNDS):
-            replies = await self._send(op, [calls[i] for i in pending])
+            replies = await send(op, [calls[i] for i in pending])
             missing = []
+            lost = []
             for i, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, NoScriptError):
                     missing.append(i)
-                    lost.append(reply)
+                    lost.append((calls[i].script, reply))
                 elif isinstance(reply, Exception):
                     raise self._error(op, reply) from reply
                 else:
                     results[i] = reply
             if not missing:
                 return results
-            await self.load({calls[i].script for i in missing})
+            await self._reload(lost)
             pending = missing
-        raise self._error(op, lost[-1])
+        raise self._error(op, lost[-1][1])
 
     async def _send(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """One round trip of EVALSHA calls: each call's reply, or the error it got."""
@@ -315,7 +333,7 @@ class ScriptRunner:
                 reply = await redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             except NoScriptError as exc:
                 return [exc]
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise self._error(op, exc) from exc
             return [reply]
         async with redis.pipeline(transaction=False) as pipe:
@@ -323,8 +341,27 @@ class ScriptRunner:
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             return await self._guard(op, pipe.execute(raise_on_error=False))
 
+    async def _send_durable(self, op: str, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`_send`, then WAIT on the same connection: one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("WAIT", *self._wait_args())
+            *replies, acked = await self._guard(op, pipe.execute(raise_on_error=False))
+        self._check_replicated(op, acked)
+        return replies
+
+    def _wait_args(self) -> tuple[int, int]:
+        return self._replicas, max(1, round(self._replica_timeout * 1000))
+
+    def _check_replicated(self, op: str, acked: Any) -> None:
+        if isinstance(acked, Exception):
+            raise self._error(op, acked) from acked
+        if int(acked) < self._replicas:
+            raise replication_timeout(op, int(acked), self._replicas, self._replica_timeout)
+
     async def _guard(self, op: str, awaitable: Awaitable[_T]) -> _T:
         try:
             return await awaitable
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._error(op, exc) from exc

@@ -7,7 +7,10 @@ matter. Tests may pass a :class:`~broker_core.clock.Clock` instead; the scripts 
 read the time from the client.
 
 The URL and the options (key prefix, pool size, timeouts, body size limit, sweep
-interval, clock) are described and parsed in :mod:`broker_redis.options`.
+interval, replicas to wait for, clock) are described and parsed in
+:mod:`broker_redis.options`. A ``redis+cluster://`` URL runs the same scripts on a Redis
+Cluster (:mod:`broker_redis.cluster`), where idle consumers wait by pub/sub
+(:mod:`broker_redis.wakeups`); see docs/cluster.md.
 
 Failures
 --------
@@ -31,7 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.clock import Clock
@@ -40,10 +43,12 @@ from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.retention import validate_history, validate_retention
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
 from broker_core.urls import redact
-from broker_redis.errors import transport_error
+from broker_redis.cluster import ClusterScriptRunner, ClusterSettings, parse_cluster_url
+from broker_redis.errors import REDIS_ERRORS, transport_error
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
+from broker_redis.wakeups import Wakeups
 
 __all__ = ["DEFAULT_URL", "OPTION_NAMES", "RedisTransport"]
 
@@ -63,6 +68,10 @@ _COPY_STEP = 1000
 _COPY = 2
 _CALL_AGAIN = 3
 
+
+# The operations whose writes a failover must not lose: with min_replicas, each waits
+# until that many replicas have them (a lost claim or extend only means a redelivery).
+_DURABLE_OPS = frozenset({"publish", "subscribe", "ack", "nack", "kill"})
 
 MIN_REDIS_VERSION = (6, 2)
 """The oldest Redis whose commands every script and wait can use."""
@@ -133,6 +142,8 @@ class RedisTransport:
         socket_connect_timeout: float | None = None,
         max_body_bytes: int | None = None,
         sweep_interval: float | None = None,
+        min_replicas: int | None = None,
+        replica_timeout: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         options = parse_options(
@@ -144,6 +155,8 @@ class RedisTransport:
                 "socket_connect_timeout": socket_connect_timeout,
                 "max_body_bytes": max_body_bytes,
                 "sweep_interval": sweep_interval,
+                "min_replicas": min_replicas,
+                "replica_timeout": replica_timeout,
             },
         )
         self._keys = Keys(options.key_prefix)
@@ -152,14 +165,29 @@ class RedisTransport:
         self._connect_timeout = options.socket_connect_timeout
         self._max_body_bytes = options.max_body_bytes
         self._sweep_interval = options.sweep_interval
+        self._min_replicas = options.min_replicas
+        self._replica_timeout = options.replica_timeout
         self._url = options.url
         self._safe_url = redact(options.url)
         self._password = urlsplit(options.url).password
-        self._pool(self._socket_timeout)  # checks the URL's redis-py options now
+        self._cluster: ClusterSettings | None = None
+        if options.cluster:
+            self._cluster = parse_cluster_url(
+                options.url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._connect_timeout,
+                encoding_errors="surrogateescape",
+            )
+            self._password = self._cluster.kwargs.get("password")
+            self._cluster.client(self._max_connections)  # checks the URL's options now
+        else:
+            self._pool(self._socket_timeout)  # checks the URL's redis-py options now
         self._clock = clock
-        self._redis: Redis | None = None
+        self._redis: Redis | RedisCluster | None = None
         self._blocking: Redis | None = None
         self._scripts: ScriptRunner | None = None
+        # On a cluster, idle consumers wait for wake-ups by pub/sub (see wakeups.py).
+        self._wakeups: Wakeups | None = None
         # Concurrent connect() calls must build one pair of pools, not one pair each.
         # (asyncio.Lock binds to the running loop only when first contended.)
         self._connecting = asyncio.Lock()
@@ -209,11 +237,14 @@ class RedisTransport:
         async with self._connecting:
             if self._redis is not None:
                 return
+            if self._cluster is not None:
+                await self._connect_cluster(self._cluster)
+                return
             redis = Redis(connection_pool=self._pool(self._socket_timeout))
             # A blocking wait lasts up to sweep_interval, so its reads may take that long.
             timeout = self._sweep_interval + self._socket_timeout
             blocking = Redis(connection_pool=self._pool(timeout))
-            scripts = ScriptRunner(redis, self._error)
+            scripts = ScriptRunner(redis, self._error, self._min_replicas, self._replica_timeout)
             try:
                 await self._guard("connect", redis.ping())
                 await self._check_version(redis)
@@ -224,9 +255,49 @@ class RedisTransport:
                 raise
             self._redis, self._blocking, self._scripts = redis, blocking, scripts
 
+    async def _connect_cluster(self, settings: ClusterSettings) -> None:
+        """Connect to a cluster: learn its slots, check every master, load the scripts."""
+        redis = settings.client(self._max_connections)
+        scripts = ClusterScriptRunner(
+            redis,
+            self._error,
+            self._max_connections,
+            self._socket_timeout,
+            self._min_replicas,
+            self._replica_timeout,
+        )
+        try:
+            await self._guard("connect", redis.initialize())
+            infos = await self._guard(
+                "connect",
+                redis.execute_command("INFO", "server", target_nodes=RedisCluster.PRIMARIES),
+            )
+            for info in infos.values():
+                self._check_info(info)
+            await scripts.load(load_script(name) for name in SCRIPT_NAMES)
+        except BaseException:
+            await redis.aclose()
+            raise
+        self._redis, self._scripts = redis, scripts
+        self._wakeups = Wakeups(self._wakeup_client, self._socket_timeout)
+
+    def _wakeup_client(self, attempt: int) -> Redis:
+        """A client of one node for the wake-up subscription: the next node each time."""
+        assert self._cluster is not None and isinstance(self._redis, RedisCluster)
+        nodes = self._redis.get_nodes() or []
+        if not nodes:
+            host, port = self._cluster.nodes[attempt % len(self._cluster.nodes)]
+        else:
+            node = nodes[attempt % len(nodes)]
+            host, port = node.host, int(node.port)
+        # A subscribed connection waits for messages as long as the transport lives.
+        return self._cluster.node_client(host, port, socket_timeout=None)
+
     async def _check_version(self, redis: Redis) -> None:
         """Refuse a server older than the commands the scripts use, with a clear message."""
-        info = await self._guard("connect", redis.info("server"))
+        self._check_info(await self._guard("connect", redis.info("server")))
+
+    def _check_info(self, info: dict[str, Any]) -> None:
         version = str(info.get("redis_version", "0"))
         if _version_tuple(version) < MIN_REDIS_VERSION:
             needed = ".".join(map(str, MIN_REDIS_VERSION))
@@ -238,20 +309,20 @@ class RedisTransport:
     async def close(self) -> None:
         """Close both connection pools; what is stored stays in Redis."""
         clients = (self._redis, self._blocking)
-        self._redis = self._blocking = self._scripts = None
+        wakeups = self._wakeups
+        self._redis = self._blocking = self._scripts = self._wakeups = None
+        if wakeups is not None:
+            await wakeups.close()
         for client in clients:
-            if client is not None:
+            if isinstance(client, RedisCluster):
+                await client.aclose()
+            elif client is not None:
                 await client.aclose(close_connection_pool=True)
 
-    def _client(self) -> Redis:
+    def _client(self) -> Redis | RedisCluster:
         if self._redis is None:
             raise TransportError("RedisTransport is not connected: call connect() first")
         return self._redis
-
-    def _blocking_client(self) -> Redis:
-        self._client()
-        assert self._blocking is not None  # set together with _redis
-        return self._blocking
 
     def _error(self, op: str, exc: BaseException) -> TransportError:
         """A TransportError saying what failed, without the password."""
@@ -261,14 +332,14 @@ class RedisTransport:
         """Await a Redis call, turning its failures into TransportError."""
         try:
             return await awaitable
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._error(op, exc) from exc
 
     async def _run(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """Run script calls in one round trip; see :class:`ScriptRunner`."""
         self._client()
         assert self._scripts is not None  # set together with _redis
-        return await self._scripts.run(op, calls)
+        return await self._scripts.run(op, calls, durable=op in _DURABLE_OPS)
 
     # -- time --------------------------------------------------------------------------
 
@@ -653,11 +724,18 @@ class RedisTransport:
         """
         group = validate_group(group)
         names = list(dict.fromkeys(validate_topic(t) for t in topics))
-        blocking = self._blocking_client()
+        self._client()
+        blocking, wakeups = self._blocking, self._wakeups
         if not names:
             await asyncio.sleep(max(timeout, 0.0))
             return False
         markers = {self._keys.group(t, group).marker: t for t in names}
+        if wakeups is not None:
+            await wakeups.watch(markers)
+            # A wake-up message is a hint, not the marker's state: work left READY
+            # before this wait (by a waiter that woke and did not claim, say) sent none.
+            if await self._poll(group, names):
+                return True
         end = time.monotonic() + max(timeout, 0.0)
         while True:
             until_due = self._until_due(group, names)
@@ -677,7 +755,11 @@ class RedisTransport:
                 block = min(block, until_due)
             # A blocking timeout of 0 means forever: never pass less than a millisecond.
             block = max(block, 0.001)
-            if len(names) == 1:
+            if wakeups is not None:
+                if await wakeups.wait(markers, block):
+                    return True
+            elif len(names) == 1:
+                assert blocking is not None  # set together with _redis on one node
                 [marker] = markers
                 # Redis takes fractional seconds here; redis-py's stub says int.
                 move = blocking.blmove(marker, marker, block, "LEFT", "RIGHT")  # type: ignore[arg-type]
@@ -685,6 +767,7 @@ class RedisTransport:
                 if moved is not None:
                     return True
             else:
+                assert blocking is not None
                 popped = await self._guard("wait", blocking.blpop(list(markers), timeout=block))
                 if popped is not None:
                     if await self._poll(group, [markers[_text(popped[0])]]):

@@ -5,7 +5,8 @@
 unique key prefix (``key_prefix``) and the database is flushed after each test that
 used it. ``redis_factory`` starts extra servers with their own configuration (password,
 TLS, append-only file) that a test may stop, kill and restart; they are stopped after
-the test.
+the test. ``redis_cluster`` is one 3-master Redis Cluster for the whole session (about
+2 s to start), flushed after each test that used it through ``redis_cluster_url``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from pathlib import Path
 import pytest
 
 from broker_redis.testing import (
+    RedisCluster,
     RedisFactory,
     RedisServer,
     TlsFiles,
+    redis_cli_binary,
     redis_server_binary,
     unique_prefix,
 )
 
 
-def _require_redis_server() -> None:
+def _require_redis_server(cli: bool = False) -> None:
     # Locally a missing binary skips the Redis tests; in CI it must fail, or a missing
     # install step would pass unnoticed.
-    if redis_server_binary() is None:
-        message = "redis-server is not installed (.ci/run installs it)"
+    if redis_server_binary() is None or (cli and redis_cli_binary() is None):
+        message = "redis-server or redis-cli is not installed (.ci/run installs them)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -54,6 +57,25 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
     with redis_server.admin() as client:
         client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The session's shared Redis Cluster: 3 masters, no replicas."""
+    _require_redis_server(cli=True)
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> Iterator[str]:
+    """The shared cluster's ``redis+cluster://`` URL; every master is flushed afterwards."""
+    yield redis_cluster.url
+    redis_cluster.flush()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """A consumer process for the crash tests: claim, handle, extend, ack, on RedisTransport.
 
-    python tests/redis_consumer.py URL PREFIX GROUP TOPIC LEASE RUN_SECONDS
+    python tests/redis_consumer.py URL PREFIX GROUP TOPICS LEASE RUN_SECONDS
+
+TOPICS is one topic or several, comma-separated (on a cluster: topics on several masters).
 
 Every step is one line on stdout (flushed), which the test reads:
 
@@ -32,7 +34,9 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
-async def consume(url: str, prefix: str, group: str, topic: str, lease: float, run: float) -> None:
+async def consume(
+    url: str, prefix: str, group: str, topics: list[str], lease: float, run: float
+) -> None:
     transport = RedisTransport(url, key_prefix=prefix, sweep_interval=0.2)
     await transport.connect()
     say("ready")
@@ -40,10 +44,10 @@ async def consume(url: str, prefix: str, group: str, topic: str, lease: float, r
     try:
         while time.monotonic() < end:
             msgs = await transport.claim(
-                group, [topic], max_count=MAX_COUNT, lease=lease, max_attempts=5
+                group, topics, max_count=MAX_COUNT, lease=lease, max_attempts=5
             )
             if not msgs:
-                await transport.wait(group, [topic], 0.5)
+                await transport.wait(group, topics, 0.5)
                 continue
             for m in msgs:
                 say("claim", m.event_id, m.attempt)
@@ -65,5 +69,5 @@ async def consume(url: str, prefix: str, group: str, topic: str, lease: float, r
 
 
 if __name__ == "__main__":
-    url, prefix, group, topic, lease, run = sys.argv[1:7]
-    asyncio.run(consume(url, prefix, group, topic, float(lease), float(run)))
+    url, prefix, group, topics, lease, run = sys.argv[1:7]
+    asyncio.run(consume(url, prefix, group, topics.split(","), float(lease), float(run)))

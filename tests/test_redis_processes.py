@@ -1,4 +1,5 @@
-"""Crash safety with real consumer processes sharing one group on a real redis-server.
+"""Crash safety with real consumer processes sharing one group on a real redis-server,
+and on a real 3-master Redis Cluster.
 
 The consumers (tests/redis_consumer.py) use the server's clock and short leases; the
 test kills one with SIGKILL mid-handler, or freezes one with SIGSTOP past its lease, and
@@ -25,11 +26,12 @@ import pytest_asyncio
 from checkout import checkout_env
 
 from broker_core.transport import QueueStats
-from broker_redis.testing import RedisServer
 from broker_redis.transport import RedisTransport
 
 CONSUMER = Path(__file__).with_name("redis_consumer.py")
 T, G = "orders", "billing"
+# On the cluster the SIGKILL test's events go to three topics, one on each master.
+CLUSTER_TOPICS = ["t0", "t1", "t2"]
 LEASE = 0.8
 RUN_SECONDS = 40
 
@@ -58,15 +60,27 @@ class Consumer:
 StartConsumer = Callable[[str], Consumer]
 
 
+@pytest.fixture(params=["node", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The shared server's URL, or the shared cluster's (both flushed afterwards)."""
+    fixture = "redis_url" if request.param == "node" else "redis_cluster_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
 @pytest.fixture
-def start_consumer(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartConsumer]:
-    """Start consumer processes of group G on the shared server; all killed afterwards."""
+def start_consumer(store_url: str, tmp_path: Path) -> Iterator[StartConsumer]:
+    """Start consumer processes of group G on the shared store; all killed afterwards.
+
+    They consume T, and on the cluster CLUSTER_TOPICS too.
+    """
     consumers: list[Consumer] = []
+    topics = [T, *CLUSTER_TOPICS] if store_url.startswith("redis+cluster") else [T]
 
     def start(prefix: str) -> Consumer:
         log = tmp_path / f"consumer-{len(consumers)}.log"
         out = log.open("w")
-        args = [redis_server.url, prefix, G, T, str(LEASE), str(RUN_SECONDS)]
+        args = [store_url, prefix, G, ",".join(topics), str(LEASE), str(RUN_SECONDS)]
         process = subprocess.Popen(
             [sys.executable, str(CONSUMER), *args],
             stdout=out,
@@ -84,9 +98,9 @@ def start_consumer(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartC
 
 
 @pytest_asyncio.fixture
-async def transport(redis_url: str, key_prefix: str) -> AsyncIterator[RedisTransport]:
-    """The test's own view of the consumers' store (same server, same key prefix)."""
-    tr = RedisTransport(redis_url, key_prefix=key_prefix)
+async def transport(store_url: str, key_prefix: str) -> AsyncIterator[RedisTransport]:
+    """The test's own view of the consumers' store (same store, same key prefix)."""
+    tr = RedisTransport(store_url, key_prefix=key_prefix)
     await tr.connect()
     yield tr
     await tr.close()
@@ -102,14 +116,18 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 
 
 async def test_sigkill_mid_handler_loses_nothing(
-    start_consumer: StartConsumer, transport: RedisTransport, key_prefix: str
+    start_consumer: StartConsumer, transport: RedisTransport, key_prefix: str, store_url: str
 ) -> None:
-    await transport.subscribe(T, G)
+    topics = CLUSTER_TOPICS if store_url.startswith("redis+cluster") else [T]
+    for topic in topics:
+        await transport.subscribe(topic, G)
     consumers = [start_consumer(key_prefix) for _ in range(3)]
     await until(lambda: all(["ready"] in c.lines() for c in consumers), 30, "consumers start")
     ids = [f"e{i:03d}" for i in range(150)]
     hang = "e040"
-    await transport.publish(T, [(i, b"hang" if i == hang else b"ok") for i in ids])
+    for n, topic in enumerate(topics):
+        mine = ids[n :: len(topics)]
+        await transport.publish(topic, [(i, b"hang" if i == hang else b"ok") for i in mine])
 
     def hanging() -> Consumer | None:
         return next((c for c in consumers if ["start", hang, "1"] in c.lines()), None)
@@ -148,8 +166,9 @@ async def test_sigkill_mid_handler_loses_nothing(
     # The consumers competed for the events.
     assert sum(1 for c in consumers if any(line[0] == "ack" for line in c.lines())) >= 2
     assert not any(line[0] == "ack" and line[3] == "False" for c in consumers for line in c.lines())
-    assert await transport.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
-    assert await transport.dead_letters(T, G) == []
+    for topic in topics:
+        assert await transport.stats(topic, G) == QueueStats(topic, G, 0, 0, 0, 0)
+        assert await transport.dead_letters(topic, G) == []
 
 
 async def test_consumer_stopped_past_its_lease_cannot_settle(

@@ -720,7 +720,8 @@ def test_plugin_builds_from_url_and_options(redis_url: str) -> None:
     assert "from-options" in repr(tr)
     assert plugin.broker_make_transport("memory://", {}) is None
     info = plugin.broker_transport_info()
-    assert (info.name, info.schemes) == ("redis", ("redis", "rediss", "unix"))
+    schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+    assert (info.name, info.schemes) == ("redis", schemes)
     assert info in installed_transports()
     secret = make_transport("redis://:hunter2@127.0.0.1:1/0")
     assert "hunter2" not in repr(secret)
