@@ -71,7 +71,9 @@ _CALL_AGAIN = 3
 
 # The operations whose writes a failover must not lose: with min_replicas, each waits
 # until that many replicas have them (a lost claim or extend only means a redelivery).
-_DURABLE_OPS = frozenset({"publish", "subscribe", "ack", "nack", "kill"})
+_DURABLE_OPS = frozenset(
+    {"publish", "subscribe", "ack", "nack", "kill", "configure_topic", "copy_history"}
+)
 
 MIN_REDIS_VERSION = (6, 2)
 """The oldest Redis whose commands every script and wait can use."""
