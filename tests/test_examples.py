@@ -22,6 +22,7 @@ from broker_redis.testing import unique_prefix
         ("quickstart.py", None),
         ("two_services.py", None),
         ("outbox_relay.py", "every event handled once by each group"),
+        ("read_model.py", "the rebuilt read model matches"),
     ],
 )
 def test_example_runs(example: str, last_line: str | None) -> None:
