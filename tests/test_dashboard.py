@@ -415,3 +415,30 @@ def _ready(store: str) -> int:
             return (await broker.transport.stats("orders", "billing")).ready
 
     return asyncio.run(read())
+
+
+def test_the_dashboard_reads_a_redis_cluster(redis_cluster_url: str, key_prefix: str) -> None:
+    url = f"{redis_cluster_url}?key_prefix={key_prefix}"
+    topics = [f"orders-{i}" for i in range(6)]  # on more than one master
+
+    async def fill() -> None:
+        async with Broker.from_url(url, group="billing") as broker:
+            await broker.configure_topic(topics[0], max_events=10)
+            await broker.subscribe(*topics)
+            for topic in topics:
+                await broker.publish(DashOrder(order_id="1"), topic=topic)
+
+    asyncio.run(fill())
+    dashboard = create_app(
+        Broker.from_url(url), DashboardConfig(policy=WritePolicy(allow_writes=False, token=None))
+    )
+    with running(dashboard) as base:
+        client = Client(base)
+        page = client.get("/")
+        assert page.status == 200, page.text
+        for topic in topics:
+            assert f'data-queue="{topic}/billing"' in page.text
+        assert (
+            'id="preview">0<'
+            in client.get(f"/topics/{topics[0]}/groups/billing/rewind?to=earliest").text
+        )
