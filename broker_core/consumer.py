@@ -102,8 +102,8 @@ class _Run:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a handler finished (or a stop came): the claim loop may claim again."""
-    work: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the buffer got events (or a stop came): idle runners look again."""
+    idle: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """One future per idle runner: resolved to wake it (for new events, or the stop)."""
     acks_queued: asyncio.Event = field(default_factory=asyncio.Event)
     acks_answered: asyncio.Event = field(default_factory=asyncio.Event)
     buffer: deque[Message] = field(default_factory=deque)
@@ -227,7 +227,7 @@ class Consumer:
             return
         run.stop.set()
         run.slot_freed.set()
-        run.work.set()
+        self._wake(run, len(run.idle))
         if run.waiting is not None:
             run.waiting.cancel()
 
@@ -319,9 +319,11 @@ class Consumer:
                 held[message.receipt] = expires_at
                 buffer.append(message)
             limit = concurrency + prefetch
-            run.claim_at = limit - max(1, limit // 2)
-            run.claim_epoch += 1
-            run.work.set()
+            if len(messages) >= room:
+                # A full claim: the queue likely holds more, worth claiming early.
+                run.claim_at = limit - max(1, limit // 2)
+                run.claim_epoch += 1
+            self._wake(run, len(messages))
             # Let the runners start on these before the next claim goes out (latency, and
             # another consumer's claim of a short queue gets its turn).
             await asyncio.sleep(0)
@@ -363,8 +365,9 @@ class Consumer:
             while not buffer or run.stop.is_set():
                 if run.stop.is_set():
                     return
-                run.work.clear()
-                await run.work.wait()
+                idle = asyncio.get_running_loop().create_future()
+                run.idle.append(idle)
+                await idle
             if len(buffer) + len(busy) <= run.claim_at and yielded != run.claim_epoch:
                 # The claim loop waits for this much room: let it send its claim (and the
                 # ack loop its acks) now, to overlap with the handlers, rather than once
@@ -394,6 +397,16 @@ class Consumer:
             if contextvars.copy_context() != context:
                 self._start_runner(run, context)
                 return
+
+    @staticmethod
+    def _wake(run: _Run, count: int) -> None:
+        """Wake up to ``count`` idle runners (one per new event, not all of them)."""
+        idle = run.idle
+        while count > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled runner's
+                waiter.set_result(None)
+                count -= 1
 
     @staticmethod
     def _finished(run: _Run, receipt: Receipt) -> None:
