@@ -720,6 +720,10 @@ class Consumer:
     # -- stopping ------------------------------------------------------------------------
 
     async def _shut_down(self, run: _Run, grace: float) -> None:
+        # Also when run() itself was cancelled: a runner whose handler outlives its
+        # cancellation (a plain function in a thread) must end once it returns, not take
+        # more work.
+        run.stop.set()
         buffered = [message.receipt for message in run.buffer]
         run.buffer.clear()
         for receipt in buffered:

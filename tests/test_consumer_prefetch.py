@@ -8,7 +8,10 @@ time and count, and nothing here measures a speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import threading
+import time
 from typing import ClassVar
 
 from broker_core import Broker, Delivery, Event, RetryPolicy
@@ -137,3 +140,30 @@ async def test_a_context_variable_one_handler_sets_is_not_seen_by_the_next() -> 
         broker.stop()
         await asyncio.wait_for(run, 5)
     assert seen == [None] * 50
+
+
+async def test_cancelling_run_ends_a_runner_whose_thread_handler_outlived_it() -> None:
+    # The runner absorbs the cancellation while its thread runs (a thread cannot be
+    # interrupted); once the thread is done it must end, not wait for more work.
+    broker = Broker.from_url("memory://", group="g", shutdown_grace=0, retry=NO_WAIT)
+    entered = threading.Event()
+
+    def body(event: PrefetchJob) -> None:
+        entered.set()
+        time.sleep(0.3)
+
+    broker.on(PrefetchJob)(body)
+    async with broker:
+        await broker.subscribe("prefetch-jobs")
+        await broker.publish(PrefetchJob(n=1))
+        run = asyncio.create_task(broker.run())
+        async with asyncio.timeout(5):
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+        run.cancel()
+        done, _ = await asyncio.wait({run}, timeout=5)
+        assert done == {run}
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        [stats] = await broker.stats("prefetch-jobs")
+    assert (stats.ready, stats.leased, stats.delayed) == (0, 0, 0)
