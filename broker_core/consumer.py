@@ -270,13 +270,13 @@ class Consumer:
 
         The consumer holds (runs or buffers) at most ``concurrency`` events plus a
         prefetch that follows the handlers. It starts at none, grows by ``concurrency``
-        (up to the ``prefetch`` option) when a claim finds the buffer empty, a runner free
-        and at least ``concurrency`` events finished since the previous claim (the
-        handlers outpace the claims), and halves when a claim finds every runner busy (the
-        handlers are the bottleneck: more buffered events would only wait, while another
-        consumer could run them). With the buffer empty a claim goes out for whatever may
-        be held; with events still buffered only once half of the limit is free, so that
-        claims are large and the next one is on its way while the runners work.
+        (up to the ``prefetch`` option) when a claim finds a runner free and at least half
+        of what may be held finished since the previous claim (the handlers outpace the
+        claims), and halves when a claim finds every runner busy (the handlers are the
+        bottleneck: more buffered events would only wait, while another consumer could
+        run them). With the buffer empty a claim goes out for whatever may be held; with
+        events still buffered only once half of the limit is free, so that claims are
+        large and, after a full claim, the next one is on its way while the runners work.
         """
         stop, slot_freed, buffer, busy = run.stop, run.slot_freed, run.buffer, run.busy
         concurrency, most = self._options.concurrency, self._options.prefetch
