@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=Config.concurrency,
-        help="consumer concurrency, and the raw baseline's batch (default %(default)s)",
+        help="concurrency of the tuned consumer, measured beside the defaults "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--repeat",
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-dramatiq", action="store_true", help="skip the Dramatiq baseline")
     parser.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="skip the fresh Redis consumer on uvloop (skipped anyway without uvloop)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=Path("bench-results.json"),
@@ -55,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown", type=Path, default=None, help="also write the tables as Markdown here"
     )
     return parser
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
@@ -78,6 +89,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         repeat=args.repeat,
         transports=transports,
         dramatiq=with_dramatiq,
+        uvloop=not args.no_uvloop and "redis" in transports and _has_uvloop(),
     )
     results = asyncio.run(run(config, console))
     print_report(results, console)

@@ -10,22 +10,27 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from benchmarks import fresh
 from benchmarks.payload import TOPIC, BenchEvent, make_events, make_keyed_events
 from benchmarks.probes import MemoryProbe
 from broker_core import Broker, BrokerOptions, Event, Receipt, Transport
 from broker_core.plugins import make_transport
 
 __all__ = [
+    "AckCounter",
     "DrainResult",
     "FanoutResult",
+    "consumer",
     "drain",
     "fanout",
+    "fresh_drain",
     "latency",
     "publish_rate",
+    "run_until_acked",
     "time_limit",
 ]
 
@@ -52,6 +57,7 @@ class AckCounter:
         self._target = 0
         self.done = asyncio.Event()
         self.finished_at = 0.0
+        self.finished_monotonic = 0.0
 
     def expect(self, n: int) -> None:
         """Count from zero; ``done`` is set when ``n`` acks succeeded."""
@@ -64,6 +70,7 @@ class AckCounter:
         self.acked += sum(results)
         if self.acked >= self._target and not self.done.is_set():
             self.finished_at = time.perf_counter()
+            self.finished_monotonic = time.monotonic()
             self.done.set()
         return results
 
@@ -71,15 +78,15 @@ class AckCounter:
         return getattr(self._inner, name)
 
 
-def _consumer(
-    url: str, concurrency: int, plugins: Sequence[object] = ()
-) -> tuple[Broker, AckCounter]:
+def consumer(url: str, plugins: Sequence[object] = (), **options: Any) -> tuple[Broker, AckCounter]:
+    """A consumer broker of the benchmark's group with ``options`` (else the defaults),
+    whose acks are counted."""
     counter = AckCounter(make_transport(url))
-    opts = BrokerOptions(url=url, group=GROUP, concurrency=concurrency)
+    opts = BrokerOptions(url=url, group=GROUP, **options)
     return Broker(cast(Transport, counter), opts, plugins=plugins), counter
 
 
-async def _run_until_acked(broker: Broker, counter: AckCounter, n: int) -> float:
+async def run_until_acked(broker: Broker, counter: AckCounter, n: int) -> float:
     """Run ``broker`` until ``n`` acks are counted; seconds from start to the last ack."""
     counter.expect(n)
     start = time.perf_counter()
@@ -138,12 +145,15 @@ class DrainResult:
 async def drain(
     url: str,
     events: Sequence[BenchEvent],
-    concurrency: int,
+    options: Mapping[str, Any],
     probe: MemoryProbe | None = None,
     plugins: Sequence[object] = (),
     ordered: bool = False,
 ) -> DrainResult:
-    """Pre-queue ``events``; one consumer with a no-op async handler drains them all.
+    """Pre-queue ``events``; one warm consumer with a no-op async handler drains them all.
+
+    ``options`` are the consumer's broker options beyond url and group (empty: the
+    defaults a new user gets).
 
     The publisher keeps no dedup window, so that the memory figures show the state
     machine alone (it must return to the start); the fan-out scenario publishes with the
@@ -152,22 +162,22 @@ async def drain(
     group with ``ordered=True`` (events with ordering keys show what per-key order costs).
     """
     publisher = Broker.from_url(url, dedup_window=0)
-    consumer, counter = _consumer(url, concurrency, plugins)
+    broker, counter = consumer(url, plugins, **options)
 
-    @consumer.on(type(events[0]))
+    @broker.on(type(events[0]))
     async def noop(event: BenchEvent) -> None:
         pass
 
     warmup = (make_keyed_events if ordered else make_events)(WARMUP, start=len(events))
-    async with publisher, consumer:
-        await consumer.subscribe(TOPIC, ordered=ordered)
+    async with publisher, broker:
+        await broker.subscribe(TOPIC, ordered=ordered)
         await _publish_all(publisher, warmup)
-        await _run_until_acked(consumer, counter, WARMUP)
+        await run_until_acked(broker, counter, WARMUP)
         before = probe.read() if probe else None
         await _publish_all(publisher, events)
         pending = probe.read() if probe else None
         gc.collect()
-        seconds = await _run_until_acked(consumer, counter, len(events))
+        seconds = await run_until_acked(broker, counter, len(events))
         after = probe.read() if probe else None
     return DrainResult(len(events) / seconds, seconds, before, pending, after)
 
@@ -175,19 +185,19 @@ async def drain(
 async def latency(url: str, n: int, gap: float) -> list[float]:
     """Seconds from each ``publish`` call to its handler, ``n`` events ``gap`` s apart."""
     publisher = Broker.from_url(url)
-    consumer, counter = _consumer(url, 16)
+    broker, counter = consumer(url)
     sent: dict[str, float] = {}
     seen: list[float] = []
 
-    @consumer.on(BenchEvent)
+    @broker.on(BenchEvent)
     async def stamp(event: BenchEvent) -> None:
         seen.append(time.perf_counter() - sent[event.id])
 
     events = make_events(n)
-    async with publisher, consumer:
-        await consumer.subscribe(TOPIC)
+    async with publisher, broker:
+        await broker.subscribe(TOPIC)
         counter.expect(n)
-        running = asyncio.create_task(consumer.run())
+        running = asyncio.create_task(broker.run())
         try:
             async with asyncio.timeout(time_limit(n) + n * gap):
                 await asyncio.sleep(0.3)  # the consumer is idle, waiting for work
@@ -201,10 +211,23 @@ async def latency(url: str, n: int, gap: float) -> list[float]:
                     due += gap
                 await counter.done.wait()
         finally:
-            consumer.stop()
+            broker.stop()
             async with asyncio.timeout(30):
                 await running
     return seen
+
+
+async def fresh_drain(url: str, events: Sequence[BenchEvent], *options: str) -> float:
+    """Queue ``events``, then time a fresh consumer process draining them (events/s).
+
+    ``options`` are :mod:`benchmarks.fresh` flags (``--concurrency 64``, ``--loop uvloop``).
+    """
+    publisher, subscriber = Broker.from_url(url, dedup_window=0), Broker.from_url(url, group=GROUP)
+    async with publisher, subscriber:
+        await subscriber.subscribe(TOPIC)
+        await _publish_all(publisher, events)
+    gc.collect()
+    return await fresh.spawn("ours", url, len(events), *options, timeout=time_limit(len(events)))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""Baseline (a): a raw redis-py asyncio client (hiredis parser) doing the minimal work.
+"""Baseline (a): a raw redis-py asyncio client (hiredis parser) doing the least leased work.
 
-- publish: one ``RPUSH`` per event, awaited; or a pipeline of ``RPUSH`` per batch.
-- drain: per batch, one pipeline of ``LMOVE ready processing`` (as many as our consumer
-  claims at once), then the "handler" (nothing), then one pipeline of ``LREM processing``:
-  the reliable-queue pattern, two round trips per batch, no decoding.
-- latency: an idle ``BLMOVE`` consumer; the publisher ``RPUSH``es 1 ms apart.
+- publish: one awaited ``LPUSH`` per event, or a pipeline of ``LPUSH`` per batch.
+- drain, the *raw leased worker* of issue 11: one process running, per batch of
+  ``BATCH``, one ``EVALSHA`` that does ``LPOP ready <2 x batch>`` (the list holds id,
+  body, id, body, ...) and ``ZADD leased <deadline> id ...``, then ``json.loads`` of each
+  body, then one ``EVALSHA`` that does ``ZREM leased id ...``. That is the least work any
+  leased design needs: no fencing token, no attempt count, no expiry, no fan-out. It is
+  timed in this process once warm (steady state), and from the start of a fresh process
+  (interpreter start and imports included, see :mod:`benchmarks.fresh`).
+- latency: an idle ``BLMOVE`` consumer; the publisher ``LPUSH``es 1 ms apart.
 
 The bodies are the same encoded envelopes our broker stores, prepared before the clock
 starts: the raw client does no encoding, validation or bookkeeping at all.
@@ -14,18 +18,47 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from benchmarks import fresh
 from benchmarks.probes import MemoryProbe
 
-__all__ = ["RawDrain", "raw_drain", "raw_latency", "raw_publish_rate"]
+__all__ = [
+    "BATCH",
+    "RawDrain",
+    "fresh_drain",
+    "leased_worker",
+    "load_leased",
+    "raw_drain",
+    "raw_latency",
+    "raw_publish_rate",
+]
 
-READY, PROCESSING = "raw:ready", "raw:processing"
+READY, LEASED, PROCESSING = "raw:ready", "raw:leased", "raw:processing"
 WARMUP = 200
+BATCH = 100
+"""Events per claim of the raw leased worker (the issue's definition)."""
+
+LEASE_LUA = """
+local items = redis.call('LPOP', KEYS[1], ARGV[2])
+if not items then return {} end
+local args = {}
+for i = 1, #items, 2 do
+  args[#args + 1] = ARGV[1]
+  args[#args + 1] = items[i]
+end
+redis.call('ZADD', KEYS[2], unpack(args))
+return items
+"""
+"""KEYS: 1 ready  2 leased; ARGV: 1 deadline  2 how many list items (2 per event)."""
+
+ACK_LUA = "return redis.call('ZREM', KEYS[1], unpack(ARGV))"
+"""KEYS: 1 leased; ARGV: the ids."""
 
 
 def _client(url: str) -> aioredis.Redis:
@@ -33,21 +66,21 @@ def _client(url: str) -> aioredis.Redis:
 
 
 async def raw_publish_rate(url: str, bodies: Sequence[bytes], batch: int | None) -> float:
-    """Events/s of awaited single ``RPUSH``es, or pipelines of ``batch`` ``RPUSH``es."""
+    """Events/s of awaited single ``LPUSH``es, or pipelines of ``batch`` ``LPUSH``es."""
     client = _client(url)
     try:
         for body in bodies[:WARMUP]:
-            await client.rpush("raw:warmup", body)
+            await client.lpush("raw:warmup", body)
         gc.collect()
         start = time.perf_counter()
         if batch is None:
             for body in bodies:
-                await client.rpush(READY, body)
+                await client.lpush(READY, body)
         else:
             for i in range(0, len(bodies), batch):
                 pipe = client.pipeline(transaction=False)
                 for body in bodies[i : i + batch]:
-                    pipe.rpush(READY, body)
+                    pipe.lpush(READY, body)
                 await pipe.execute()
         elapsed = time.perf_counter() - start
     finally:
@@ -65,47 +98,70 @@ class RawDrain:
     after: int | None
 
 
-async def _drain(client: aioredis.Redis, n: int, batch: int) -> None:
+async def load_leased(client: aioredis.Redis, bodies: Sequence[bytes], start: int = 0) -> None:
+    """Queue ``bodies`` for the leased worker: id, body, id, body, ... in one list."""
+    for i in range(0, len(bodies), 500):
+        items: list[bytes | str] = []
+        for n, body in enumerate(bodies[i : i + 500], start + i):
+            items += (f"raw-{n}", body)
+        await client.rpush(READY, *items)
+
+
+async def leased_worker(client: aioredis.Redis, n: int) -> float:
+    """Drain ``n`` events as the raw leased worker; returns when the last was acked.
+
+    The returned time is ``time.monotonic()`` (one clock for every process of the host).
+    """
+    lease_sha = await client.script_load(LEASE_LUA)
+    ack_sha = await client.script_load(ACK_LUA)
     handled = 0
+    loads = json.loads
     while handled < n:
-        pipe = client.pipeline(transaction=False)
-        for _ in range(batch):
-            pipe.lmove(READY, PROCESSING, "LEFT", "RIGHT")
-        items = [item for item in await pipe.execute() if item is not None]
+        items = await client.evalsha(lease_sha, 2, READY, LEASED, time.time() + 30, 2 * BATCH)
         if not items:
             raise RuntimeError(f"raw drain found the queue empty after {handled} of {n}")
-        pipe = client.pipeline(transaction=False)
-        for item in items:
-            pipe.lrem(PROCESSING, 1, item)
-        await pipe.execute()
-        handled += len(items)
+        ids = items[0::2]
+        for body in items[1::2]:
+            loads(body)
+        await client.evalsha(ack_sha, 1, LEASED, *ids)
+        handled += len(ids)
+    return time.monotonic()
 
 
 async def raw_drain(
-    url: str, bodies: Sequence[bytes], batch: int, probe: MemoryProbe | None = None
+    url: str, bodies: Sequence[bytes], probe: MemoryProbe | None = None
 ) -> RawDrain:
-    """Pre-push ``bodies``, then move-to-processing and remove them ``batch`` at a time."""
+    """Steady state: queue ``bodies``, then time the warm leased worker draining them."""
     client = _client(url)
     try:
-        await client.rpush(READY, *bodies[:WARMUP])
-        await _drain(client, WARMUP, batch)
+        await load_leased(client, bodies[:WARMUP], len(bodies))
+        await leased_worker(client, WARMUP)
         before = probe.read() if probe else None
-        for i in range(0, len(bodies), 1000):
-            await client.rpush(READY, *bodies[i : i + 1000])
+        await load_leased(client, bodies)
         pending = probe.read() if probe else None
         gc.collect()
         async with asyncio.timeout(max(30.0, len(bodies) / 500)):
-            start = time.perf_counter()
-            await _drain(client, len(bodies), batch)
-            elapsed = time.perf_counter() - start
+            start = time.monotonic()
+            finished = await leased_worker(client, len(bodies))
         after = probe.read() if probe else None
     finally:
         await client.aclose()
-    return RawDrain(len(bodies) / elapsed, before, pending, after)
+    return RawDrain(len(bodies) / (finished - start), before, pending, after)
+
+
+async def fresh_drain(url: str, bodies: Sequence[bytes]) -> float:
+    """Queue ``bodies``, then time a fresh process running the leased worker (events/s)."""
+    client = _client(url)
+    try:
+        await load_leased(client, bodies)
+    finally:
+        await client.aclose()
+    gc.collect()
+    return await fresh.spawn("raw", url, len(bodies), timeout=max(30.0, len(bodies) / 500))
 
 
 async def raw_latency(url: str, bodies: Sequence[bytes], gap: float) -> list[float]:
-    """Seconds from each ``RPUSH`` call until an idle ``BLMOVE`` consumer has the body."""
+    """Seconds from each ``LPUSH`` call until an idle ``BLMOVE`` consumer has the body."""
     publisher, consumer = _client(url), _client(url)
     sent: list[float] = []
     seen: list[float] = []
@@ -113,7 +169,7 @@ async def raw_latency(url: str, bodies: Sequence[bytes], gap: float) -> list[flo
 
     async def consume() -> None:
         while len(seen) < n:
-            item = await consumer.blmove(READY, PROCESSING, 1, "LEFT", "RIGHT")
+            item = await consumer.blmove(READY, PROCESSING, 1, "RIGHT", "RIGHT")
             if item is None:
                 continue
             seen.append(time.perf_counter() - sent[len(seen)])
@@ -129,7 +185,7 @@ async def raw_latency(url: str, bodies: Sequence[bytes], gap: float) -> list[flo
                 if pause > 0:
                     await asyncio.sleep(pause)
                 sent.append(time.perf_counter())
-                await publisher.rpush(READY, body)
+                await publisher.lpush(READY, body)
                 due += gap
             await task
     finally:

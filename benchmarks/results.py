@@ -10,7 +10,7 @@ __all__ = ["SCENARIOS", "Results", "Row", "percentile"]
 SCENARIOS: dict[str, str] = {
     "publish": "1. publish, one event per call",
     "publish_many": "1. publish_many, 100 events per call",
-    "drain": "2. drain, one consumer, no-op handler",
+    "drain": "2. drain, one consumer, no-op handler (raw: the leased worker)",
     "hooks": "2. drain with one plugin of no-op lifecycle hooks",
     "ordered": "2. drain of an ordered group, events spread over 100 keys",
     "latency": "3. end-to-end latency, idle consumer",
@@ -50,6 +50,8 @@ class Row:
     note: str = ""
     samples: dict[str, list[float]] = field(default_factory=dict)
     """Every run behind a best-of figure, by contender (ours, raw, dramatiq)."""
+    headline: str = ""
+    """The row's line in the headline table of issue 11 (empty: not one of them)."""
 
     @property
     def ratio_raw(self) -> float | None:
@@ -87,12 +89,30 @@ class Results:
         self.rows.append(row)
         return row
 
+    def headline(self) -> list[dict[str, Any]]:
+        """The figures of issue 11's table, each with its baselines and ratios."""
+        return [
+            {
+                "figure": r.headline,
+                "ours": r.ours,
+                "raw": r.raw,
+                "ratio_raw": r.ratio_raw,
+                "dramatiq": r.dramatiq,
+                "ratio_dramatiq": r.ratio_dramatiq,
+                "target": r.target,
+                "met": r.met,
+            }
+            for r in self.rows
+            if r.headline
+        ]
+
     def as_dict(self) -> dict[str, Any]:
         """The whole run as JSON-ready data."""
         targets = [r for r in self.rows if r.met is not None]
         return {
             "meta": self.meta,
             "scenarios": SCENARIOS,
+            "headline": self.headline(),
             "rows": [r.as_dict() for r in self.rows],
             "targets": {
                 "met": sum(1 for r in targets if r.met),

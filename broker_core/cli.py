@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker_core import loops
 from broker_core.broker import Broker, Start, parse_start
 from broker_core.demo import run_demo
 from broker_core.errors import BrokerError
@@ -55,7 +56,7 @@ GroupArg = Annotated[str, typer.Option("--group", help="Group (subscribing servi
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
-        return asyncio.run(make())
+        return loops.run(make())
     except BrokerError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

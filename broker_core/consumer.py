@@ -1,16 +1,20 @@
 """The consumer loop: claim events, run their handlers, settle the outcome.
 
-One consumer per broker. It claims as many events as it has free handler slots, runs
-each in its own task, and settles each delivery: success is acked (acks from many
-handlers travel together in one call), failure is retried by the handler's retry policy
-or dead-lettered, an undecodable body is dead-lettered at once. One renewal task extends
-the leases of all running deliveries in one call per period, so a slow handler keeps its
-event while its process lives, and a crashed process's leases simply expire.
+One consumer per broker. Its claim loop keeps a local buffer of claimed events filled
+ahead of the handlers (``prefetch``, as far as the handlers keep up, see
+:meth:`Consumer._claim_loop`); ``concurrency`` runner tasks take the events from it one
+at a time, and settle each delivery: success is acked (acks from many handlers travel
+together in one call), failure is retried by the handler's retry policy or
+dead-lettered, an undecodable body is dead-lettered at once. One renewal task extends
+the leases of all running and buffered deliveries in one call per period, so a slow
+handler keeps its event while its process lives, and a crashed process's leases simply
+expire.
 
 An event whose previous lease expired (``Message.isolated``) may be what crashed its
 last consumer: it runs alone, after the handlers already running have finished and with
 no other claim meanwhile, so that a crash it causes again charges no other event an
-attempt. Events given back because the consumer stops are released with their attempt
+attempt. Events given back because the consumer stops (buffered ones at once, those
+whose handlers outlived the grace period after it) are released with their attempt
 uncounted.
 
 Failures of the transport follow one rule everywhere: the consumer never dies of them.
@@ -28,8 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -94,15 +101,26 @@ class _Run:
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a handler finished (or a stop came): the claim loop may claim again."""
+    idle: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """One future per idle runner: resolved to wake it (for new events, or the stop)."""
     acks_queued: asyncio.Event = field(default_factory=asyncio.Event)
     acks_answered: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: dict[Receipt, asyncio.Task[None]] = field(default_factory=dict)
-    """The task of each claimed event while it runs. A task cancelled before it started
-    never removes itself: its event was claimed but never handled."""
+    buffer: deque[Message] = field(default_factory=deque)
+    """Claimed events no runner has taken yet, in claim order."""
+    runners: set[asyncio.Task[None]] = field(default_factory=set)
+    busy: dict[asyncio.Task[None], Receipt] = field(default_factory=dict)
+    """The event each runner is handling now."""
     cancelled: list[Receipt] = field(default_factory=list)
     """Events whose handlers were cancelled by the shutdown: to be given back."""
+    finished: int = 0
+    """Deliveries the runners finished, for the claim loop's pace."""
+    claim_at: int = -1
+    """Events held (buffered and running) at which the waiting claim loop claims again."""
+    claim_epoch: int = 0
+    """Counts the settings of ``claim_at``: a runner yields to the claim loop once each."""
     isolated: Receipt | None = None
-    """The isolated event being run alone; no claim is made meanwhile."""
+    """The isolated event claimed and not yet finished; no claim is made meanwhile."""
     waiting: asyncio.Future[bool] | None = None
     aborted: bool = False
     acks_closing: bool = False
@@ -127,6 +145,10 @@ class Consumer:
         self._run: _Run | None = None
         # Deliveries whose leases are renewed: running, or handled and waiting for the ack.
         self._deliveries: dict[Receipt, Delivery[Event]] = {}
+        # Claimed events in the buffer, by receipt: when their lease surely ends unless
+        # renewed (monotonic). Renewed with the running ones; one whose renewal is refused
+        # is dropped when a runner comes to it.
+        self._held: dict[Receipt, float] = {}
         self._acks: list[Receipt] = []
         # Receipts whose ack is queued or on the wire: the ack's answer, not a renewal's,
         # says whether their lease was lost.
@@ -157,7 +179,7 @@ class Consumer:
             return False
         async with self._renewing():
             try:
-                await self._process(messages[0], claimed_at)
+                await self._process(messages[0], claimed_at + self._options.lease)
             except asyncio.CancelledError:
                 await self._give_back([messages[0].receipt])
                 raise
@@ -177,6 +199,10 @@ class Consumer:
                 try:
                     if self._hooks.consumer_started is not None:
                         await self._hooks.consumer_started(self._group, tuple(topics))
+                    # Each runner gets a copy of this context, as a task started here would.
+                    context = contextvars.copy_context()
+                    for _ in range(self._options.concurrency):
+                        self._start_runner(run, context)
                     await self._claim_loop(run, topics)
                 except asyncio.CancelledError:
                     grace = 0.0
@@ -201,6 +227,7 @@ class Consumer:
             return
         run.stop.set()
         run.slot_freed.set()
+        self._wake(run, len(run.idle))
         if run.waiting is not None:
             run.waiting.cancel()
 
@@ -211,12 +238,13 @@ class Consumer:
             self._run.abort.set()  # also cuts a shutdown grace in progress short
             # A crashed process renews nothing: the leases run out as they would.
             self._deliveries.clear()
+            self._held.clear()
             self.stop()
 
     def runs_handler(self, task: asyncio.Task[object] | None) -> bool:
         """Whether ``task`` is one of the tasks running this consumer's handlers."""
         run = self._run
-        return run is not None and task is not None and any(task is t for t in run.tasks.values())
+        return run is not None and task is not None and task in run.busy
 
     async def wait_stopped(self) -> None:
         """Return once a running :meth:`run` has finished (at once if none runs)."""
@@ -238,24 +266,42 @@ class Consumer:
         )
 
     async def _claim_loop(self, run: _Run, topics: list[str]) -> None:
-        stop, slot_freed, tasks = run.stop, run.slot_freed, run.tasks
-        concurrency = self._options.concurrency
-        # One claim asks for at most half the slots, so that while the handlers of one
-        # batch run, the claim of the next is already on its way (with a remote store,
-        # the consumer and the store then work at the same time instead of in turn).
-        chunk = max(1, concurrency // 2)
-        create_task = asyncio.get_running_loop().create_task
-        run_claimed = self._run_claimed
+        """Keep the buffer filled ahead of the runners, as far as they keep up.
+
+        The consumer holds (runs or buffers) at most ``concurrency`` events plus a
+        prefetch that follows the handlers. It starts at none, grows by ``concurrency``
+        (up to the ``prefetch`` option) when a claim finds a runner free and at least half
+        of what may be held finished since the previous claim (the handlers outpace the
+        claims), and halves when a claim finds every runner busy (the handlers are the
+        bottleneck: more buffered events would only wait, while another consumer could
+        run them). With the buffer empty a claim goes out for whatever may be held; with
+        events still buffered only once half of the limit is free, so that claims are
+        large and, after a full claim, the next one is on its way while the runners work.
+        """
+        stop, slot_freed, buffer, busy = run.stop, run.slot_freed, run.buffer, run.busy
+        concurrency, most = self._options.concurrency, self._options.prefetch
+        prefetch = 0
+        mark = 0
         while not stop.is_set():
-            free = concurrency - len(tasks)
-            if free <= 0 or run.isolated is not None:
+            limit = concurrency + prefetch
+            room = limit - len(buffer) - len(busy)
+            if room <= 0 or (buffer and room < limit // 2) or run.isolated is not None:
+                if run.isolated is None:
+                    run.claim_at = limit - (max(1, limit // 2) if buffer else 1)
+                    run.claim_epoch += 1
                 await slot_freed.wait()
                 slot_freed.clear()
                 continue
+            run.claim_at = -1
+            if len(busy) >= concurrency:
+                prefetch //= 2
+            elif run.finished - mark >= max(1, limit // 2) and prefetch < most:
+                prefetch = min(most, prefetch + concurrency)
+                room = concurrency + prefetch - len(busy)
+            mark = run.finished
             try:
-                ask = min(free, chunk)
                 claimed_at = time.monotonic()
-                messages = await self._claim(topics, ask)
+                messages = await self._claim(topics, room)
                 if not messages:
                     await self._idle(run, topics)
                     continue
@@ -265,17 +311,22 @@ class Consumer:
                 continue
             if len(messages) > 1 and any(m.isolated for m in messages):
                 messages = await self._keep_alone(messages)
+            held = self._held
+            expires_at = claimed_at + self._options.lease
             for message in messages:
                 if message.isolated:
                     run.isolated = message.receipt
-                # One task per event: each handler has its own task and context, as if
-                # the application had started it.
-                tasks[message.receipt] = create_task(run_claimed(run, message, claimed_at))
-            if len(messages) < ask:
-                # The queue is (nearly) empty: let these handlers start before the next
-                # claim goes out, rather than after it (latency). A full claim goes on at
-                # once instead, so that it overlaps with the handlers (throughput).
-                await asyncio.sleep(0)
+                held[message.receipt] = expires_at
+                buffer.append(message)
+            limit = concurrency + prefetch
+            if len(messages) >= room:
+                # A full claim: the queue likely holds more, worth claiming early.
+                run.claim_at = limit - max(1, limit // 2)
+                run.claim_epoch += 1
+            self._wake(run, len(messages))
+            # Let the runners start on these before the next claim goes out (latency, and
+            # another consumer's claim of a short queue gets its turn).
+            await asyncio.sleep(0)
 
     async def _keep_alone(self, messages: list[Message]) -> list[Message]:
         """The first isolated message alone; the others a faulty transport sent, released."""
@@ -288,21 +339,81 @@ class Consumer:
         await self._give_back([m.receipt for m in messages if m is not first])
         return [first]
 
-    async def _run_claimed(self, run: _Run, message: Message, claimed_at: float) -> None:
-        """The task of one claimed event: process it, then give its slot back."""
-        receipt = message.receipt
-        try:
-            await self._process(message, claimed_at)
-        except asyncio.CancelledError:
-            run.cancelled.append(receipt)
-            raise
-        finally:
-            # Here rather than in a done-callback, which costs one more trip through the
-            # event loop per event.
-            run.tasks.pop(receipt, None)
-            if run.isolated == receipt:
-                run.isolated = None
-            run.slot_freed.set()
+    def _start_runner(self, run: _Run, context: contextvars.Context) -> None:
+        runner = asyncio.get_running_loop().create_task(
+            self._runner(run, context), name="broker-handler", context=context.copy()
+        )
+        run.runners.add(runner)
+        runner.add_done_callback(run.runners.discard)
+
+    async def _runner(self, run: _Run, context: contextvars.Context) -> None:
+        """Handle buffered events one after another, until the run stops.
+
+        ``concurrency`` runners hand the events out, rather than one task per event: a
+        handler that never waits then costs no task and no trip through the event loop.
+        Each handler still runs in a task of its own at a time (cancelled alone, its
+        receipt given back) and starts in a copy of the context :meth:`run` started in:
+        should a handler leave a context variable changed, its runner ends and a fresh
+        one, with a fresh copy, takes over.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        buffer, busy, held = run.buffer, run.busy, self._held
+        process = self._process
+        yielded = -1
+        while True:
+            while not buffer or run.stop.is_set():
+                if run.stop.is_set():
+                    return
+                idle = asyncio.get_running_loop().create_future()
+                run.idle.append(idle)
+                await idle
+            if len(buffer) + len(busy) <= run.claim_at and yielded != run.claim_epoch:
+                # The claim loop waits for this much room: let it send its claim (and the
+                # ack loop its acks) now, to overlap with the handlers, rather than once
+                # handlers that never wait have emptied the buffer. Once per claim: the
+                # claim loop may be busy elsewhere (waiting for work, or for an isolated
+                # event), and the buffered events must still be handled.
+                yielded = run.claim_epoch
+                await asyncio.sleep(0)
+                continue
+            message = buffer.popleft()
+            receipt = message.receipt
+            expires_at = held.pop(receipt, None)
+            if expires_at is None or time.monotonic() >= expires_at:
+                # Renewal was refused, or never came: another consumer may hold it now.
+                log.warning("lost the lease of buffered event %s; not handling it", receipt)
+                self._finished(run, receipt)
+                continue
+            busy[task] = receipt
+            try:
+                await process(message, expires_at)
+            except asyncio.CancelledError:
+                run.cancelled.append(receipt)
+                raise
+            finally:
+                del busy[task]
+                self._finished(run, receipt)
+            if contextvars.copy_context() != context:
+                self._start_runner(run, context)
+                return
+
+    @staticmethod
+    def _wake(run: _Run, count: int) -> None:
+        """Wake up to ``count`` idle runners (one per new event, not all of them)."""
+        idle = run.idle
+        while count > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled runner's
+                waiter.set_result(None)
+                count -= 1
+
+    @staticmethod
+    def _finished(run: _Run, receipt: Receipt) -> None:
+        run.finished += 1
+        if run.isolated == receipt:
+            run.isolated = None
+        run.slot_freed.set()
 
     async def _others_done(self, run: _Run, receipt: Receipt) -> None:
         """Wait until every other handler of this run has finished and its ack is answered.
@@ -312,17 +423,18 @@ class Consumer:
         wait for acks is bounded by one lease: a store that does not answer them must not
         hold the consumer up for good.
         """
-        others = [t for r, t in run.tasks.items() if r != receipt]
-        if others:
+        if len(run.busy) > 1:
             log.info(
                 "event %s (%s/%s) lost its last lease; it runs alone once %d running "
                 "handlers finish",
                 receipt.event_id,
                 receipt.topic,
                 receipt.group,
-                len(others),
+                len(run.busy) - 1,
             )
-            await asyncio.wait(others)
+            while len(run.busy) > 1:
+                run.slot_freed.clear()
+                await run.slot_freed.wait()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._options.lease):
                 while self._acking:
@@ -363,14 +475,14 @@ class Consumer:
 
     # -- handling ------------------------------------------------------------------------
 
-    async def _process(self, message: Message, claimed_at: float) -> None:
+    async def _process(self, message: Message, expires_at: float) -> None:
         """Handle one delivery and settle it; transport failures leave the lease to expire.
 
-        ``claimed_at`` is when the claim was sent (monotonic): the lease cannot have
-        begun earlier, so it surely ends by ``claimed_at + lease``.
+        ``expires_at`` is when its lease surely ends unless renewed (monotonic): the
+        claim's send time plus the lease, or later once renewed while it was buffered.
         """
         try:
-            await self._handle(message, claimed_at)
+            await self._handle(message, expires_at)
         except Exception as exc:
             # Handlers' own exceptions are settled in _handle: this is the transport's.
             _log_failure(
@@ -379,7 +491,7 @@ class Consumer:
                 "it returns when its lease expires",
             )
 
-    async def _handle(self, message: Message, claimed_at: float) -> None:
+    async def _handle(self, message: Message, expires_at: float) -> None:
         receipt = message.receipt
         hooks = self._hooks
         if hooks.delivery_claimed is not None:
@@ -403,7 +515,6 @@ class Consumer:
             if not await self._transport.kill(receipt, reason="max_attempts", error=error):
                 log.warning("lease of event %s was lost before it died", message.event_id)
             return
-        expires_at = claimed_at + self._options.lease
         delivery: Delivery[Event] = Delivery(event, message, self._transport, expires_at)
         self._deliveries[receipt] = delivery
         run = self._run
@@ -494,9 +605,14 @@ class Consumer:
 
     async def _ack_loop(self, run: _Run) -> None:
         # Acks queued while one batch is on the wire go together in the next call.
-        while True:
+        # An abort ends it by cancellation, and also by the flag: a cancellation can be
+        # lost inside the store's client (seen on Redis under load: the task stayed
+        # "cancelling", waiting here for acks that never came, and run() never ended).
+        while not run.aborted:
             await run.acks_queued.wait()
             run.acks_queued.clear()
+            if run.aborted:
+                return
             await self._flush_acks()
             if run.acks_closing and not self._acks:
                 return
@@ -506,6 +622,7 @@ class Consumer:
         if run.aborted:
             # A crashed process sends nothing: these events will be redelivered.
             acker.cancel()
+            run.acks_queued.set()
             await asyncio.gather(acker, return_exceptions=True)
             self._acks.clear()
             self._acking.clear()
@@ -572,7 +689,7 @@ class Consumer:
         lease = self._options.lease
         while True:
             await asyncio.sleep(lease / 3)
-            receipts = list(self._deliveries)
+            receipts = [*self._deliveries, *self._held]
             if not receipts:
                 continue
             asked_at = time.monotonic()
@@ -582,9 +699,15 @@ class Consumer:
                 # Deliveries notice by themselves once their leases run out unrenewed.
                 _log_failure("lease renewal", exc, "trying again next period")
                 continue
+            held = self._held
             for receipt, renewed in zip(receipts, results, strict=True):
                 delivery = self._deliveries.get(receipt)
                 if delivery is None:
+                    if receipt in held:
+                        # Not started yet: a refused renewal drops it (see _runner).
+                        held[receipt] = (
+                            max(held[receipt], asked_at + lease) if renewed else -math.inf
+                        )
                     continue
                 if renewed:
                     delivery.renewed(asked_at + lease)
@@ -597,9 +720,20 @@ class Consumer:
     # -- stopping ------------------------------------------------------------------------
 
     async def _shut_down(self, run: _Run, grace: float) -> None:
+        # Also when run() itself was cancelled: a runner whose handler outlives its
+        # cancellation (a plain function in a thread) must end once it returns, not take
+        # more work.
+        run.stop.set()
+        buffered = [message.receipt for message in run.buffer]
+        run.buffer.clear()
+        for receipt in buffered:
+            self._held.pop(receipt, None)
         try:
-            if run.tasks and not run.aborted and grace > 0:
-                handlers = asyncio.ensure_future(asyncio.wait(set(run.tasks.values())))
+            if not run.aborted:
+                # Events no handler started go back at once, for other consumers.
+                await self._give_back(buffered)
+            if run.busy and not run.aborted and grace > 0:
+                handlers = asyncio.ensure_future(asyncio.wait(set(run.busy)))
                 aborting = asyncio.ensure_future(run.abort.wait())
                 try:
                     await asyncio.wait(
@@ -614,13 +748,11 @@ class Consumer:
             await self._end_tasks(run)
 
     async def _end_tasks(self, run: _Run) -> None:
-        tasks = list(run.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # Tasks cancelled before they started never removed themselves.
-        unhandled = [*run.cancelled, *run.tasks]
-        run.tasks.clear()
+        runners = list(run.runners)
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        unhandled = list(run.cancelled)
         run.cancelled.clear()
         if not run.aborted:
             await self._give_back(unhandled)

@@ -26,6 +26,13 @@ class BrokerOptions(BaseModel):
         description="Seconds an event stays reserved for a consumer; renewed while it runs.",
     )
     concurrency: int = Field(default=16, ge=1, description="Handlers running at once.")
+    prefetch: int = Field(
+        default=200,
+        ge=0,
+        description="Most events claimed ahead of the handlers into a local buffer (their "
+        "leases renewed, given back on stop); the buffer only grows as far as the handlers "
+        "keep up, so slow handlers leave the queue to other consumers.",
+    )
     max_attempts: int | None = Field(
         default=None, ge=1, description="Shorthand that overrides retry.max_attempts."
     )

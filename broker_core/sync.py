@@ -19,6 +19,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from broker_core import loops
 from broker_core.broker import Broker
 from broker_core.events import Event
 from broker_core.settings import BrokerSettings
@@ -265,7 +266,7 @@ class SyncBroker:
 
     def _start(self) -> asyncio.AbstractEventLoop:
         """Start the loop's thread (called under the lock)."""
-        loop = asyncio.new_event_loop()
+        loop = loops.new_event_loop()
         thread = threading.Thread(target=_run_loop, args=(loop,), name=_THREAD_NAME, daemon=True)
         thread.start()
         self._loop, self._thread = loop, thread
