@@ -496,8 +496,8 @@ class Broker:
         This is how a service rebuilds a projection. The events join the back of the
         group's queue as fresh deliveries; events the group still holds are left out
         (they are delivered anyway). Consumers running meanwhile go on with what they
-        had queued, then get the rewound events. Raises ValueError if the group does not
-        subscribe ``topic``.
+        had queued, then get the rewound events, then those published since the rewind
+        began. Raises ValueError if the group does not subscribe ``topic``.
         """
         history = _history(to)
         if history is None:

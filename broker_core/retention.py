@@ -26,9 +26,10 @@ def validate_retention(max_age: float | None, max_events: int | None) -> None:
         raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
 
 
-def validate_history(history: float | None) -> None:
-    """Raise ValueError unless ``history`` is None or seconds >= 0 (``math.inf``: all)."""
-    if history is not None and (
-        isinstance(history, bool) or not isinstance(history, int | float) or not history >= 0
-    ):
+def validate_history(history: float | None, *, optional: bool = True) -> None:
+    """Raise ValueError unless ``history`` is seconds >= 0 (``math.inf``: all), or None
+    where it is ``optional`` (a subscription without history; a rewind needs one)."""
+    if history is None and optional:
+        return
+    if isinstance(history, bool) or not isinstance(history, int | float) or not history >= 0:
         raise ValueError(f"history must be seconds >= 0 (math.inf: all), got {history!r}")

@@ -179,7 +179,7 @@ class Transport(Protocol):
         seconds ago (``math.inf``: all of them), oldest first, before any event published
         later (invariant 9). A store may copy a long history in bounded steps; the
         subscription then joins the topic's groups when the copy has caught up, and a
-        copy cut short by a crash goes on at the group's next ``subscribe``. With
+        copy cut short by a crash goes on at the group's next ``subscribe`` or claim. With
         ``ordered=True`` the group is *ordered*: of the events of one ordering key it only
         ever leases the earliest not yet DONE or DEAD, and only once that one is READY,
         so a key's events are handled one at a time in publish order, through retries
@@ -230,9 +230,10 @@ class Transport(Protocol):
         its queue; returns how many.
 
         An event the group still holds (READY, LEASED, DELAYED or DEAD) is skipped: it
-        is delivered anyway. With ``dry_run`` nothing changes and the count is of what
-        would be delivered now. Raises ValueError if ``group`` does not subscribe
-        ``topic``.
+        is delivered anyway; events published meanwhile come after the rewound ones. A
+        store may copy in bounded steps as for :meth:`subscribe`. With ``dry_run``
+        nothing changes and the count is of what would be delivered now. Raises
+        ValueError if ``group`` does not subscribe ``topic``.
         """
         ...
 

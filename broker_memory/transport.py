@@ -409,7 +409,7 @@ class MemoryStore:
         """See :meth:`broker_core.transport.Transport.rewind`."""
         validate_topic(topic)
         validate_group(group)
-        validate_history(history)
+        validate_history(history, optional=False)
         with self._lock:
             t = self._topics.get(topic)
             q = t.groups.get(group) if t else None

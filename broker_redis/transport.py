@@ -199,6 +199,8 @@ class RedisTransport:
         # (group, topic) -> local time (see _local_now) of the earliest lease deadline or
         # due retry the scripts reported: a waiter must not sleep past it.
         self._due: dict[tuple[str, str], float] = {}
+        # History copies this transport carries on for its consumers (see _messages).
+        self._copies: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @property
     def max_body_bytes(self) -> int:
@@ -310,6 +312,10 @@ class RedisTransport:
 
     async def close(self) -> None:
         """Close both connection pools; what is stored stays in Redis."""
+        copies = list(self._copies.values())
+        for task in copies:
+            task.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
         clients = (self._redis, self._blocking)
         wakeups = self._wakeups
         self._redis = self._blocking = self._scripts = self._wakeups = None
@@ -400,6 +406,14 @@ class RedisTransport:
         if outcome == _COPY:
             await self._copy_history(topic, group)
 
+    async def _carry_on_copy(self, topic: str, group: str) -> None:
+        try:
+            await self._copy_history(topic, group)
+        except TransportError as exc:  # the next claim tries again
+            log.warning("history copy of %s/%s failed, to be tried again: %s", topic, group, exc)
+        finally:
+            self._copies.pop((topic, group), None)
+
     async def _copy_history(self, topic: str, group: str) -> int:
         """Run the group's history copy in progress to its end; how many it copied."""
         call = load_script("copy_history").call(
@@ -455,7 +469,7 @@ class RedisTransport:
     async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """Copy the retained events again into ``group``, in bounded steps; how many."""
         topic, group = validate_topic(topic), validate_group(group)
-        validate_history(history)
+        validate_history(history, optional=False)
         wanted = "inf" if math.isinf(history) else repr(history)
         if dry_run:
             return await self._count_history(topic, group, wanted)
@@ -597,6 +611,7 @@ class RedisTransport:
             max_attempts,
             secrets.token_hex(12),
             "1" if may_isolate else "0",
+            group,
         ]
         return load_script("claim").call(
             args, topic=self._keys.topic(topic), group=self._keys.group(topic, group)
@@ -604,8 +619,13 @@ class RedisTransport:
 
     def _messages(self, topic: str, group: str, reply: list[Any]) -> tuple[list[Message], bool]:
         """A claim script's messages, and whether it stopped before a suspect."""
-        now, deadline, next_due, stopped, *rows = reply
+        now, deadline, next_due, stopped, copying, *rows = reply
         self._note_due(group, topic, now, next_due)
+        if copying and (topic, group) not in self._copies:
+            # A history copy a crash cut short: the group gets live events only through
+            # it, so a consumer of the group carries it on.
+            task = asyncio.create_task(self._carry_on_copy(topic, group))
+            self._copies[topic, group] = task
         lease_deadline = float(deadline)
         messages = [
             Message(

@@ -15,7 +15,9 @@ from broker_core import Broker, Event, ManualClock
 from broker_core.cli import app
 from broker_memory import MemoryStore, MemoryTransport
 from broker_redis import RedisTransport
+from broker_redis import transport as redis_transport
 from broker_redis.keys import Keys
+from broker_redis.scripts import load_script
 from broker_redis.testing import RedisServer
 
 runner = CliRunner()
@@ -141,8 +143,6 @@ async def test_a_copy_cut_short_goes_on_at_the_next_subscribe(
         original = tr._copy_history
 
         async def crash_after_one_step(topic: str, group: str) -> int:
-            from broker_redis.scripts import load_script
-
             call = load_script("copy_history").call(
                 [group, 1000], topic=keys.topic(topic), group=keys.group(topic, group)
             )
@@ -247,3 +247,148 @@ async def test_memory_keeps_nothing_once_history_ages_out() -> None:
         if not topic.log:
             break
     assert (len(topic.log), len(topic.logged), len(topic.held)) == (0, 0, 0)
+
+
+# -- Redis copies in many steps, racing other calls (steps of 10 entries) ----------------
+
+
+@pytest.fixture
+def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """History copies and trims of 10 entries per script call: races become likely."""
+    monkeypatch.setattr(redis_transport, "_COPY_STEP", 10)
+    monkeypatch.setattr(redis_transport, "_TRIM_STEP", 10)
+
+
+async def _ids_in_order(tr: RedisTransport, group: str) -> list[str]:
+    ids: list[str] = []
+    for _ in range(1000):  # an ordered group of one key hands out one event per claim
+        ms = await tr.claim(group, ["ledger"], max_count=100, lease=30, max_attempts=3)
+        if not ms:
+            return ids
+        assert await tr.ack([m.receipt for m in ms]) == [True] * len(ms)
+        ids += [m.event_id for m in ms]
+    raise AssertionError("never ran dry")
+
+
+@pytest.mark.usefixtures("small_steps")
+async def test_a_rewind_delivers_events_published_meanwhile_after_the_history(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
+    await tr.connect()
+    try:
+        await tr.configure_topic("ledger", max_events=1000)
+        await tr.subscribe("ledger", "reports", ordered=True)
+        history = [f"a{i:03d}" for i in range(200)]
+        await tr.publish("ledger", [(i, b"x") for i in history], keys=["a"] * 200)
+        assert await _ids_in_order(tr, "reports") == history
+
+        async def publish_meanwhile() -> None:
+            await asyncio.sleep(0)
+            await tr.publish("ledger", [("live", b"y")], keys=["a"])
+
+        rewound, _ = await asyncio.gather(
+            tr.rewind("ledger", "reports", history=math.inf), publish_meanwhile()
+        )
+        assert rewound >= 200
+        assert await _ids_in_order(tr, "reports") == [*history, "live"]
+        assert await tr.groups("ledger") == ["reports"]
+    finally:
+        await tr.close()
+
+
+async def test_removing_retention_during_a_copy_loses_no_live_event(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
+    await tr.connect()
+    keys = Keys(key_prefix)
+    try:
+        await tr.configure_topic("ledger", max_events=10_000)
+        history = [f"e{i:04d}" for i in range(2500)]
+        await tr.publish("ledger", [(i, b"x") for i in history])
+        # A new group's copy has taken its first step when retention is removed.
+        call = load_script("subscribe").call(
+            ["new", "", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
+        )
+        await tr._run("subscribe", [call])
+        step = load_script("copy_history").call(
+            ["new", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "new")
+        )
+        await tr._run("copy_history", [step])
+        await tr.configure_topic("ledger")
+        await tr.publish("ledger", [("late1", b"y"), ("late2", b"y")])
+        await tr.subscribe("ledger", "new")
+        assert await _ids_in_order(tr, "new") == [*history, "late1", "late2"]
+        assert (await tr.topic_stats("ledger")).retained == 0
+    finally:
+        await tr.close()
+
+
+async def test_an_id_a_copy_has_yet_to_read_stays_held(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    clock = ManualClock()
+    tr = RedisTransport(redis_server.url, key_prefix=key_prefix, clock=clock)
+    await tr.connect()
+    keys = Keys(key_prefix)
+    try:
+        await tr.configure_topic("ledger", max_age=10.0)
+        await tr.subscribe("ledger", "old")
+        await tr.publish("ledger", [(f"e{i}", b"v1") for i in range(1500)])
+        assert len(await _ids_in_order(tr, "old")) == 1500
+        # A new group's copy stops after its first step (its process died).
+        call = load_script("subscribe").call(
+            ["new", "", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
+        )
+        await tr._run("subscribe", [call])
+        step = load_script("copy_history").call(
+            ["new", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "new")
+        )
+        await tr._run("copy_history", [step])
+        clock.advance(11)  # e1000.. expired since, but the copy began before
+        assert await tr.publish("ledger", [("e1400", b"v2")]) == 0, "the copy still holds it"
+        await tr.subscribe("ledger", "new")  # the restarted service carries on
+        got = await tr.claim("new", ["ledger"], max_count=2000, lease=30, max_attempts=3)
+        assert [m.event_id for m in got] == [f"e{i}" for i in range(1500)]
+        assert {m.body for m in got} == {b"v1"}
+        assert await _ids_in_order(tr, "old") == []
+    finally:
+        await tr.close()
+
+
+async def test_a_consumer_carries_on_a_copy_its_group_was_left_with(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
+    await tr.connect()
+    keys = Keys(key_prefix)
+    try:
+        await tr.configure_topic("ledger", max_events=10_000)
+        await tr.subscribe("ledger", "reports")
+        await tr.publish("ledger", [(f"e{i}", b"x") for i in range(2500)])
+        assert len(await _ids_in_order(tr, "reports")) == 2500
+        # `broker rewind --yes` killed after its first step: the group is out of fan-out.
+        call = load_script("rewind").call(
+            ["reports", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
+        )
+        assert await tr._run("rewind", [call]) == [2]
+        step = load_script("copy_history").call(
+            ["reports", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "reports")
+        )
+        await tr._run("copy_history", [step])
+        assert await tr.groups("ledger") == []
+        await tr.publish("ledger", [("live", b"y")])
+        # The group's running consumer only claims: that carries the copy on.
+        got: list[str] = []
+        for _ in range(200):
+            ms = await tr.claim("reports", ["ledger"], max_count=500, lease=30, max_attempts=3)
+            await tr.ack([m.receipt for m in ms])
+            got += [m.event_id for m in ms]
+            if "live" in got:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [*(f"e{i}" for i in range(2500)), "live"]
+        assert await tr.groups("ledger") == ["reports"]
+    finally:
+        await tr.close()

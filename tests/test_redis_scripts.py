@@ -175,7 +175,7 @@ def test_a_script_without_a_keys_line_does_not_load() -> None:
 
 # What each script answers when nothing is there, for the transport to go on.
 EMPTY_REPLIES: dict[str, Any] = {
-    "claim": [b"1", b"31", b"", 0],
+    "claim": [b"1", b"31", b"", 0, 0],
     "poll": [0, b"1", b""],
     "stats": [0, 0, 0, 0, b"1", b""],
     "dead_letters": [],

@@ -18,9 +18,11 @@ KEYS: 1 msg  2 eventkeys  3 ready  4 leased  5 tokens  6 attempts  7 errors  8 d
       17 logged  18 refs  19 pins
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
       5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
+      7 the group's name
 Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
-         else 0), then per event: id, token, attempt, isolated (1 or 0), ordering key
-         ('' if none), body}
+         else 0), copying (1 if a history copy of the group is in progress, which the
+         client then runs: a copy a crash cut short goes on), then per event: id, token,
+         attempt, isolated (1 or 0), ordering key ('' if none), body}
 ]]
 --- @include "now"
 --- @include "requeue_due"
@@ -43,10 +45,10 @@ local may_isolate = ARGV[6] == '1'
 
 requeue_due(ready, leased, tokens, delayed, k.suspects, marker, now)
 
-local log = KEYS[15]
+local log, pins = KEYS[15], KEYS[19]
 if redis.call('EXISTS', log) == 1 then
   local retention = KEYS[16]
-  local t = {retention = retention, log = log, logged = KEYS[17], refs = KEYS[18], msg = msg, eventkeys = eventkeys, pins = KEYS[19]}
+  local t = {retention = retention, log = log, logged = KEYS[17], refs = KEYS[18], msg = msg, eventkeys = eventkeys, pins = pins}
   trim_log(t, retention_of(retention), now, TRIM_BUDGET)
 end
 
@@ -170,7 +172,8 @@ else
   redis.call('DEL', marker)
 end
 
-local head = {num(now), num(deadline), next_due(leased, delayed), ending == 'stopped' and 1 or 0}
+local copying = redis.call('HEXISTS', pins, ARGV[7])
+local head = {num(now), num(deadline), next_due(leased, delayed), ending == 'stopped' and 1 or 0, copying}
 for i = 1, #out do
   head[#head + 1] = out[i]
 end

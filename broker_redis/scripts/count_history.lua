@@ -5,17 +5,17 @@ changes nothing; the client calls again with the cursor returned until it is ''.
 entry counts when retention covers it now, when it was published at most ARGV[2]
 seconds ago and when the group does not hold its id.
 
-KEYS: 1 groups  2 retention  3 log  4 held
+KEYS: 1 groups  2 retention  3 log  4 held  5 pins
 ARGV: 1 group  2 history: 'inf' (all) or seconds  3 cursor  4 most entries to read
       5 now ('' = server TIME)
 Returns: -1 if the group does not subscribe the topic, else {cursor ('' when done), count}
 ]]
 --- @include "history"
 
-local groups, retention, log, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local groups, retention, log, held, pins = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, history, cursor, most = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
-if redis.call('SISMEMBER', groups, group) == 0 then
+if redis.call('SISMEMBER', groups, group) == 0 and redis.call('HEXISTS', pins, group) == 0 then
   return -1
 end
 local now = now_from(ARGV[5])

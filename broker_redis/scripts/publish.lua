@@ -9,7 +9,8 @@ less than its dedup window ago, even if every group has finished with it since; 
 skipped duplicate does not extend the window. Ended windows are forgotten a bounded
 number per call, at least as many as the call can add.
 
-On a topic with retention, each event not skipped also joins the topic's history (see
+On a topic with retention (or a history copy in progress), each event not skipped also
+joins the topic's history (see
 includes/history.lua), which holds its id until retention no longer covers it, and
 each group records that it holds the event (`held`, which a rewind consults), even with
 no group subscribed. The call first frees a bounded number of expired history entries.
@@ -49,7 +50,9 @@ for g = 1, n do
 end
 -- Topics without retention pay one EXISTS for it.
 local rt = redis.call('EXISTS', retention) == 1 and retention_of(retention)
-local keeps = rt and retains(rt)
+-- A group copying the history gets live events only through it, so the history goes on
+-- while a copy runs, even if retention was removed meanwhile.
+local keeps = rt and (retains(rt) or redis.call('EXISTS', pins) == 1)
 if n == 0 and not keeps then
   return 0
 end

@@ -44,11 +44,7 @@ if history ~= '' and redis.call('EXISTS', t.log) == 1 then
     return {3, stored}
   end
   if retains(rt) and redis.call('EXISTS', t.log) == 1 then
-    local pin = {c = '0-0', now = now, pos = rt.position, age = rt.age, count = rt.count, join = true}
-    if history ~= 'inf' then
-      pin.from = now - tonumber(history)
-      pin.c = math.max(math.floor(pin.from * 1000) - 1, 0) .. '-0'
-    end
+    local pin = new_pin(rt, now, history)
     redis.call('HSET', pins, group, cjson.encode(pin))
     if stored == 1 then
       redis.call('SADD', ordered, group)

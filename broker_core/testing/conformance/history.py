@@ -184,5 +184,9 @@ class HistoryConformance(ConformanceBase):
                 await tr.configure_topic(T, **bad)
         with pytest.raises(ValueError):
             await tr.subscribe(T, G, history=-1.0)
+        await tr.subscribe(T, G2)
+        with pytest.raises(ValueError):
+            await tr.rewind(T, G2, history=None)  # type: ignore[arg-type]
+        await tr.unsubscribe(T, G2)
         assert (await tr.topic_stats(T)).retains is False
         assert await tr.groups(T) == []

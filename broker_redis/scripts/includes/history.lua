@@ -41,6 +41,19 @@ local function after(a, b)
   return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
 end
 
+-- A new history copy's pin (see copy_history): from `now`, of the events at most
+-- `history` seconds old ('inf': all), with the retention `rt` it begins with. Times are
+-- kept as strings: cjson would round them to 14 digits.
+local function new_pin(rt, now, history)
+  local pin = {c = '0-0', now = num(now), pos = rt.position, age = rt.age, count = rt.count}
+  if history ~= 'inf' then
+    local from = now - tonumber(history)
+    pin.from = num(from)
+    pin.c = math.max(math.floor(from * 1000) - 1, 0) .. '-0'
+  end
+  return pin
+end
+
 -- The earliest entry some history copy in progress has yet to read past (its cursor),
 -- or nil: trimming stops there, so that a copy gets what was retained when it began.
 local function pinned_at(pins)
@@ -113,6 +126,10 @@ local function reclaim(t, rt, now, id)
   local entry_id = redis.call('HGET', t.logged, id)
   if not entry_id then
     return false
+  end
+  local pin = pinned_at(t.pins)
+  if pin ~= nil and after(entry_id, pin) then
+    return false  -- a copy in progress has yet to read it: it still holds the id
   end
   local entry = redis.call('XRANGE', t.log, entry_id, entry_id)[1]
   local f = entry and entry_fields(entry)
