@@ -484,17 +484,23 @@ class RedisTransport:
     async def unsubscribe(self, topic: str, group: str) -> bool:
         """End ``group``'s subscription to ``topic``, dropping its copies; idempotent.
 
-        One script removes the subscription, frees the bodies no other group holds and
-        deletes every key of the group. The topic stays in the registry of topics, which
-        lists it again only when a group subscribes.
+        The first script call removes the subscription; calls of bounded work then free
+        the bodies no other group holds and delete every key of the group. The topic
+        stays in the registry of topics, which lists it again only when a group
+        subscribes.
         """
         topic, group = validate_topic(topic), validate_group(group)
         call = load_script("unsubscribe").call(
-            [group], topic=self._keys.topic(topic), group=self._keys.group(topic, group)
+            [group, _TRIM_STEP], topic=self._keys.topic(topic), group=self._keys.group(topic, group)
         )
-        [removed] = await self._run("unsubscribe", [call])
+        removed = False
+        while True:
+            [(was, done)] = await self._run("unsubscribe", [call])
+            removed = removed or _flag(was)
+            if done:
+                break
         self._due.pop((group, topic), None)
-        return _flag(removed)
+        return removed
 
     async def _register(self, topic: str) -> None:
         """Add ``topic`` to the registry behind topics(), which lives outside its slot.

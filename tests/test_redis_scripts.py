@@ -187,6 +187,7 @@ EMPTY_REPLIES: dict[str, Any] = {
     "copy_history": [1, 0],
     "rewind": 2,
     "count_history": [b"", 0],
+    "unsubscribe": [1, 1],
     "topic_stats": [b"", b"", 0, b""],
 }
 

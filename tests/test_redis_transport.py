@@ -25,6 +25,7 @@ from broker_core.events import Event
 from broker_core.plugins import installed_transports, make_transport
 from broker_core.transport import Message, QueueStats, Transport
 from broker_redis import plugin
+from broker_redis import transport as redis_transport
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULTS, OPTION_NAMES, parse_options
 from broker_redis.scripts import load_script
@@ -842,3 +843,41 @@ def test_a_test_server_never_answers_for_another_on_a_taken_port(
             assert client.info("server")["process_id"] == late.process.pid  # type: ignore[union-attr]
     finally:
         late.stop()
+
+
+async def test_unsubscribing_a_big_group_is_done_in_bounded_steps(
+    redis_server: RedisServer, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_transport, "_TRIM_STEP", 100)
+    tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
+    await tr.connect()
+    calls: list[str] = []
+    run = tr._run
+
+    async def counted(op: str, batch: Any) -> list[Any]:
+        calls.append(op)
+        return await run(op, batch)
+
+    try:
+        await tr.subscribe("big", "gone", ordered=True)
+        await tr.subscribe("big", "stays")
+        events = [(f"e{i}", b"x") for i in range(1000)]
+        await tr.publish("big", events, keys=[f"k{i % 50}" for i in range(1000)])
+        ms = await tr.claim("gone", ["big"], max_count=50, lease=30, max_attempts=1)
+        await tr.nack(ms[0].receipt, delay=60)  # DELAYED, LEASED, waiting in lanes, ...
+        await tr.kill(ms[1].receipt, reason="handler")
+        monkeypatch.setattr(tr, "_run", counted)
+        assert await tr.unsubscribe("big", "gone") is True
+        assert calls.count("unsubscribe") >= 10  # 1000 events, 100 per call
+        assert await tr.unsubscribe("big", "gone") is False
+        keys = Keys(key_prefix)
+        with redis_server.admin() as admin:
+            prefix = keys.group("big", "gone").ready.rsplit(":", 1)[0]
+            assert admin.keys(f"{prefix}:*") == []
+            assert admin.hlen(keys.topic("big").msg) == 1000  # "stays" holds them all
+        stays = await tr.claim("stays", ["big"], max_count=1000, lease=30, max_attempts=1)
+        assert await tr.ack([m.receipt for m in stays]) == [True] * 1000
+        with redis_server.admin() as admin:
+            assert admin.hlen(keys.topic("big").msg) == 0
+    finally:
+        await tr.close()

@@ -5,15 +5,21 @@ released as if the group were done with it: a body neither another group nor the
 topic's history holds is freed (with its ordering key), and the group's keys are
 deleted, so that nothing of it is left. A group still copying the topic's history (it
 subscribed from history, or is being rewound) counts as subscribed: its copy ends, and
-its pin no longer holds trimming back. Other groups are untouched. A group that is not
-subscribed is left alone (idempotent). The registry of topics is outside the topic's
-slot and keeps the topic's name, which topics() leaves out while the topic has no groups.
+its pin no longer holds trimming back. Other groups are untouched. The registry of
+topics is outside the topic's slot and keeps the topic's name, which topics() leaves out
+while the topic has no groups.
+
+The first call ends the subscription at once; the events are released at most
+ARGV[2] per call (a group may hold millions), and the client calls again while some are
+left. A call on a group neither subscribed nor holding anything changes nothing
+(idempotent); one that finds what a cut-short unsubscribe left goes on releasing it.
 
 KEYS: 1 msg  2 refs  3 groups  4 eventkeys  5 ordered  6 pins  7 ready  8 leased
       9 tokens  10 attempts  11 errors  12 delayed  13 dead  14 deadinfo  15 marker
       16 suspects  17 heads  18 lanes  19 held
-ARGV: 1 group
-Returns: 1 if the group was subscribed, 0 if not
+ARGV: 1 group  2 most events to release in this call
+Returns: {1 if the group was subscribed (or left events to release) else 0,
+          1 once nothing of it is left else 0 (call again)}
 ]]
 --- @include "refs"
 
@@ -21,48 +27,47 @@ local msg, refs, groups, eventkeys, ordered, pins = KEYS[1], KEYS[2], KEYS[3], K
 local ready, leased, tokens, attempts, errors = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local delayed, dead, deadinfo, marker, suspects = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local heads, lanes, held = KEYS[17], KEYS[18], KEYS[19]
-local group = ARGV[1]
+local group, budget = ARGV[1], tonumber(ARGV[2])
 
 local was_member = redis.call('SREM', groups, group) == 1
 local was_copying = redis.call('HDEL', pins, group) == 1
-if not (was_member or was_copying) then
-  return 0
-end
 redis.call('SREM', ordered, group)
-
--- drop_refs takes one count per id: collect each held id once.
-local ids, seen = {}, {}
-local function hold(id)
-  if not seen[id] then
-    seen[id] = true
-    ids[#ids + 1] = id
-  end
+local left = redis.call('EXISTS', ready, dead, leased, delayed, lanes) > 0
+if not (was_member or was_copying or left) then
+  return {0, 1}
 end
+
+-- Each event is in exactly one of these (invariant 1): pop a bounded batch of ids.
+local ids = {}
 for _, list in ipairs({ready, dead}) do
-  local length = redis.call('LLEN', list)
-  for first = 0, length - 1, CHUNK do
-    for _, id in ipairs(redis.call('LRANGE', list, first, first + CHUNK - 1)) do
-      hold(id)
+  if #ids < budget then
+    for _, id in ipairs(redis.call('LPOP', list, budget - #ids) or {}) do
+      ids[#ids + 1] = id
     end
   end
 end
 for _, zset in ipairs({leased, delayed}) do
-  local length = redis.call('ZCARD', zset)
-  for first = 0, length - 1, CHUNK do
-    for _, id in ipairs(redis.call('ZRANGE', zset, first, first + CHUNK - 1)) do
-      hold(id)
+  if #ids < budget then
+    local popped = redis.call('ZPOPMIN', zset, budget - #ids)
+    for i = 1, #popped, 2 do
+      ids[#ids + 1] = popped[i]
     end
   end
 end
--- Lane members are `<key> NUL <position> NUL <id>` (includes/lanes.lua).
-local waiting = redis.call('ZCARD', lanes)
-for first = 0, waiting - 1, CHUNK do
-  for _, member in ipairs(redis.call('ZRANGE', lanes, first, first + CHUNK - 1)) do
+if #ids < budget then
+  -- Lane members are `<key> NUL <position> NUL <id>` (includes/lanes.lua).
+  local popped = redis.call('ZPOPMIN', lanes, budget - #ids)
+  for i = 1, #popped, 2 do
+    local member = popped[i]
     local after_key = string.find(member, '\0', 1, true)
-    hold(string.sub(member, string.find(member, '\0', after_key + 1, true) + 1))
+    ids[#ids + 1] = string.sub(member, string.find(member, '\0', after_key + 1, true) + 1)
   end
 end
-
 drop_refs(msg, refs, eventkeys, ids)
-redis.call('DEL', ready, leased, tokens, attempts, errors, delayed, dead, deadinfo, marker, suspects, heads, lanes, held)
-return 1
+
+if redis.call('EXISTS', ready, dead, leased, delayed, lanes) > 0 then
+  return {1, 0}
+end
+-- UNLINK: what is left of the group's hashes is freed outside the script's time.
+redis.call('UNLINK', tokens, attempts, errors, deadinfo, marker, suspects, heads, held)
+return {1, 1}
