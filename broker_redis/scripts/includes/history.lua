@@ -54,9 +54,15 @@ local function new_pin(rt, now, history)
   return pin
 end
 
+-- Read once per script call: no script moves a pin and then trims or publishes.
+local pin_memo = nil
+
 -- The earliest entry some history copy in progress has yet to read past (its cursor),
 -- or nil: trimming stops there, so that a copy gets what was retained when it began.
 local function pinned_at(pins)
+  if pin_memo then
+    return pin_memo[1]
+  end
   local lowest = nil
   for _, raw in ipairs(redis.call('HVALS', pins)) do
     local cursor = cjson.decode(raw).c
@@ -64,6 +70,7 @@ local function pinned_at(pins)
       lowest = cursor
     end
   end
+  pin_memo = {lowest}
   return lowest
 end
 
@@ -81,6 +88,8 @@ local function trim_log(t, rt, now, budget)
         break
       end
       gone[#gone + 1] = entry[1]
+      -- Only the entry `logged` names holds the body's reference; a stray entry (written
+      -- by hand, or by a version that logged ids twice) must not free another's body.
       if redis.call('HGET', t.logged, f.i) == entry[1] then
         ids[#ids + 1] = f.i
       end
