@@ -187,6 +187,8 @@ _TRIM_BUDGET = 64
 
 
 class _Topic:
+    """One topic: its groups' queues, what holds each id, dedup windows and history."""
+
     __slots__ = (
         "groups",
         "held",
@@ -219,6 +221,7 @@ class _Topic:
 
     @property
     def retains(self) -> bool:
+        """Whether the topic has retention: published events join its history."""
         return self.max_age is not None or self.max_events is not None
 
     def expired(self, e: _Entry, now: float) -> bool:
