@@ -25,7 +25,7 @@ Times are seconds on the transport's clock (see :mod:`broker_core.clock`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -115,6 +115,10 @@ class QueueStats:
     leased: int
     delayed: int
     dead: int
+    acked: int | None = field(default=None, compare=False)
+    """Events the group has acked since it subscribed, a counter for rates (None: the
+    transport does not count them). Not compared: two readings of the same state are
+    equal whatever the counters say."""
 
     @property
     def lag(self) -> int:
@@ -135,6 +139,9 @@ class TopicStats:
     """Events readable as history right now (0 for a topic without retention)."""
     oldest_age: float | None
     """Seconds since the oldest retained event was published (None: nothing retained)."""
+    published: int | None = field(default=None, compare=False)
+    """Events published to the topic (not skipped) so far, a counter for rates (None: the
+    transport does not count them; not compared, like :attr:`QueueStats.acked`)."""
 
     @property
     def retains(self) -> bool:

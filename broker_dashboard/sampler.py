@@ -50,6 +50,10 @@ class QueueRow:
     """Change of the lag, in events per second: positive while the backlog grows."""
     dead_rate: float | None
     """Change of the dead count, in events per second."""
+    acked_rate: float | None = None
+    """Events the group acked per second (None: unknown yet, or not counted)."""
+    published_rate: float | None = None
+    """Events published to the topic per second (None: unknown yet, or not counted)."""
 
     @property
     def name(self) -> str:
@@ -77,6 +81,14 @@ def _rate(now: int, before: int, seconds: float) -> float:
     return (now - before) / seconds
 
 
+def _counted_rate(now: int | None, before: int | None, seconds: float) -> float | None:
+    """A counter's rate; None where the transport keeps no counter, or it went back (the
+    group subscribed anew)."""
+    if now is None or before is None or now < before:
+        return None
+    return (now - before) / seconds
+
+
 class Sampler:
     """Reads the counts with ``read`` every ``interval`` seconds and publishes each sample.
 
@@ -91,7 +103,7 @@ class Sampler:
         self.interval = interval
         self.latest = Sample(taken_at=time.time(), error="no reading yet")
         self._subscribers: set[asyncio.Queue[Sample]] = set()
-        self._previous: tuple[float, dict[str, QueueStats]] | None = None
+        self._previous: tuple[float, dict[str, QueueStats], dict[str, TopicStats]] | None = None
 
     async def sample_once(self) -> Sample:
         """Take one reading, publish it to every subscriber, and return it."""
@@ -117,7 +129,7 @@ class Sampler:
 
     def _sample(self, now: float, stats: list[QueueStats], topics: dict[str, TopicStats]) -> Sample:
         previous = self._previous
-        self._previous = (now, {f"{s.topic}/{s.group}": s for s in stats})
+        self._previous = (now, {f"{s.topic}/{s.group}": s for s in stats}, topics)
         rows = []
         for s in stats:
             retention = topics.get(s.topic)
@@ -126,8 +138,21 @@ class Sampler:
                 rows.append(QueueRow(s, retention, None, None))
                 continue
             seconds = now - previous[0]
-            lag_rate = _rate(s.lag, before.lag, seconds)
-            rows.append(QueueRow(s, retention, lag_rate, _rate(s.dead, before.dead, seconds)))
+            then = previous[2].get(s.topic)
+            rows.append(
+                QueueRow(
+                    s,
+                    retention,
+                    _rate(s.lag, before.lag, seconds),
+                    _rate(s.dead, before.dead, seconds),
+                    _counted_rate(s.acked, before.acked, seconds),
+                    _counted_rate(
+                        retention.published if retention else None,
+                        then.published if then else None,
+                        seconds,
+                    ),
+                )
+            )
         return Sample(
             taken_at=time.time(), rows=tuple(rows), by_name={row.name: row for row in rows}
         )

@@ -101,6 +101,7 @@ class _Queue:
     """The state machine of one (topic, group)."""
 
     __slots__ = (
+        "acked",
         "copies",
         "dead",
         "delayed",
@@ -113,6 +114,7 @@ class _Queue:
     )
 
     def __init__(self, ordered: bool = False) -> None:
+        self.acked = 0  # a counter, for rates
         self.copies: dict[str, _Copy] = {}  # every copy not DONE, by event id
         # The copies a claim may take: for an ordered group, only the head of each key.
         self.ready: deque[_Copy] = deque()
@@ -198,6 +200,7 @@ class _Topic:
         "max_events",
         "position",
         "published",
+        "published_count",
         "windows",
     )
 
@@ -213,6 +216,7 @@ class _Topic:
         self.log: deque[_Entry] = deque()
         self.logged: dict[str, _Entry] = {}
         self.position = 0
+        self.published_count = 0  # events not skipped, for rates
         # Event id -> end of its dedup window; ``windows`` holds the same as a heap by
         # end (publishers may use different windows), so that ended windows are
         # forgotten a few per publish, earliest end first.
@@ -402,11 +406,11 @@ class MemoryStore:
         with self._lock:
             t = self._topics.get(topic)
             if t is None:
-                return TopicStats(topic, None, None, 0, None)
+                return TopicStats(topic, None, None, 0, None, 0)
             now = self.clock.now()
             log = t.retained(now)
             oldest = now - log[0].published_at if log else None
-            return TopicStats(topic, t.max_age, t.max_events, len(log), oldest)
+            return TopicStats(topic, t.max_age, t.max_events, len(log), oldest, t.published_count)
 
     def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """See :meth:`broker_core.transport.Transport.rewind`."""
@@ -504,6 +508,7 @@ class MemoryStore:
                     t.append(event_id, body, key, now)
                     t.trim(now, 1)  # the newest max_events: one in, one out
                 added += 1
+                t.published_count += 1
                 if dedup_window > 0:
                     published[event_id] = ends = now + dedup_window
                     heappush(t.windows, (ends, event_id))
@@ -587,6 +592,7 @@ class MemoryStore:
                 q, c = found
                 self._unlease(q, c)
                 self._done(r.topic, q, c)
+                q.acked += 1
                 if q.leave_lane(c):
                     self._notify(r.group, r.topic, work=True)
                 results.append(True)
@@ -740,10 +746,10 @@ class MemoryStore:
         with self._lock:
             q = self._queue(topic, group)
             if q is None:
-                return QueueStats(topic, group, 0, 0, 0, 0)
+                return QueueStats(topic, group, 0, 0, 0, 0, 0)
             self._reap(q, self.clock.now())
             ready = len(q.ready) + q.waiting
-            return QueueStats(topic, group, ready, q.leased, len(q.delayed), len(q.dead))
+            return QueueStats(topic, group, ready, q.leased, len(q.delayed), len(q.dead), q.acked)
 
     async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
         """See :meth:`broker_core.transport.Transport.wait`.

@@ -63,6 +63,8 @@ class TopicKeys:
     """HASH event id -> its entry in ``log``, while the history holds it."""
     pins: str
     """HASH group -> JSON of its history copy in progress (see copy_history.lua)."""
+    published: str
+    """STRING counter of the events published to the topic (not skipped), for rates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,8 @@ class GroupKeys:
     held: str
     """SET of the event ids the group holds (not DONE), kept on topics with retention
     only: a rewind leaves them out."""
+    acked: str
+    """STRING counter of the events the group acked, for rates."""
 
 
 class Keys:
@@ -144,6 +148,7 @@ class Keys:
             log=f"{base}:log",
             logged=f"{base}:logged",
             pins=f"{base}:pins",
+            published=f"{base}:published",
         )
         _remember(self._topic_keys, topic, keys)
         return keys
@@ -169,6 +174,7 @@ class Keys:
             heads=f"{base}:heads",
             lanes=f"{base}:lanes",
             held=f"{base}:held",
+            acked=f"{base}:acked",
         )
         _remember(self._group_keys, (topic, group), keys)
         return keys

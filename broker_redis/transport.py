@@ -457,13 +457,14 @@ class RedisTransport:
         call = load_script("topic_stats").call(
             [self._now_arg(), _TRIM_STEP], topic=self._keys.topic(topic)
         )
-        max_age, max_events, retained, age = await self._trimmed("topic_stats", call)
+        max_age, max_events, retained, age, published = await self._trimmed("topic_stats", call)
         return TopicStats(
             topic,
             float(max_age) if max_age else None,
             int(max_events) if max_events else None,
             int(retained),
             float(age) if age else None,
+            int(published),
         )
 
     async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
@@ -949,6 +950,8 @@ class RedisTransport:
         topic, group = validate_topic(topic), validate_group(group)
         call = load_script("stats").call([self._now_arg()], group=self._keys.group(topic, group))
         [reply] = await self._run("stats", [call])
-        ready, leased, delayed, dead, now, next_due = reply
+        ready, leased, delayed, dead, now, next_due, acked = reply
         self._note_due(group, topic, now, next_due)
-        return QueueStats(topic, group, int(ready), int(leased), int(delayed), int(dead))
+        return QueueStats(
+            topic, group, int(ready), int(leased), int(delayed), int(dead), int(acked)
+        )

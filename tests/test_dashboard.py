@@ -25,7 +25,7 @@ from broker_core.errors import TransportError
 from broker_core.transport import QueueStats
 from broker_dashboard import DashboardConfig, WritePolicy, allowed_hosts, create_app
 from broker_dashboard.deadletters import GROUPING_WINDOW
-from broker_dashboard.sampler import Reading, Sampler
+from broker_dashboard.sampler import Reading, Sampler, read_store
 from broker_memory import MemoryTransport, forget_store, named_store
 
 TOKEN = "s3cret-token"
@@ -442,3 +442,19 @@ def test_the_dashboard_reads_a_redis_cluster(redis_cluster_url: str, key_prefix:
             'id="preview">0<'
             in client.get(f"/topics/{topics[0]}/groups/billing/rewind?to=earliest").text
         )
+
+
+async def test_rates_come_from_the_stores_counters() -> None:
+    transport = MemoryTransport()
+    await transport.subscribe("orders", "billing")
+    sampler = Sampler(lambda: read_store(transport), interval=0.1)
+    await sampler.sample_once()
+    await transport.publish("orders", [(f"r{i}", b"{}") for i in range(10)])
+    claimed = await transport.claim("billing", ["orders"], max_count=4, lease=30, max_attempts=3)
+    await transport.ack([m.receipt for m in claimed])
+    await asyncio.sleep(0.05)
+    row = (await sampler.sample_once()).row("orders", "billing")
+    assert row is not None and row.published_rate and row.acked_rate
+    # 10 published and 4 acked in the same time: rates in that proportion.
+    assert row.published_rate / row.acked_rate == pytest.approx(10 / 4)
+    assert row.lag_rate == pytest.approx(row.published_rate - row.acked_rate)

@@ -217,9 +217,12 @@ async def test_foreign_payloads_are_handed_out_as_bytes(
         (m.event_id, m.body, "undecodable") for m in msgs[1:]
     )
     assert await tr.purge_dead(T, G) == 3
+    # What stays: the subscription and its counters (one per topic, one per group).
     assert keys_of(redis_server, prefix) == {
         keys.topics.encode(),
         t.groups.encode(),
+        t.published.encode(),
+        keys.group(T, G).acked.encode(),
     }
 
 
@@ -253,7 +256,7 @@ async def test_broker_dead_letters_a_planted_payload(
     assert keys_of(redis_server, key_prefix) == {
         keys.topics.encode(),
         keys.topic(T).groups.encode(),
-    }
+    }  # the planted event was never published nor acked: no counter moved
 
 
 @pytest.mark.parametrize("bad", ["\udcff", "\ud800"], ids=["fsdecoded-byte", "lone-surrogate"])
@@ -417,8 +420,11 @@ async def test_unsubscribe_leaves_no_key_of_the_group(
     assert refs == {f"e{i}".encode(): b"1" for i in range(6)}
     shipped = await tr.claim(G2, [T], max_count=10, lease=30, max_attempts=3)
     assert await tr.ack([m.receipt for m in shipped]) == [True] * 6
-    # The seq counter of ordered keys and the registry entry are all that stay.
-    assert keys_of(redis_server, prefix) - before == {f"{prefix}:{{{T}}}:seq".encode()}
+    # The counters (ordered keys' positions, publishes, the other group's acks) and the
+    # registry entry are all that stay.
+    assert keys_of(redis_server, prefix) - before == {
+        f"{prefix}:{{{T}}}:{name}".encode() for name in ("seq", "published", "g:shipping:acked")
+    }
 
 
 async def test_unsubscribe_ends_a_history_copy_in_progress(
@@ -510,9 +516,12 @@ async def test_body_stored_once_and_memory_returns_to_baseline(
     for n in range(1, 4):
         await one_round(n)
     assert admin.dbsize() == baseline_keys
+    # The subscriptions and their counters (publishes, each group's acks) stay.
     assert set(admin.scan_iter(count=1000)) == {
         f"{prefix}:topics".encode(),
         topic_keys.groups.encode(),
+        topic_keys.published.encode(),
+        *(Keys(prefix).group(T, g).acked.encode() for g in groups),
     }
     # Allocator noise only: far less than one round's 400 x 1 KiB bodies.
     assert used_memory() - baseline_memory < 200_000

@@ -20,8 +20,8 @@ touches must be declared in KEYS; if the subscribed set differs, nothing is writ
 the script answers with the real set so that the client can retry.
 
 KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq  8 retention  9 log
-      10 logged  11 pins
-      then per group g = 1..n: 7+5g ready  8+5g marker  9+5g lanes  10+5g heads  11+5g held
+      10 logged  11 pins  12 published
+      then per group g = 1..n: 8+5g ready  9+5g marker  10+5g lanes  11+5g heads  12+5g held
 ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
       4..n+3 the group names, n+4 how many values per event (2, or 3 with keys),
       then per event: event id, body[, ordering key ('' = none)]
@@ -36,7 +36,7 @@ Returns: the number of copies enqueued (integer: events not skipped times n) onc
 --- @include "history"
 
 local msg, refs, groups, dedup, eventkeys, ordered, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local retention, log, logged, pins = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local retention, log, logged, pins, published = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local t = {retention = retention, log = log, logged = logged, refs = refs, msg = msg, eventkeys = eventkeys, pins = pins}
 local window, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 
@@ -104,6 +104,9 @@ for i, id in ipairs(ids) do
   end
 end
 call_chunked('ZADD', dedup, recorded, 1, #recorded)
+if #fresh > 0 then
+  redis.call('INCRBY', published, #fresh)
+end
 if keeps and #fresh > 0 then
   save_position(t, rt)
 end
@@ -112,8 +115,8 @@ if #fresh > 0 and n > 0 then
   -- which topics without an ordered group never create.
   local first = nil
   for g = 1, n do
-    local ready, marker, lanes, heads = KEYS[7 + 5 * g], KEYS[8 + 5 * g], KEYS[9 + 5 * g], KEYS[10 + 5 * g]
-    local held = KEYS[11 + 5 * g]
+    local ready, marker, lanes, heads = KEYS[8 + 5 * g], KEYS[9 + 5 * g], KEYS[10 + 5 * g], KEYS[11 + 5 * g]
+    local held = KEYS[12 + 5 * g]
     if keeps then
       call_chunked('SADD', held, fresh, 1, #fresh)
     end

@@ -16,7 +16,7 @@ left. A call on a group neither subscribed nor holding anything changes nothing
 
 KEYS: 1 msg  2 refs  3 groups  4 eventkeys  5 ordered  6 pins  7 ready  8 leased
       9 tokens  10 attempts  11 errors  12 delayed  13 dead  14 deadinfo  15 marker
-      16 suspects  17 heads  18 lanes  19 held
+      16 suspects  17 heads  18 lanes  19 held  20 acked
 ARGV: 1 group  2 most events to release in this call
 Returns: {1 if the group was subscribed (or left events to release) else 0,
           1 once nothing of it is left else 0 (call again)}
@@ -26,13 +26,13 @@ Returns: {1 if the group was subscribed (or left events to release) else 0,
 local msg, refs, groups, eventkeys, ordered, pins = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local ready, leased, tokens, attempts, errors = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local delayed, dead, deadinfo, marker, suspects = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
-local heads, lanes, held = KEYS[17], KEYS[18], KEYS[19]
+local heads, lanes, held, acked = KEYS[17], KEYS[18], KEYS[19], KEYS[20]
 local group, budget = ARGV[1], tonumber(ARGV[2])
 
 local was_member = redis.call('SREM', groups, group) == 1
 local was_copying = redis.call('HDEL', pins, group) == 1
 redis.call('SREM', ordered, group)
-local left = redis.call('EXISTS', ready, dead, leased, delayed, lanes) > 0
+local left = redis.call('EXISTS', ready, dead, leased, delayed, lanes, acked) > 0
 if not (was_member or was_copying or left) then
   return {0, 1}
 end
@@ -69,5 +69,5 @@ if redis.call('EXISTS', ready, dead, leased, delayed, lanes) > 0 then
   return {1, 0}
 end
 -- UNLINK: what is left of the group's hashes is freed outside the script's time.
-redis.call('UNLINK', tokens, attempts, errors, deadinfo, marker, suspects, heads, held)
+redis.call('UNLINK', tokens, attempts, errors, deadinfo, marker, suspects, heads, held, acked)
 return {1, 1}

@@ -85,3 +85,20 @@ class AckConformance(ConformanceBase):
             assert _counts(await tr.stats(T, G2)) == (0, 1, 0, 0)
         assert await tr.ack([m.receipt]) == [True]
         assert _counts(await tr.stats(T, G2)) == (0, 1, 0, 0)
+
+    @pytest.mark.asyncio
+    async def test_stats_count_acks_and_publishes_for_rates(self, harness: Harness) -> None:
+        """The counters a dashboard draws rates from, where the transport keeps them."""
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        await tr.subscribe(T, G2)
+        await harness.publish(T, "e1", "e2", "e3")
+        await harness.publish(T, "e1")  # a duplicate: not counted
+        ms = await harness.claim(G, T, max_count=2)
+        assert await tr.ack([m.receipt for m in ms]) == [True, True]
+        assert await tr.ack([ms[0].receipt]) == [False]  # stale: not counted
+        counted = await tr.stats(T, G)
+        if counted.acked is not None:
+            assert (counted.acked, (await tr.stats(T, G2)).acked) == (2, 0)
+        published = (await tr.topic_stats(T)).published
+        assert published in (None, 3)
