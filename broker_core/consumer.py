@@ -272,9 +272,10 @@ class Consumer:
         prefetch that follows the handlers. It starts at none, grows by ``concurrency``
         (up to the ``prefetch`` option) when a claim finds a runner free and at least half
         of what may be held finished since the previous claim (the handlers outpace the
-        claims), and halves when a claim finds every runner busy (the handlers are the
+        claims), halves when a claim finds every runner busy (the handlers are the
         bottleneck: more buffered events would only wait, while another consumer could
-        run them). With the buffer empty a claim goes out for whatever may be held; with
+        run them), and is none again once a claim finds the queue empty (a consumer that
+        was idle must not take a small queue's every event from the others). With the buffer empty a claim goes out for whatever may be held; with
         events still buffered only once half of the limit is free, so that claims are
         large and, after a full claim, the next one is on its way while the runners work.
         """
@@ -297,12 +298,15 @@ class Consumer:
                 prefetch //= 2
             elif run.finished - mark >= max(1, limit // 2) and prefetch < most:
                 prefetch = min(most, prefetch + concurrency)
-                room = concurrency + prefetch - len(busy)
+            room = concurrency + prefetch - len(buffer) - len(busy)
             mark = run.finished
             try:
                 claimed_at = time.monotonic()
                 messages = await self._claim(topics, room)
                 if not messages:
+                    # Idle: the queue ran dry. What comes next may be few events another
+                    # idle consumer should share, so the prefetch starts again from none.
+                    prefetch = 0
                     await self._idle(run, topics)
                     continue
             except Exception as exc:

@@ -12,9 +12,11 @@ import contextlib
 import contextvars
 import threading
 import time
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
-from broker_core import Broker, Delivery, Event, RetryPolicy
+from broker_core import Broker, BrokerOptions, Delivery, Event, Message, RetryPolicy
+from broker_memory import MemoryTransport
 
 NO_WAIT = RetryPolicy(max_attempts=5, initial_delay=0, max_delay=0, jitter=0)
 
@@ -61,6 +63,47 @@ async def test_two_consumers_with_default_options_share_a_small_queue(broker_url
         await asyncio.wait_for(asyncio.gather(*runs), 5)
     assert started["first"] and started["second"], started
     assert sorted(started["first"] + started["second"]) == list(range(total))
+
+
+class CountedClaims(MemoryTransport):
+    """Records how many events each claim asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+
+    async def claim(self, group: str, topics: Sequence[str], **kwargs: Any) -> list[Message]:
+        self.asked.append(kwargs["max_count"])
+        return await super().claim(group, topics, **kwargs)
+
+
+async def test_a_warmed_up_consumer_asks_for_little_again_after_idling() -> None:
+    # Draining a backlog grows the prefetch; once the queue runs dry, the next events may
+    # be a small queue that other idle consumers should share.
+    transport = CountedClaims()
+    broker = Broker(transport, BrokerOptions(group="g", retry=NO_WAIT))
+    concurrency = broker.options.concurrency
+
+    @broker.on(PrefetchJob)
+    async def handle(event: PrefetchJob) -> None: ...
+
+    async with broker:
+        await broker.subscribe("prefetch-jobs")
+        await broker.publish_many([PrefetchJob(n=i) for i in range(3000)])
+        run = asyncio.create_task(broker.run())
+        async with asyncio.timeout(20):
+            while (await broker.stats("prefetch-jobs"))[0].lag:
+                await asyncio.sleep(0.01)
+            assert max(transport.asked) > concurrency  # it did prefetch
+            while transport.asked[-1] != concurrency:  # the claim that found it dry
+                await asyncio.sleep(0.01)
+            idle_from = len(transport.asked)
+            await broker.publish_many([PrefetchJob(n=i) for i in range(3000, 3010)])
+            while (await broker.stats("prefetch-jobs"))[0].lag:
+                await asyncio.sleep(0.01)
+        broker.stop()
+        await asyncio.wait_for(run, 5)
+    assert transport.asked[idle_from] == concurrency, transport.asked[idle_from - 3 :]
 
 
 async def test_buffered_events_keep_their_leases_and_go_back_uncharged_on_stop(
