@@ -275,7 +275,8 @@ class Consumer:
         claims), halves when a claim finds every runner busy (the handlers are the
         bottleneck: more buffered events would only wait, while another consumer could
         run them), and is none again once a claim finds the queue empty (a consumer that
-        was idle must not take a small queue's every event from the others). With the buffer empty a claim goes out for whatever may be held; with
+        was idle must not take a small queue's every event from the others). With the
+        buffer empty a claim goes out for whatever may be held; with
         events still buffered only once half of the limit is free, so that claims are
         large and, after a full claim, the next one is on its way while the runners work.
         """

@@ -199,9 +199,10 @@ class ClusterScriptRunner(ScriptRunner):
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise TransportError(
+            # Returned, not raised: the calls sent beside this one still get their replies.
+            return TransportError(
                 f"{op} failed: every connection stayed busy (raise the max_connections option)"
-            ) from None
+            )
         try:
             if durable:
                 return await self._with_wait(op, call)

@@ -294,11 +294,16 @@ class ScriptRunner:
         """Load again the scripts of the calls answered NOSCRIPT."""
         await self.load({script for script, _ in lost})
 
-    async def run(self, op: str, calls: Sequence[Call], *, durable: bool = False) -> list[Any]:
+    async def run(
+        self, op: str, calls: Sequence[Call], *, durable: bool = False, partial: bool = False
+    ) -> list[Any]:
         """Run ``calls`` of operation ``op`` in one round trip: each call's reply, in order.
 
         A call answered NOSCRIPT did not run, so only those calls are sent again, once
         their scripts are loaded again. ``durable`` waits for the replicas (see above).
+        A call that failed otherwise raises its TransportError, or with ``partial`` has
+        it as its reply: on a cluster the other calls ran on other masters, and their
+        replies (leases taken, say) must not be lost with it.
         """
         send = self._send_durable if durable and self._replicas else self._send
         results: list[Any] = [None] * len(calls)
@@ -313,7 +318,10 @@ class ScriptRunner:
                     missing.append(i)
                     lost.append((calls[i].script, reply))
                 elif isinstance(reply, Exception):
-                    raise self._error(op, reply) from reply
+                    error = reply if isinstance(reply, TransportError) else self._error(op, reply)
+                    if not partial:
+                        raise error from reply
+                    results[i] = error
                 else:
                     results[i] = reply
             if not missing:

@@ -343,6 +343,12 @@ class RedisTransport:
         except REDIS_ERRORS as exc:
             raise self._error(op, exc) from exc
 
+    async def _run_partial(self, op: str, calls: Sequence[Call]) -> list[Any]:
+        """As :meth:`_run`, with a failed call's TransportError as its reply."""
+        self._client()
+        assert self._scripts is not None  # set together with _redis
+        return await self._scripts.run(op, calls, partial=True)
+
     async def _run(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """Run script calls in one round trip; see :class:`ScriptRunner`."""
         self._client()
@@ -684,9 +690,17 @@ class RedisTransport:
                 self._claim_call(t, group, q, lease, max_attempts, not messages and n == 0)
                 for n, (t, q) in enumerate(asked)
             ]
-            replies = await self._run("claim", calls)
+            replies = await self._run_partial("claim", calls)
+            failed = [r for r in replies if isinstance(r, TransportError)]
+            if failed and (len(failed) == len(replies) and not messages):
+                raise failed[0]
             still_open = [t for t, q in zip(open_topics, quotas, strict=True) if q == 0]
             for (topic, quota), reply in zip(asked, replies, strict=True):
+                if isinstance(reply, TransportError):
+                    # Another topic's master answered: hand out what it leased, and
+                    # try this topic again at the next claim.
+                    log.warning("claim of %s/%s failed: %s", topic, group, reply)
+                    continue
                 got, stopped = self._messages(topic, group, reply)
                 messages += got
                 remaining -= len(got)

@@ -426,3 +426,29 @@ async def until_dead(broker: Broker, topic: str, count: int) -> None:
     while len(await broker.transport.dead_letters(topic, G)) < count:
         assert time.monotonic() < deadline, "the poison event never died"
         await asyncio.sleep(0.05)
+
+
+async def test_a_claim_keeps_what_healthy_masters_leased_when_one_master_is_down(
+    tmp_path: Path,
+) -> None:
+    cluster = RedisCluster(tmp_path / "cluster", masters=3)
+    cluster.start()
+    try:
+        prefix = unique_prefix()
+        healthy, doomed = one_topic_per_master(cluster)[:2]
+        tr = RedisTransport(f"{cluster.url}?key_prefix={prefix}", socket_timeout=1.0)
+        await tr.connect()
+        try:
+            for topic in (healthy, doomed):
+                await tr.subscribe(topic, G)
+                await tr.publish(topic, [(f"{topic}-{i}", b"x") for i in range(5)])
+            cluster.kill(cluster.master_of(Keys(prefix).topic(doomed).msg))
+            got = await tr.claim(G, [healthy, doomed], max_count=10, lease=30, max_attempts=3)
+            assert sorted(m.event_id for m in got) == [f"{healthy}-{i}" for i in range(5)]
+            assert {m.attempt for m in got} == {1}
+            with pytest.raises(TransportError):
+                await tr.claim(G, [doomed], max_count=10, lease=30, max_attempts=3)
+        finally:
+            await tr.close()
+    finally:
+        cluster.stop()

@@ -61,6 +61,7 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:log",
         f"p:{{{T}}}:logged",
         f"p:{{{T}}}:pins",
+        f"p:{{{T}}}:published",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
         f"p:{{{T}}}:g:{G}:lanes",
@@ -177,7 +178,7 @@ def test_a_script_without_a_keys_line_does_not_load() -> None:
 EMPTY_REPLIES: dict[str, Any] = {
     "claim": [b"1", b"31", b"", 0, 0],
     "poll": [0, b"1", b""],
-    "stats": [0, 0, 0, 0, b"1", b""],
+    "stats": [0, 0, 0, 0, b"1", b"", 0],
     "dead_letters": [],
     "ack": [1],
     "extend": [1],
@@ -188,7 +189,7 @@ EMPTY_REPLIES: dict[str, Any] = {
     "rewind": 2,
     "count_history": [b"", 0],
     "unsubscribe": [1, 1],
-    "topic_stats": [b"", b"", 0, b""],
+    "topic_stats": [b"", b"", 0, b"", 0],
 }
 
 
@@ -212,6 +213,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
         assert topic == T
 
     monkeypatch.setattr(tr, "_run", run)
+    monkeypatch.setattr(tr, "_run_partial", run)
     monkeypatch.setattr(tr, "_register", register)
     receipt = Receipt(T, G, "e1", "tok")
     await tr.subscribe(T, G, history=60.0)
@@ -233,7 +235,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.stats(T, G)
     await tr.unsubscribe(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [11, 21]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [12, 22]
     for call in calls:
         assert call.keys == expected_keys(call), call.script.name
 
