@@ -20,11 +20,13 @@ from broker_core.errors import (
 )
 from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import Outcome, OutcomeKind, hookimpl
+from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
 from broker_core.sync import SyncBroker
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, Transport
+from broker_core.urls import redact
 
 __all__ = [
     "Broker",
@@ -54,5 +56,9 @@ __all__ = [
     "UnknownEvent",
     "UnknownTransport",
     "hookimpl",
+    "redact",
     "safe_text",
+    "validate_group",
+    "validate_key",
+    "validate_topic",
 ]

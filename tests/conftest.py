@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from broker_postgres.testing import PostgresServer, find_binaries
 from broker_redis.testing import (
     RedisFactory,
     RedisServer,
@@ -82,6 +83,46 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     finally:
         for server in servers:
             server.kill()
+
+
+def _require_postgres() -> None:
+    # As for Redis: skipped locally without the binaries, a failure in CI.
+    if find_binaries() is None:
+        message = "PostgreSQL (initdb, pg_ctl) is not installed (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's shared PostgreSQL on a free loopback port; tests use their own schemas."""
+    _require_postgres()
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
+    """Start extra PostgreSQL servers that a test may stop, kill and restart."""
+    servers: list[PostgresServer] = []
+
+    def start() -> PostgresServer:
+        server = PostgresServer()
+        servers.append(server)
+        server.start()
+        return server
+
+    _require_postgres()
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.destroy()
 
 
 @pytest.fixture(params=["memory", "redis"])
