@@ -74,43 +74,58 @@ async def _stored(conn: asyncpg.Connection, schema: str) -> tuple[int, str] | No
     return None if row is None else (int(row["version"]), str(row["functions"]))
 
 
-async def _check_owner(conn: asyncpg.Connection, schema: str) -> None:
-    """Create the schema, or refuse clearly one this user may not create objects in."""
-    row = await conn.fetchrow(
-        "SELECT pg_get_userbyid(nspowner) AS owner, has_schema_privilege(nspname, 'CREATE') "
-        "AS may_create, current_user AS me FROM pg_namespace WHERE nspname = $1",
+async def _privileges(conn: asyncpg.Connection, schema: str) -> asyncpg.Record | None:
+    """The schema's owner, this user and what it may do there; None if there is no schema."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT pg_get_userbyid(nspowner) AS owner, current_user AS me, "
+        "has_schema_privilege(nspname, 'USAGE') AS may_use, "
+        "has_schema_privilege(nspname, 'CREATE') AS may_create "
+        "FROM pg_namespace WHERE nspname = $1",
         schema,
     )
-    if row is None:
-        try:
-            await conn.execute(f"CREATE SCHEMA {quote(schema)}")
-        except asyncpg.InsufficientPrivilegeError:
-            me = await conn.fetchval("SELECT current_user")
-            raise TransportError(
-                f"PostgreSQL user {me!r} may not create schema {schema!r}: create it for "
-                f"that user (CREATE SCHEMA {schema} AUTHORIZATION {me}) or grant CREATE on "
-                "the database"
-            ) from None
-    elif not row["may_create"]:
+    return row
+
+
+def _not_yours(schema: str, row: asyncpg.Record) -> TransportError:
+    return TransportError(
+        f"schema {schema!r} is owned by {row['owner']!r}, and PostgreSQL user {row['me']!r} "
+        f"may not use it: use another schema (?schema=...) or GRANT CREATE, USAGE ON "
+        f"SCHEMA {schema} TO {row['me']} (and rights on its tables)"
+    )
+
+
+async def _create(conn: asyncpg.Connection, schema: str) -> None:
+    me = await conn.fetchval("SELECT current_user")
+    try:
+        await conn.execute(f"CREATE SCHEMA {quote(schema)}")
+    except asyncpg.InsufficientPrivilegeError:
         raise TransportError(
-            f"schema {schema!r} is owned by {row['owner']!r}, and PostgreSQL user "
-            f"{row['me']!r} may not create its tables: use another schema (?schema=...) "
-            f"or GRANT CREATE, USAGE ON SCHEMA {schema} TO {row['me']}"
-        )
+            f"PostgreSQL user {me!r} may not create schema {schema!r}: create it for that "
+            f"user (CREATE SCHEMA {schema} AUTHORIZATION {me}) or grant CREATE on the "
+            "database"
+        ) from None
 
 
 async def migrate(conn: asyncpg.Connection, schema: str) -> None:
     """Bring ``schema`` to this release's version and functions; quick when it is there.
 
-    Raises TransportError for a schema this user may not create objects in, and for one
-    of a newer version than this release knows.
+    Raises TransportError for a schema this user may not use or create, and for one of a
+    newer version than this release knows.
     """
     digest = functions_digest()
-    if await _stored(conn, schema) == (SCHEMA_VERSION, digest):
-        return
+    row = await _privileges(conn, schema)
+    if row is not None:
+        if not row["may_use"]:
+            raise _not_yours(schema, row)
+        if await _stored(conn, schema) == (SCHEMA_VERSION, digest):
+            return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"broker:{schema}")
-        await _check_owner(conn, schema)
+        row = await _privileges(conn, schema)
+        if row is None:
+            await _create(conn, schema)
+        elif not (row["may_use"] and row["may_create"]):
+            raise _not_yours(schema, row)
         stored = await _stored(conn, schema)
         if stored is None:
             await conn.execute(_render("schema", schema))
