@@ -6,15 +6,29 @@ import asyncpg
 
 from broker_core import TransportError
 
-__all__ = ["FAILURES", "transport_error"]
+__all__ = ["BROKEN", "FAILURES", "transport_error"]
 
 FAILURES: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # What asyncpg raises for a connection whose server went away mid-call (a restart).
+    asyncpg.InternalClientError,
 )
 """What a call to PostgreSQL may raise that is the store's failure, not the caller's."""
+
+
+BROKEN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+"""The failures after which a pooled connection may be unusable: the pool replaces them."""
 
 
 def transport_error(op: str, exc: BaseException, safe_url: str, user: str | None) -> TransportError:

@@ -49,7 +49,7 @@ from broker_core import (
     validate_key,
     validate_topic,
 )
-from broker_postgres.errors import FAILURES, transport_error
+from broker_postgres.errors import BROKEN, FAILURES, transport_error
 from broker_postgres.options import OPTION_NAMES, parse_options
 from broker_postgres.schema import channel_of, migrate, quote
 from broker_postgres.wakeups import Wakeups
@@ -142,7 +142,7 @@ class PostgresTransport:
                 return
             try:
                 pool = await asyncpg.create_pool(
-                    min_size=1, max_size=self._options.max_connections, **self._connect_args()
+                    min_size=0, max_size=self._options.max_connections, **self._connect_args()
                 )
             except FAILURES as exc:
                 raise self._error("connect", exc) from exc
@@ -179,6 +179,10 @@ class PostgresTransport:
         try:
             return await awaitable
         except FAILURES as exc:
+            if isinstance(exc, BROKEN) and self._pool is not None:
+                # The server went away (a restart, a failover): no pooled connection is
+                # trusted again, each is replaced when next acquired.
+                await self._pool.expire_connections()
             raise self._error(op, exc) from exc
 
     async def _fetch(self, op: str, sql: str, *args: object) -> list[asyncpg.Record]:
