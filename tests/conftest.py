@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_postgres.testing import PostgresServer, find_binaries
+from broker_postgres.testing import PostgresServer, find_binaries, unique_schema
 from broker_redis.testing import (
     RedisFactory,
     RedisServer,
@@ -125,10 +125,14 @@ def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
             server.destroy()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 def broker_url(request: pytest.FixtureRequest) -> str:
-    """A URL of a fresh, isolated store: a new named memory store, or a new Redis prefix."""
+    """A URL of a fresh, isolated store: a new named memory store, a new Redis prefix, or
+    a new PostgreSQL schema."""
     if request.param == "memory":
         return f"memory://{unique_prefix()}"
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.url(schema=unique_schema())
     redis_url: str = request.getfixturevalue("redis_url")
     return f"{redis_url}?key_prefix={unique_prefix()}"
