@@ -63,7 +63,7 @@ def find_binaries() -> Path | None:
     """
     initdb = shutil.which("initdb")
     if initdb is not None and shutil.which("pg_ctl") is not None:
-        return Path(initdb).parent
+        return Path(initdb).resolve().parent  # a symlink's target: the server's folder
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"),
         key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
@@ -113,8 +113,14 @@ class PostgresServer:
         command = [str(self.binaries / args[0]), *args[1:]]
         if self.run_as is not None:
             command = ["runuser", "-u", self.run_as, "--", *command]
+        # In the server's own folder: the user it runs as may not enter the caller's.
         return subprocess.run(
-            command, capture_output=True, text=True, timeout=START_TIMEOUT * 2, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT * 2,
+            check=False,
+            cwd=self.directory,
         )
 
     def _make(self) -> None:
@@ -197,17 +203,6 @@ class PostgresServer:
         """Stop and start again on the same port and data folder."""
         self.stop()
         self.start()
-
-    def psql_command(self, sql: str) -> None:
-        """Run ``sql`` as the superuser over the server's socket (set-up in tests)."""
-        psql = self.binaries / "psql"
-        command = [str(psql), "-h", str(self.directory), "-p", str(self.port), "-U", SUPERUSER,
-                   "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]  # fmt: skip
-        if self.run_as is not None:
-            command = ["runuser", "-u", self.run_as, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"psql failed: {result.stderr}")
 
     def destroy(self) -> None:
         """Stop the server and delete its folder."""

@@ -36,6 +36,7 @@ class Wakeups:
         self._channels: set[str] = set()
         self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self._lock = asyncio.Lock()
+        self._failing = False
 
     async def listen(self, channels: Sequence[str]) -> bool:
         """Make sure ``channels`` are listened to; False (waiters poll) if that failed."""
@@ -57,9 +58,13 @@ class Wakeups:
                         await self._conn.add_listener(channel, self._notified)
                         self._channels.add(channel)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("cannot LISTEN, waiters poll instead: %s", exc)
+                # Once per outage, not once per wait: consumers keep waiting meanwhile.
+                if not self._failing:
+                    log.warning("cannot LISTEN, waiters poll instead: %s", exc)
+                self._failing = True
                 await self._drop()
                 return False
+        self._failing = False
         return True
 
     @contextlib.contextmanager
