@@ -271,3 +271,60 @@ async def test_tables_return_to_bounded_size_after_a_long_run(
         assert old == 0
     finally:
         await admin.close()
+
+
+# -- ordered groups under real concurrency -----------------------------------------------
+
+
+async def test_an_ordered_group_holds_one_event_per_key_under_concurrent_connections(
+    postgres_server: PostgresServer,
+) -> None:
+    # Two publishers and four consumers, each on its own pool: real concurrent
+    # transactions. Every key stays in publish order and is never held twice at once.
+    url = postgres_server.url(schema=unique_schema())
+    transports = [PostgresTransport(url, max_connections=2) for _ in range(6)]
+    await asyncio.gather(*(t.connect() for t in transports))
+    publishers, consumers = transports[:2], transports[2:]
+    try:
+        await publishers[0].subscribe(T, G, ordered=True)
+        published: dict[str, list[str]] = {}
+
+        async def publish(n: int, tr: PostgresTransport) -> None:
+            keys = [f"p{n}-k{k}" for k in range(4)]
+            for batch in range(10):
+                events = [(f"p{n}-{batch}-{k}", b"x") for k in range(4)]
+                for (event_id, _), key in zip(events, keys, strict=True):
+                    published.setdefault(key, []).append(event_id)
+                await tr.publish(T, events, keys=keys)
+
+        held: set[str] = set()
+        handled: dict[str, list[str]] = {}
+        total = 2 * 10 * 4
+
+        async def consume(tr: PostgresTransport) -> None:
+            for _ in range(400):  # bounded
+                if sum(len(v) for v in handled.values()) >= total:
+                    return
+                ms = await tr.claim(G, [T], max_count=3, lease=30, max_attempts=5)
+                if not ms:
+                    await tr.wait(G, [T], 0.05)
+                    continue
+                for m in ms:
+                    assert m.key is not None and m.key not in held, f"{m.key} held twice"
+                    held.add(m.key)
+                await asyncio.sleep(0.002)
+                for m in ms:
+                    assert m.key is not None
+                    held.discard(m.key)
+                    handled.setdefault(m.key, []).append(m.event_id)
+                assert all(await tr.ack([m.receipt for m in ms]))
+
+        await asyncio.gather(
+            *(publish(n, tr) for n, tr in enumerate(publishers)),
+            *(consume(tr) for tr in consumers),
+        )
+        assert handled == published
+        assert (await publishers[0].stats(T, G)).lag == 0
+    finally:
+        for t in transports:
+            await t.close()
