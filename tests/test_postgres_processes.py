@@ -44,7 +44,10 @@ class Consumer:
     _file: IO[str] = field(repr=False)
 
     def lines(self) -> list[list[str]]:
-        return [line.split() for line in self.log.read_text().splitlines()]
+        text = self.log.read_text()
+        # A line still being written (no newline yet) is read on the next look.
+        complete = text if text.endswith("\n") else text.rpartition("\n")[0]
+        return [line.split() for line in complete.splitlines()]
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -15,35 +15,40 @@ CREATE FUNCTION @schema@.ack(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ double precision := @schema@.now_of(p_now);
-    done_ids text[];
-    done_tokens text[];
-    done_seqs bigint[];
-    lane_keys text[];
-    lane_subs bigint[];
+    done_seqs bigint[] := '{}';
+    lane_keys text[] := '{}';
+    lane_subs integer[] := '{}';
+    v_seq bigint;
+    v_key text;
+    v_tid tid;
     back bigint;
+    i integer;
+    j integer;
 BEGIN
-    WITH gone AS (
-        DELETE FROM @schema@.deliveries d
-        USING unnest(p_ids, p_tokens) WITH ORDINALITY u(id, token, ord)
-        WHERE d.topic = p_topic AND d.grp = p_grp AND d.event_id = u.id
-          AND d.state = 'l' AND d.token = u.token AND d.deadline > now_
-        RETURNING d.event_id, d.seq, d.key, d.token, u.ord
-    )
-    SELECT array_agg(event_id), array_agg(token), array_agg(seq),
-           array_agg(key ORDER BY key) FILTER (WHERE key IS NOT NULL),
-           array_agg(ord ORDER BY key) FILTER (WHERE key IS NOT NULL)
-    INTO done_ids, done_tokens, done_seqs, lane_keys, lane_subs
-    FROM gone;
-    IF done_ids IS NULL THEN
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        v_tid := @schema@.leased(p_topic, p_grp, p_ids[i], p_tokens[i], now_);
+        CONTINUE WHEN v_tid IS NULL;
+        DELETE FROM @schema@.deliveries WHERE ctid = v_tid RETURNING seq, key INTO v_seq, v_key;
+        done_seqs := done_seqs || v_seq;
+        IF v_key IS NOT NULL THEN
+            lane_keys := lane_keys || v_key;
+            lane_subs := lane_subs || i;
+        END IF;
+        o_id := p_ids[i];
+        o_token := p_tokens[i];
+        RETURN NEXT;
+    END LOOP;
+    IF cardinality(done_seqs) = 0 THEN
         RETURN;
     END IF;
     PERFORM @schema@.drop_events(p_topic, done_seqs);
-    IF lane_keys IS NOT NULL THEN
+    IF cardinality(lane_keys) > 0 THEN
         back := nextval('@schema@.positions');
-        FOR i IN 1 .. cardinality(lane_keys) LOOP
-            PERFORM @schema@.pass_key(p_topic, p_grp, lane_keys[i], back, lane_subs[i]::integer);
+        FOR j IN
+            SELECT k.n FROM unnest(lane_keys) WITH ORDINALITY k(key, n) ORDER BY k.key
+        LOOP
+            PERFORM @schema@.pass_key(p_topic, p_grp, lane_keys[j], back, lane_subs[j]);
         END LOOP;
     END IF;
-    RETURN QUERY SELECT * FROM unnest(done_ids, done_tokens);
 END
 $$;

@@ -27,24 +27,24 @@ DECLARE
     claimed integer := 0;
     buried integer := 0;
     ending boolean := false;
-    isolated_id text;
     t text;
     r record;
-    ids text[];
+    v_seq bigint;
     seen integer;
     want integer;
 BEGIN
     deadline_ := now_ + p_lease;
+    o_deadline := deadline_;
     FOREACH t IN ARRAY p_topics LOOP
         EXIT WHEN claimed >= p_max OR ending;
         CONTINUE WHEN NOT EXISTS (
             SELECT 1 FROM @schema@.subscriptions WHERE topic = t AND grp = p_grp
         );
         PERFORM @schema@.reap(t, p_grp, now_);
+        o_topic := t;
         LOOP
             want := least(p_max - claimed, 1000 - buried);
             EXIT WHEN want <= 0 OR ending;
-            ids := '{}';
             seen := 0;
             FOR r IN
                 SELECT d.event_id, d.attempts, d.suspect FROM @schema@.deliveries d
@@ -57,33 +57,30 @@ BEGIN
                 IF r.attempts >= p_max_attempts THEN
                     PERFORM @schema@.bury(t, p_grp, r.event_id, now_, 'max_attempts', NULL);
                     buried := buried + 1;
-                ELSIF r.suspect AND claimed + cardinality(ids) > 0 THEN
+                    CONTINUE;
+                END IF;
+                IF r.suspect AND claimed > 0 THEN
                     ending := true;
                     EXIT;
-                ELSE
-                    ids := ids || r.event_id;
-                    IF r.suspect THEN
-                        isolated_id := r.event_id;
-                        ending := true;
-                        EXIT;
-                    END IF;
+                END IF;
+                -- One row by its primary key: a plan no statistics can spoil (the table
+                -- may have grown from empty since they were taken).
+                claimed := claimed + 1;
+                UPDATE @schema@.deliveries
+                SET state = 'l', attempts = attempts + 1, deadline = deadline_,
+                    token = p_token || '.' || claimed
+                WHERE topic = t AND grp = p_grp AND event_id = r.event_id
+                RETURNING event_id, token, attempts, seq INTO o_id, o_token, o_attempt, v_seq;
+                SELECT e.key, e.body INTO o_key, o_body
+                FROM @schema@.events e WHERE e.topic = t AND e.seq = v_seq;
+                o_body := coalesce(o_body, ''::bytea);
+                o_isolated := r.suspect;
+                RETURN NEXT;
+                IF r.suspect THEN
+                    ending := true;
+                    EXIT;
                 END IF;
             END LOOP;
-            IF cardinality(ids) > 0 THEN
-                RETURN QUERY
-                WITH leased AS (
-                    UPDATE @schema@.deliveries d
-                    SET state = 'l', attempts = d.attempts + 1, deadline = deadline_,
-                        token = p_token || '.' || (claimed + array_position(ids, d.event_id))
-                    WHERE d.topic = t AND d.grp = p_grp AND d.event_id = ANY (ids)
-                    RETURNING d.event_id, d.seq, d.token, d.attempts
-                )
-                SELECT t, l.event_id, l.token, l.attempts, l.event_id IS NOT DISTINCT FROM isolated_id,
-                       e.key, coalesce(e.body, ''::bytea), deadline_
-                FROM leased l LEFT JOIN @schema@.events e ON e.topic = t AND e.seq = l.seq
-                ORDER BY array_position(ids, l.event_id);
-                claimed := claimed + cardinality(ids);
-            END IF;
             -- A batch short of what was asked emptied the queue, unless a burial let
             -- the next event of its key join the back.
             EXIT WHEN seen = 0 OR (seen < want AND buried = 0);

@@ -10,6 +10,12 @@
 -- bury(topic, group, id, now, reason, error): a delivery to DEAD (error NULL keeps the
 --   last one), its key passed on.
 -- drop_events(topic, seqs): groups finished with these events: the last one deletes it.
+-- leased(topic, group, id, token, now): the row a receipt leases, locked, or NULL when
+--   the receipt is stale (another token, not leased, or past its deadline).
+--
+-- Rows are found by primary key, then changed by their ctid, while locked: a plan no
+-- statistics can spoil. Queue tables grow from empty faster than ANALYZE runs, and with
+-- stale statistics the planner would rather scan a partial index of the whole queue.
 
 CREATE FUNCTION @schema@.now_of(p_now double precision) RETURNS double precision
 LANGUAGE sql VOLATILE AS $$
@@ -25,6 +31,8 @@ CREATE FUNCTION @schema@.reap(p_topic text, p_grp text, p_now double precision) 
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     front bigint;
+    rank integer := 0;
+    r record;
 BEGIN
     IF NOT EXISTS (
         SELECT 1 FROM @schema@.deliveries
@@ -33,20 +41,19 @@ BEGIN
         RETURN;
     END IF;
     front := -nextval('@schema@.positions');
-    UPDATE @schema@.deliveries d
-    SET state = 'r', pos = front, sub = due.rank, token = NULL,
-        suspect = d.suspect OR d.state = 'l'
-    FROM (
-        SELECT locked.event_id, row_number() OVER (ORDER BY locked.deadline, locked.pos) AS rank
-        FROM (
-            SELECT event_id, deadline, pos FROM @schema@.deliveries
-            WHERE topic = p_topic AND grp = p_grp AND state IN ('l', 'd') AND deadline <= p_now
-            ORDER BY deadline
-            LIMIT 1000
-            FOR UPDATE SKIP LOCKED
-        ) locked
-    ) due
-    WHERE d.topic = p_topic AND d.grp = p_grp AND d.event_id = due.event_id;
+    FOR r IN
+        SELECT event_id, state FROM @schema@.deliveries
+        WHERE topic = p_topic AND grp = p_grp AND state IN ('l', 'd') AND deadline <= p_now
+        ORDER BY deadline, pos
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        rank := rank + 1;
+        UPDATE @schema@.deliveries
+        SET state = 'r', pos = front, sub = rank, token = NULL,
+            suspect = suspect OR r.state = 'l'
+        WHERE topic = p_topic AND grp = p_grp AND event_id = r.event_id;
+    END LOOP;
 END
 $$;
 
@@ -102,13 +109,36 @@ $$;
 
 CREATE FUNCTION @schema@.drop_events(p_topic text, p_seqs bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s bigint;
+    left_ integer;
 BEGIN
-    -- Locked in one order, so that groups finishing the same events never deadlock.
-    PERFORM 1 FROM @schema@.events
-    WHERE topic = p_topic AND seq = ANY (p_seqs) ORDER BY seq FOR UPDATE;
-    UPDATE @schema@.events e SET holders = e.holders - n.times
-    FROM (SELECT s, count(*) AS times FROM unnest(p_seqs) s GROUP BY s) n
-    WHERE e.topic = p_topic AND e.seq = n.s;
-    DELETE FROM @schema@.events WHERE topic = p_topic AND seq = ANY (p_seqs) AND holders <= 0;
+    -- In sequence order, so that groups finishing the same events never deadlock; one
+    -- row by its primary key at a time.
+    FOR s IN SELECT x FROM unnest(p_seqs) x ORDER BY x LOOP
+        UPDATE @schema@.events SET holders = holders - 1
+        WHERE topic = p_topic AND seq = s
+        RETURNING holders INTO left_;
+        IF left_ IS NOT NULL AND left_ <= 0 THEN
+            DELETE FROM @schema@.events WHERE topic = p_topic AND seq = s;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION @schema@.leased(
+    p_topic text, p_grp text, p_id text, p_token text, p_now double precision
+) RETURNS tid
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT ctid, state, token, deadline INTO r FROM @schema@.deliveries
+    WHERE topic = p_topic AND grp = p_grp AND event_id = p_id
+    FOR UPDATE;
+    IF FOUND AND r.state = 'l' AND r.token = p_token AND r.deadline > p_now THEN
+        RETURN r.ctid;
+    END IF;
+    RETURN NULL;
 END
 $$;

@@ -13,14 +13,17 @@ CREATE FUNCTION @schema@.extend(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ double precision := @schema@.now_of(p_now);
+    i integer;
+    v_tid tid;
 BEGIN
-    RETURN QUERY WITH extended AS (
-        UPDATE @schema@.deliveries d SET deadline = greatest(d.deadline, now_ + p_lease)
-        FROM unnest(p_ids, p_tokens) u(id, token)
-        WHERE d.topic = p_topic AND d.grp = p_grp AND d.event_id = u.id
-          AND d.state = 'l' AND d.token = u.token AND d.deadline > now_
-        RETURNING d.event_id, d.token
-    )
-    SELECT * FROM extended;
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        v_tid := @schema@.leased(p_topic, p_grp, p_ids[i], p_tokens[i], now_);
+        CONTINUE WHEN v_tid IS NULL;
+        UPDATE @schema@.deliveries SET deadline = greatest(deadline, now_ + p_lease)
+        WHERE ctid = v_tid;
+        o_id := p_ids[i];
+        o_token := p_tokens[i];
+        RETURN NEXT;
+    END LOOP;
 END
 $$;

@@ -12,11 +12,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ double precision := @schema@.now_of(p_now);
 BEGIN
-    PERFORM 1 FROM @schema@.deliveries
-    WHERE topic = p_topic AND grp = p_grp AND event_id = p_id
-      AND state = 'l' AND token = p_token AND deadline > now_
-    FOR UPDATE;
-    IF NOT FOUND THEN
+    IF @schema@.leased(p_topic, p_grp, p_id, p_token, now_) IS NULL THEN
         RETURN false;
     END IF;
     PERFORM @schema@.bury(p_topic, p_grp, p_id, now_, p_reason, p_error);

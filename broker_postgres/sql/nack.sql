@@ -13,17 +13,17 @@ CREATE FUNCTION @schema@.nack(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ double precision := @schema@.now_of(p_now);
+    v_tid tid := @schema@.leased(p_topic, p_grp, p_id, p_token, now_);
 BEGIN
+    IF v_tid IS NULL THEN
+        RETURN false;
+    END IF;
     UPDATE @schema@.deliveries
     SET state = CASE WHEN p_delay > 0 THEN 'd' ELSE 'r' END::"char",
         deadline = CASE WHEN p_delay > 0 THEN now_ + p_delay END,
         pos = CASE WHEN p_delay > 0 THEN pos ELSE -nextval('@schema@.positions') END,
         sub = 0, token = NULL, suspect = false, error = coalesce(p_error, error)
-    WHERE topic = p_topic AND grp = p_grp AND event_id = p_id
-      AND state = 'l' AND token = p_token AND deadline > now_;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
+    WHERE ctid = v_tid;
     IF p_delay <= 0 THEN
         PERFORM @schema@.wake(p_topic);
     END IF;

@@ -54,10 +54,11 @@ BEGIN
         -- Sorted, so that sequence numbers follow the order of the call.
         INSERT INTO @schema@.events (topic, event_id, body, key, holders)
         SELECT p_topic, f.id, f.body, f.key, n FROM firsts f
-        WHERE NOT EXISTS (
-            SELECT 1 FROM @schema@.dedup d
-            WHERE d.topic = p_topic AND d.event_id = f.id AND d.ends > now_
-        )
+        -- A subquery per event (a key lookup), never a join over the whole record.
+        WHERE coalesce(
+            (SELECT d.ends FROM @schema@.dedup d WHERE d.topic = p_topic AND d.event_id = f.id),
+            '-infinity'
+        ) <= now_
         ORDER BY f.ord
         ON CONFLICT (topic, event_id) DO NOTHING
         RETURNING seq, event_id, key

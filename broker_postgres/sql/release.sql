@@ -14,20 +14,23 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     now_ double precision := @schema@.now_of(p_now);
     front bigint := -nextval('@schema@.positions');
-    n integer;
+    back integer := 0;
+    i integer;
+    v_tid tid;
 BEGIN
-    RETURN QUERY WITH released AS (
-        UPDATE @schema@.deliveries d
-        SET state = 'r', pos = front, sub = u.ord, attempts = d.attempts - 1, token = NULL,
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        v_tid := @schema@.leased(p_topic, p_grp, p_ids[i], p_tokens[i], now_);
+        CONTINUE WHEN v_tid IS NULL;
+        UPDATE @schema@.deliveries
+        SET state = 'r', pos = front, sub = i, attempts = attempts - 1, token = NULL,
             deadline = NULL
-        FROM unnest(p_ids, p_tokens) WITH ORDINALITY u(id, token, ord)
-        WHERE d.topic = p_topic AND d.grp = p_grp AND d.event_id = u.id
-          AND d.state = 'l' AND d.token = u.token AND d.deadline > now_
-        RETURNING d.event_id, u.token
-    )
-    SELECT * FROM released;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
+        WHERE ctid = v_tid;
+        back := back + 1;
+        o_id := p_ids[i];
+        o_token := p_tokens[i];
+        RETURN NEXT;
+    END LOOP;
+    IF back > 0 THEN
         PERFORM @schema@.wake(p_topic);
     END IF;
 END
