@@ -29,25 +29,25 @@ DECLARE
     ending boolean := false;
     t text;
     r record;
-    v_seq bigint;
+    tids tid[];
+    isolated_id text;
     seen integer;
     want integer;
 BEGIN
     deadline_ := now_ + p_lease;
-    o_deadline := deadline_;
     FOREACH t IN ARRAY p_topics LOOP
         EXIT WHEN claimed >= p_max OR ending;
         CONTINUE WHEN NOT EXISTS (
             SELECT 1 FROM @schema@.subscriptions WHERE topic = t AND grp = p_grp
         );
         PERFORM @schema@.reap(t, p_grp, now_);
-        o_topic := t;
         LOOP
             want := least(p_max - claimed, 1000 - buried);
             EXIT WHEN want <= 0 OR ending;
             seen := 0;
+            tids := '{}';
             FOR r IN
-                SELECT d.event_id, d.attempts, d.suspect FROM @schema@.deliveries d
+                SELECT d.ctid AS tid, d.event_id, d.attempts, d.suspect FROM @schema@.deliveries d
                 WHERE d.topic = t AND d.grp = p_grp AND d.state = 'r'
                 ORDER BY d.pos, d.sub
                 LIMIT want
@@ -59,28 +59,40 @@ BEGIN
                     buried := buried + 1;
                     CONTINUE;
                 END IF;
-                IF r.suspect AND claimed > 0 THEN
+                IF r.suspect AND claimed + cardinality(tids) > 0 THEN
                     ending := true;
                     EXIT;
                 END IF;
-                -- One row by its primary key: a plan no statistics can spoil (the table
-                -- may have grown from empty since they were taken).
-                claimed := claimed + 1;
-                UPDATE @schema@.deliveries
-                SET state = 'l', attempts = attempts + 1, deadline = deadline_,
-                    token = p_token || '.' || claimed
-                WHERE topic = t AND grp = p_grp AND event_id = r.event_id
-                RETURNING event_id, token, attempts, seq INTO o_id, o_token, o_attempt, v_seq;
-                SELECT e.key, e.body INTO o_key, o_body
-                FROM @schema@.events e WHERE e.topic = t AND e.seq = v_seq;
-                o_body := coalesce(o_body, ''::bytea);
-                o_isolated := r.suspect;
-                RETURN NEXT;
+                tids := tids || r.tid;
                 IF r.suspect THEN
+                    isolated_id := r.event_id;
                     ending := true;
                     EXIT;
                 END IF;
             END LOOP;
+            IF cardinality(tids) > 0 THEN
+                -- The rows this call locked, by ctid (a TID scan), and each body by its
+                -- primary key: plans no statistics can spoil (see common.sql).
+                RETURN QUERY
+                WITH leased AS (
+                    UPDATE @schema@.deliveries d
+                    SET state = 'l', attempts = d.attempts + 1, deadline = deadline_,
+                        token = p_token || '.' || (claimed + array_position(tids, d.ctid))
+                    WHERE d.ctid = ANY (tids)
+                    RETURNING d.event_id, d.seq, d.token, d.attempts
+                )
+                SELECT t, l.event_id, l.token, l.attempts,
+                       l.event_id IS NOT DISTINCT FROM isolated_id, e.key,
+                       coalesce(e.body, ''::bytea), deadline_
+                FROM leased l
+                LEFT JOIN LATERAL (
+                    SELECT x.key, x.body FROM @schema@.events x
+                    WHERE x.topic = t AND x.seq = l.seq
+                    OFFSET 0
+                ) e ON true
+                ORDER BY split_part(l.token, '.', 2)::integer;
+                claimed := claimed + cardinality(tids);
+            END IF;
             -- A batch short of what was asked emptied the queue, unless a burial let
             -- the next event of its key join the back.
             EXIT WHEN seen = 0 OR (seen < want AND buried = 0);

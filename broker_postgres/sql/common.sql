@@ -111,16 +111,14 @@ CREATE FUNCTION @schema@.drop_events(p_topic text, p_seqs bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s bigint;
-    left_ integer;
 BEGIN
     -- In sequence order, so that groups finishing the same events never deadlock; one
-    -- row by its primary key at a time.
+    -- row by its primary key at a time. The last holder deletes at once (one statement,
+    -- and the only one for a topic of one group); the others count down.
     FOR s IN SELECT x FROM unnest(p_seqs) x ORDER BY x LOOP
-        UPDATE @schema@.events SET holders = holders - 1
-        WHERE topic = p_topic AND seq = s
-        RETURNING holders INTO left_;
-        IF left_ IS NOT NULL AND left_ <= 0 THEN
-            DELETE FROM @schema@.events WHERE topic = p_topic AND seq = s;
+        DELETE FROM @schema@.events WHERE topic = p_topic AND seq = s AND holders <= 1;
+        IF NOT FOUND THEN
+            UPDATE @schema@.events SET holders = holders - 1 WHERE topic = p_topic AND seq = s;
         END IF;
     END LOOP;
 END
