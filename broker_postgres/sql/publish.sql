@@ -1,0 +1,115 @@
+-- publish: append events, in order, to the READY queue of every group of a topic.
+--
+-- Arguments: topic, ids, bodies, keys (NULL for no key; the array may be NULL), the
+-- dedup window (seconds, 0 = none), now (NULL = the server's clock).
+-- Returns: the number of copies enqueued (events not skipped times the groups).
+--
+-- The body is stored once (events) with a count of the groups holding it. An event is
+-- skipped when the topic still holds its id (the unique key of events), or when its id
+-- was published less than its dedup window ago; a skipped duplicate does not extend
+-- the window. Ended windows are forgotten a bounded number per call, at least as many
+-- as the call can add. In an ordered group a keyed event is claimable at once only if
+-- its key has no event neither DONE nor DEAD; otherwise it waits ('w'). One NOTIFY per
+-- call, however many events and groups. Runs in the caller's transaction when called
+-- on the caller's connection (transactional publish).
+
+CREATE FUNCTION @schema@.publish(
+    p_topic text, p_ids text[], p_bodies bytea[], p_keys text[], p_window double precision,
+    p_now double precision
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    n integer;
+    any_ordered boolean;
+    now_ double precision;
+    added_seqs bigint[];
+    added_ids text[];
+    added_keys text[];
+    g record;
+BEGIN
+    SELECT count(*), coalesce(bool_or(ordered), false) INTO n, any_ordered
+    FROM @schema@.subscriptions WHERE topic = p_topic;
+    IF n = 0 OR cardinality(p_ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    now_ := @schema@.now_of(p_now);
+    -- A topic without ended windows (the usual case) pays one index probe, no delete.
+    IF EXISTS (SELECT 1 FROM @schema@.dedup WHERE topic = p_topic AND ends <= now_) THEN
+        DELETE FROM @schema@.dedup d
+        USING (
+            SELECT event_id FROM @schema@.dedup
+            WHERE topic = p_topic AND ends <= now_
+            ORDER BY ends LIMIT 2 * cardinality(p_ids) + 16
+        ) ended
+        WHERE d.topic = p_topic AND d.event_id = ended.event_id;
+    END IF;
+
+    WITH input AS (
+        SELECT u.id, u.body, u.key, u.ord
+        FROM unnest(p_ids, p_bodies, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_ids)])))
+            WITH ORDINALITY AS u(id, body, key, ord)
+    ), firsts AS (
+        SELECT DISTINCT ON (id) id, body, key, ord FROM input ORDER BY id, ord
+    ), inserted AS (
+        -- Sorted, so that sequence numbers follow the order of the call.
+        INSERT INTO @schema@.events (topic, event_id, body, key, holders)
+        SELECT p_topic, f.id, f.body, f.key, n FROM firsts f
+        -- A subquery per event (a key lookup), never a join over the whole record.
+        WHERE coalesce(
+            (SELECT d.ends FROM @schema@.dedup d WHERE d.topic = p_topic AND d.event_id = f.id),
+            '-infinity'
+        ) <= now_
+        ORDER BY f.ord
+        ON CONFLICT (topic, event_id) DO NOTHING
+        RETURNING seq, event_id, key
+    )
+    SELECT array_agg(seq ORDER BY seq), array_agg(event_id ORDER BY seq),
+           array_agg(key ORDER BY seq)
+    INTO added_seqs, added_ids, added_keys
+    FROM inserted;
+    IF added_seqs IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    IF p_window > 0 THEN
+        INSERT INTO @schema@.dedup (topic, event_id, ends)
+        SELECT p_topic, i, now_ + p_window FROM unnest(added_ids) i
+        ON CONFLICT (topic, event_id) DO UPDATE SET ends = excluded.ends;
+    END IF;
+
+    INSERT INTO @schema@.deliveries (topic, grp, event_id, seq, state, pos)
+    SELECT p_topic, s.grp, a.id, a.seq, 'r'::"char", a.seq
+    FROM @schema@.subscriptions s, unnest(added_seqs, added_ids, added_keys) a(seq, id, key)
+    WHERE s.topic = p_topic AND (NOT s.ordered OR a.key IS NULL);
+
+    FOR g IN
+        SELECT grp FROM @schema@.subscriptions
+        WHERE topic = p_topic AND ordered AND any_ordered AND p_keys IS NOT NULL
+        ORDER BY grp
+    LOOP
+        WITH keyed AS (
+            SELECT a.seq, a.id, a.key,
+                   row_number() OVER (PARTITION BY a.key ORDER BY a.seq) AS rank
+            FROM unnest(added_seqs, added_ids, added_keys) a(seq, id, key)
+            WHERE a.key IS NOT NULL
+        ), counts AS (
+            SELECT key, count(*)::integer AS c FROM keyed GROUP BY key
+        ), upserted AS (
+            -- Sorted, so that publishes of several keys lock their lanes in one order.
+            INSERT INTO @schema@.lanes AS l (topic, grp, key, live)
+            SELECT p_topic, g.grp, key, c FROM counts ORDER BY key
+            ON CONFLICT (topic, grp, key) DO UPDATE SET live = l.live + excluded.live
+            RETURNING l.key, l.live
+        )
+        INSERT INTO @schema@.deliveries (topic, grp, event_id, seq, state, pos, key, key_seq)
+        SELECT p_topic, g.grp, k.id, k.seq,
+               CASE WHEN l.live - c.c = 0 AND k.rank = 1 THEN 'r' ELSE 'w' END::"char",
+               CASE WHEN l.live - c.c = 0 AND k.rank = 1 THEN k.seq END,
+               k.key, k.seq
+        FROM keyed k JOIN counts c USING (key) JOIN upserted l USING (key);
+    END LOOP;
+
+    PERFORM @schema@.wake(p_topic);
+    RETURN cardinality(added_seqs) * n;
+END
+$$;
