@@ -1,14 +1,18 @@
 """The transport's schema: its SQL files, and creating and migrating it on connect.
 
-``sql/schema.sql`` holds the tables of schema version 1; every other file in ``sql/``
-holds the functions of one state transition (each with a header: arguments, returns,
-why). ``@schema@`` in the files stands for the quoted schema name and ``@channel@`` for
-the prefix of its NOTIFY channels.
+``sql/schema.sql`` holds the tables of schema version 1 and ``sql/migrate_<n>.sql`` what
+brings version n - 1 to n (a new schema runs them all, in order, so that a fresh schema
+and a migrated one are the same); every other file in ``sql/`` holds the functions of
+one state transition, or the helpers of several (each with a header: arguments,
+returns, why). ``@schema@`` in the files stands for the quoted schema name and
+``@channel@`` for the prefix of its NOTIFY channels.
 
 The version table (``schema_version``) records the schema version, which a later release
 migrates from, and a digest of the function texts: a transport whose functions differ
-(a newer or older release) replaces them all in one transaction. Migrations run under an
-advisory lock, so that processes connecting at once migrate once.
+(a newer or older release) replaces them all in one transaction. A migration drops the
+old functions, runs the ``migrate_<n>.sql`` steps and creates this release's functions,
+all in one transaction: a failed one changes nothing. Migrations run under an advisory
+lock, so that processes connecting at once migrate once.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from broker_core import TransportError
 
 __all__ = ["FUNCTION_FILES", "SCHEMA_VERSION", "channel_of", "migrate", "quote"]
 
-SCHEMA_VERSION = 1
-"""The version of the tables this release creates and reads."""
+SCHEMA_VERSION = 2
+"""The version of the tables this release creates and reads (2: retention and history)."""
 
 FUNCTION_FILES = (
-    "common", "subscribe", "publish", "claim", "ack", "nack", "extend", "release", "kill",
-    "replay_dead", "purge_dead", "observe",
+    "common", "history", "subscribe", "publish", "claim", "ack", "nack", "extend", "release",
+    "kill", "replay_dead", "purge_dead", "observe", "configure_topic", "rewind", "unsubscribe",
 )  # fmt: skip
 """The function files, in the order they are created (helpers first)."""
 
@@ -133,23 +137,32 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> None:
                 f"CREATE TABLE {quote(schema)}.schema_version "
                 "(version integer NOT NULL, functions text NOT NULL)"
             )
-            await conn.execute(
-                f"INSERT INTO {quote(schema)}.schema_version VALUES ($1, '')", SCHEMA_VERSION
-            )
-            stored = (SCHEMA_VERSION, "")
+            await conn.execute(f"INSERT INTO {quote(schema)}.schema_version VALUES (1, '')")
+            stored = (1, "")
         version, functions = stored
         if version > SCHEMA_VERSION:
             raise TransportError(
                 f"schema {schema!r} is at version {version}, newer than this release of "
                 f"broker_postgres knows ({SCHEMA_VERSION}): upgrade it"
             )
+        if version < SCHEMA_VERSION:
+            # The old functions may read what a migration changes: they go first, and
+            # this release's come after the tables are at its version.
+            await _drop_functions(conn, schema)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                await conn.execute(_render(f"migrate_{step}", schema))
+            await conn.execute(
+                f"UPDATE {quote(schema)}.schema_version SET version = $1, functions = ''",
+                SCHEMA_VERSION,
+            )
+            functions = ""
         if functions != digest:
             await _replace_functions(conn, schema)
             await conn.execute(f"UPDATE {quote(schema)}.schema_version SET functions = $1", digest)
 
 
-async def _replace_functions(conn: asyncpg.Connection, schema: str) -> None:
-    """Drop the schema's functions and create this release's."""
+async def _drop_functions(conn: asyncpg.Connection, schema: str) -> None:
+    """Drop every function of the schema."""
     names = await conn.fetch(
         "SELECT p.oid::regprocedure::text AS signature FROM pg_proc p "
         "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
@@ -157,5 +170,10 @@ async def _replace_functions(conn: asyncpg.Connection, schema: str) -> None:
     )
     for row in names:
         await conn.execute(f"DROP FUNCTION {row['signature']}")
+
+
+async def _replace_functions(conn: asyncpg.Connection, schema: str) -> None:
+    """Drop the schema's functions and create this release's."""
+    await _drop_functions(conn, schema)
     for name in FUNCTION_FILES:
         await conn.execute(_render(name, schema))

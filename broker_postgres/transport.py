@@ -42,11 +42,14 @@ from broker_core import (
     QueueStats,
     Receipt,
     SubscriptionMismatch,
+    TopicStats,
     TransportError,
     redact,
     safe_text,
     validate_group,
+    validate_history,
     validate_key,
+    validate_retention,
     validate_topic,
 )
 from broker_postgres.errors import BROKEN, FAILURES, transport_error
@@ -212,15 +215,31 @@ class PostgresTransport:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, group: str, *, ordered: bool | None = None) -> None:
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        ordered: bool | None = None,
+        history: float | None = None,
+    ) -> None:
         """Make ``group`` a durable subscriber of ``topic``; idempotent.
 
         The subscription keeps the options it was created with; other explicit options
-        raise SubscriptionMismatch.
+        raise SubscriptionMismatch. A new subscription with ``history`` first receives the
+        retained events at most ``history`` s old, copied in the same transaction that
+        creates it (one INSERT ... SELECT): no copy is ever left half done.
         """
         topic, group = validate_topic(topic), validate_group(group)
+        validate_history(history)
         [row] = await self._fetch(
-            "subscribe", f"SELECT * FROM {self._s}.subscribe($1, $2, $3)", topic, group, ordered
+            "subscribe",
+            f"SELECT * FROM {self._s}.subscribe($1, $2, $3, $4, $5)",
+            topic,
+            group,
+            ordered,
+            None if history is None else float(history),
+            self._now(),
         )
         if row["o_mismatch"]:
             stored = row["o_ordered"]
@@ -229,6 +248,81 @@ class PostgresTransport:
                 f"again without options or with ordered={stored} (a subscription keeps the "
                 "options it was created with)"
             )
+
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """End ``group``'s subscription to ``topic`` and drop its every copy, dead ones too.
+
+        Bodies no other group nor the history holds are deleted with them. Idempotent:
+        returns whether the group was subscribed.
+        """
+        topic, group = validate_topic(topic), validate_group(group)
+        done = await self._fetchval(
+            "unsubscribe", f"SELECT {self._s}.unsubscribe($1, $2)", topic, group
+        )
+        return bool(done)
+
+    # -- retention and history -----------------------------------------------------------
+
+    async def configure_topic(
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        """Store ``topic``'s retention in the database, shared by every process.
+
+        Both None removes retention and the history. Trimming is bounded work done by
+        this call, publishes and claims; what they have yet to trim is never read.
+        """
+        topic = validate_topic(topic)
+        validate_retention(max_age, max_events)
+        await self._fetch(
+            "configure_topic",
+            f"SELECT {self._s}.configure_topic($1, $2, $3, $4)",
+            topic,
+            None if max_age is None else float(max_age),
+            max_events,
+            self._now(),
+        )
+
+    async def topic_stats(self, topic: str) -> TopicStats:
+        """``topic``'s retention, how many events it retains and how old the oldest is."""
+        topic = validate_topic(topic)
+        rows = await self._fetch(
+            "topic_stats", f"SELECT * FROM {self._s}.topic_stats($1, $2)", topic, self._now()
+        )
+        if not rows:
+            return TopicStats(topic, None, None, 0, None)
+        [row] = rows
+        oldest = row["o_oldest_at"]
+        return TopicStats(
+            topic,
+            row["o_max_age"],
+            row["o_max_events"],
+            int(row["o_retained"]),
+            None if oldest is None else max(row["o_now"] - oldest, 0.0),
+        )
+
+    async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
+        """Deliver the retained events at most ``history`` s old that ``group`` does not
+        hold again, at the back of its queue in publish order; returns how many.
+
+        One transaction. ``dry_run`` only counts. Raises ValueError if ``group`` does not
+        subscribe ``topic``.
+        """
+        topic, group = validate_topic(topic), validate_group(group)
+        validate_history(history)
+        count = int(
+            await self._fetchval(
+                "rewind",
+                f"SELECT {self._s}.rewind($1, $2, $3, $4, $5)",
+                topic,
+                group,
+                float(history),
+                bool(dry_run),
+                self._now(),
+            )
+        )
+        if count < 0:
+            raise ValueError(f"group {group!r} does not subscribe {topic!r}: nothing to rewind")
+        return count
 
     async def groups(self, topic: str) -> list[str]:
         """The groups subscribed to ``topic``, sorted."""
@@ -452,15 +546,21 @@ class PostgresTransport:
 
     # -- dead letters and stats ----------------------------------------------------------
 
-    async def dead_letters(self, topic: str, group: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Up to ``limit`` dead events of (topic, group), oldest death first."""
+    async def dead_letters(
+        self, topic: str, group: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead events of (topic, group), oldest death first, the ``offset``
+        oldest skipped."""
         topic, group = validate_topic(topic), validate_group(group)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
         rows = await self._fetch(
             "dead_letters",
-            f"SELECT * FROM {self._s}.dead_letters($1, $2, $3)",
+            f"SELECT * FROM {self._s}.dead_letters($1, $2, $3, $4)",
             topic,
             group,
             max(int(limit), 0),
+            int(offset),
         )
         return [
             DeadLetter(

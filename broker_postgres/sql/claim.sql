@@ -11,7 +11,8 @@
 -- Each claimed event's attempt count goes up in this same transaction; one that would
 -- exceed max attempts goes to DEAD ("max_attempts") instead, at most 1000 per call. A
 -- suspect (its last lease expired) is handed out alone, as the first event of the
--- call; a call that already took events stops before it.
+-- call; a call that already took events stops before it. Each topic's history is
+-- trimmed a bounded batch (64) per call, so that it ages out without publishes.
 
 CREATE FUNCTION @schema@.claim(
     p_grp text, p_topics text[], p_max integer, p_lease double precision,
@@ -41,6 +42,7 @@ BEGIN
             SELECT 1 FROM @schema@.subscriptions WHERE topic = t AND grp = p_grp
         );
         PERFORM @schema@.reap(t, p_grp, now_);
+        PERFORM @schema@.trim_history(t, now_, 64);  -- a quiet topic's history ages out too
         LOOP
             want := least(p_max - claimed, 1000 - buried);
             EXIT WHEN want <= 0 OR ending;

@@ -6,7 +6,8 @@
 -- reap(topic, group, now): expired leases (marked suspect) and due retries back to the
 --   front of READY, the first to expire or fall due first; at most 1000 per call.
 -- pass_key(topic, group, key, pos, sub): an event of the key is DONE or DEAD: the next
---   one waiting, if any, joins the back of READY at (pos, sub). Returns whether one did.
+--   one waiting (by key_seq, then sub: events a history copy placed together share a
+--   key_seq), if any, joins the back of READY at (pos, sub). Returns whether one did.
 -- bury(topic, group, id, now, reason, error): a delivery to DEAD (error NULL keeps the
 --   last one), its key passed on.
 -- drop_events(topic, seqs): groups finished with these events: the last one deletes it.
@@ -80,7 +81,7 @@ BEGIN
     WHERE d.topic = p_topic AND d.grp = p_grp AND d.event_id = (
         SELECT w.event_id FROM @schema@.deliveries w
         WHERE w.topic = p_topic AND w.grp = p_grp AND w.key = p_key AND w.state = 'w'
-        ORDER BY w.key_seq LIMIT 1
+        ORDER BY w.key_seq, w.sub LIMIT 1
     );
     IF FOUND THEN
         PERFORM @schema@.wake(p_topic);

@@ -4,14 +4,22 @@
 -- dedup window (seconds, 0 = none), now (NULL = the server's clock).
 -- Returns: the number of copies enqueued (events not skipped times the groups).
 --
--- The body is stored once (events) with a count of the groups holding it. An event is
--- skipped when the topic still holds its id (the unique key of events), or when its id
--- was published less than its dedup window ago; a skipped duplicate does not extend
--- the window. Ended windows are forgotten a bounded number per call, at least as many
--- as the call can add. In an ordered group a keyed event is claimable at once only if
--- its key has no event neither DONE nor DEAD; otherwise it waits ('w'). One NOTIFY per
--- call, however many events and groups. Runs in the caller's transaction when called
--- on the caller's connection (transactional publish).
+-- The body is stored once (events) with a count of its holders: the groups, and the
+-- history while the topic retains it. An event is skipped when the topic still holds
+-- its id (the unique key of events), or when its id was published less than its dedup
+-- window ago; a skipped duplicate does not extend the window. An id held only by a
+-- history entry retention no longer covers is freed at once (the trimming may not have
+-- reached it yet). Ended windows are forgotten a bounded number per call, at least as
+-- many as the call can add; expired history entries likewise (trim_history). In an
+-- ordered group a keyed event is claimable at once only if its key has no event neither
+-- DONE nor DEAD; otherwise it waits ('w'). One NOTIFY per call, however many events and
+-- groups. Runs in the caller's transaction when called on the caller's connection
+-- (transactional publish).
+--
+-- Every publish shares the topic's lock (history.sql), so that the groups it reads are
+-- the groups it writes to. A topic with retention is written by one publish at a time
+-- (its topics row is locked): positions in its history follow the order of commits, and
+-- so do publish times.
 
 CREATE FUNCTION @schema@.publish(
     p_topic text, p_ids text[], p_bodies bytea[], p_keys text[], p_window double precision,
@@ -26,13 +34,39 @@ DECLARE
     added_ids text[];
     added_keys text[];
     g record;
+    retains boolean;
+    has_log boolean;
+    top bigint;
+    newest bigint;
 BEGIN
+    IF cardinality(p_ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM @schema@.topic_share(p_topic);
+    SELECT position INTO top FROM @schema@.topics
+    WHERE topic = p_topic AND (max_age IS NOT NULL OR max_events IS NOT NULL)
+    FOR UPDATE;
+    retains := FOUND;
     SELECT count(*), coalesce(bool_or(ordered), false) INTO n, any_ordered
     FROM @schema@.subscriptions WHERE topic = p_topic;
-    IF n = 0 OR cardinality(p_ids) = 0 THEN
+    IF n = 0 AND NOT retains THEN
         RETURN 0;
     END IF;
     now_ := @schema@.now_of(p_now);
+    has_log := retains OR EXISTS (
+        SELECT 1 FROM @schema@.events WHERE topic = p_topic AND position IS NOT NULL
+    );
+    IF has_log THEN
+        DELETE FROM @schema@.events e
+        WHERE e.topic = p_topic AND e.event_id = ANY (p_ids) AND e.holders = 1
+          AND e.position IS NOT NULL
+          AND NOT coalesce((
+              SELECT @schema@.covered(
+                  e.position, e.published_at, x.max_age, x.max_events, x.position, x.floor, now_
+              )
+              FROM @schema@.topics x WHERE x.topic = p_topic
+          ), false);
+    END IF;
     -- A topic without ended windows (the usual case) pays one index probe, no delete.
     IF EXISTS (SELECT 1 FROM @schema@.dedup WHERE topic = p_topic AND ends <= now_) THEN
         DELETE FROM @schema@.dedup d
@@ -52,21 +86,37 @@ BEGIN
         SELECT DISTINCT ON (id) id, body, key, ord FROM input ORDER BY id, ord
     ), inserted AS (
         -- Sorted, so that sequence numbers follow the order of the call.
-        INSERT INTO @schema@.events (topic, event_id, body, key, holders)
-        SELECT p_topic, f.id, f.body, f.key, n FROM firsts f
+        -- With retention, the history holds it too, at the next positions: ids the
+        -- topic holds are left out first, so that positions have no gaps (publishes of
+        -- this topic wait for each other, see above).
+        INSERT INTO @schema@.events (topic, event_id, body, key, holders, position, published_at)
+        SELECT p_topic, f.id, f.body, f.key, n + retains::integer,
+               CASE WHEN retains THEN top + row_number() OVER (ORDER BY f.ord) END,
+               CASE WHEN retains THEN now_ END
+        FROM firsts f
         -- A subquery per event (a key lookup), never a join over the whole record.
         WHERE coalesce(
             (SELECT d.ends FROM @schema@.dedup d WHERE d.topic = p_topic AND d.event_id = f.id),
             '-infinity'
         ) <= now_
+          AND (NOT retains OR NOT EXISTS (
+              SELECT 1 FROM @schema@.events x WHERE x.topic = p_topic AND x.event_id = f.id
+          ))
         ORDER BY f.ord
         ON CONFLICT (topic, event_id) DO NOTHING
-        RETURNING seq, event_id, key
+        RETURNING seq, event_id, key, position
     )
     SELECT array_agg(seq ORDER BY seq), array_agg(event_id ORDER BY seq),
-           array_agg(key ORDER BY seq)
-    INTO added_seqs, added_ids, added_keys
+           array_agg(key ORDER BY seq), max(position)
+    INTO added_seqs, added_ids, added_keys, newest
     FROM inserted;
+    IF newest IS NOT NULL THEN
+        UPDATE @schema@.topics SET position = newest WHERE topic = p_topic;
+    END IF;
+    IF has_log THEN
+        -- After the append, so that what it pushed out of max_events goes now.
+        PERFORM @schema@.trim_history(p_topic, now_, cardinality(p_ids) + 64);
+    END IF;
     IF added_seqs IS NULL THEN
         RETURN 0;
     END IF;
@@ -109,7 +159,9 @@ BEGIN
         FROM keyed k JOIN counts c USING (key) JOIN upserted l USING (key);
     END LOOP;
 
-    PERFORM @schema@.wake(p_topic);
+    IF n > 0 THEN
+        PERFORM @schema@.wake(p_topic);
+    END IF;
     RETURN cardinality(added_seqs) * n;
 END
 $$;

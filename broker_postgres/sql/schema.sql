@@ -2,8 +2,9 @@
 --
 -- An event is stored once per topic (events), with a sequence number from one sequence
 -- (positions) that gives publish order; each subscribed group holds a delivery row per
--- event it has not finished (deliveries). A retained log can keep events rows after
--- their last delivery is done; today the last group to finish deletes it.
+-- event it has not finished (deliveries). events.holders counts the groups not done
+-- with the event, and (from version 2, migrate_2.sql) the topic's history while it
+-- retains the event; the last holder to let go deletes the row.
 --
 -- deliveries.state: 'r' READY, 'w' READY but waiting behind an earlier event of its key
 -- (ordered groups), 'l' LEASED, 'd' DELAYED, 'x' DEAD. READY order is (pos, sub):
