@@ -229,6 +229,7 @@ async def test_a_group_subscribing_from_history_while_others_publish_gets_each_e
     try:
         await reader.configure_topic(T, max_age=3600.0)
         published: dict[str, list[str]] = {}
+        midway = asyncio.Event()
 
         async def publish(n: int, tr: PostgresTransport) -> None:
             for batch in range(30):
@@ -237,11 +238,14 @@ async def test_a_group_subscribing_from_history_while_others_publish_gets_each_e
                 await tr.publish(T, events, keys=keys)
                 for (event_id, _), key in zip(events, keys, strict=True):
                     published.setdefault(f"{n}/{key}", []).append(event_id)
+                if batch == 10:
+                    midway.set()
                 await asyncio.sleep(0)
 
         async def subscribe_midway() -> None:
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(midway.wait(), 10)
             await reader.subscribe(T, G, ordered=True, history=math.inf)
+            assert sum(map(len, published.values())) < 2 * 30 * 3, "publishers were done"
 
         await asyncio.gather(
             *(publish(n, tr) for n, tr in enumerate(publishers)), subscribe_midway()
@@ -271,15 +275,23 @@ async def test_unsubscribing_while_others_publish_leaves_nothing_behind(
         await transports[0].subscribe(T, G, ordered=True)
         await transports[0].subscribe(T, G2)
 
+        midway = asyncio.Event()
+        done = 0
+
         async def publish(n: int, tr: PostgresTransport) -> None:
+            nonlocal done
             for batch in range(30):
                 events = [(f"p{n}-{batch}-{k}", b"x") for k in range(3)]
                 await tr.publish(T, events, keys=["k0", "k1", None])
+                done += 1
+                if batch == 10:
+                    midway.set()
                 await asyncio.sleep(0)
 
         async def unsubscribe_midway() -> None:
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(midway.wait(), 10)
             assert await transports[0].unsubscribe(T, G)
+            assert done < 2 * 30, "the publishers were done already"
 
         await asyncio.gather(
             *(publish(n, tr) for n, tr in enumerate(transports[1:])), unsubscribe_midway()
@@ -307,14 +319,23 @@ async def test_rewind_while_others_publish_keeps_each_key_in_order(
         await publisher.publish(T, [(f"old{i}", b"x") for i in range(20)], keys=["k"] * 20)
         assert len(await _drain(reader, G)) == 20
 
+        midway = asyncio.Event()
+        done = 0
+
         async def publish() -> None:
+            nonlocal done
             for i in range(30):
                 await publisher.publish(T, [(f"new{i}", b"x")], keys=["k"])
+                done += 1
+                if i == 10:
+                    midway.set()
                 await asyncio.sleep(0)
 
         async def rewind() -> int:
-            await asyncio.sleep(0.02)
-            return await reader.rewind(T, G, history=math.inf)
+            await asyncio.wait_for(midway.wait(), 10)
+            count = await reader.rewind(T, G, history=math.inf)
+            assert done < 30, "the publisher was done already"
+            return count
 
         _, rewound = await asyncio.gather(publish(), rewind())
         got = []
