@@ -9,7 +9,7 @@
 -- its id (the unique key of events), or when its id was published less than its dedup
 -- window ago; a skipped duplicate does not extend the window. An id held only by a
 -- history entry retention no longer covers is freed at once (the trimming may not have
--- reached it yet). Ended windows are forgotten a bounded number per call, at least as
+-- reached it yet), counting what the call appended before it. Ended windows are forgotten a bounded number per call, at least as
 -- many as the call can add; expired history entries likewise (trim_history). In an
 -- ordered group a keyed event is claimable at once only if its key has no event neither
 -- DONE nor DEAD; otherwise it waits ('w'). One NOTIFY per call, however many events and
@@ -36,14 +36,22 @@ DECLARE
     g record;
     retains boolean;
     has_log boolean;
+    one_by_one boolean := false;
+    v_age double precision;
+    v_count bigint;
+    v_floor bigint;
     top bigint;
     newest bigint;
+    r record;
+    v_seq bigint;
+    ix integer;
 BEGIN
     IF cardinality(p_ids) = 0 THEN
         RETURN 0;
     END IF;
     PERFORM @schema@.topic_share(p_topic);
-    SELECT position INTO top FROM @schema@.topics
+    SELECT position, max_age, max_events, floor INTO top, v_age, v_count, v_floor
+    FROM @schema@.topics
     WHERE topic = p_topic AND (max_age IS NOT NULL OR max_events IS NOT NULL)
     FOR UPDATE;
     retains := FOUND;
@@ -57,15 +65,15 @@ BEGIN
         SELECT 1 FROM @schema@.events WHERE topic = p_topic AND position IS NOT NULL
     );
     IF has_log THEN
-        DELETE FROM @schema@.events e
-        WHERE e.topic = p_topic AND e.event_id = ANY (p_ids) AND e.holders = 1
-          AND e.position IS NOT NULL
-          AND NOT coalesce((
-              SELECT @schema@.covered(
-                  e.position, e.published_at, x.max_age, x.max_events, x.position, x.floor, now_
-              )
-              FROM @schema@.topics x WHERE x.topic = p_topic
-          ), false);
+        -- An id only the history holds is held while retention covers its entry, and
+        -- each event this call appends pushes the oldest out of max_events: whether a
+        -- later event of the call is new depends on the earlier ones. Such a call (an
+        -- outbox re-sending ids every group is done with) goes event by event.
+        one_by_one := EXISTS (
+            SELECT 1 FROM @schema@.events
+            WHERE topic = p_topic AND event_id = ANY (p_ids) AND holders = 1
+              AND position IS NOT NULL
+        );
     END IF;
     -- A topic without ended windows (the usual case) pays one index probe, no delete.
     IF EXISTS (SELECT 1 FROM @schema@.dedup WHERE topic = p_topic AND ends <= now_) THEN
@@ -78,38 +86,77 @@ BEGIN
         WHERE d.topic = p_topic AND d.event_id = ended.event_id;
     END IF;
 
-    WITH input AS (
-        SELECT u.id, u.body, u.key, u.ord
-        FROM unnest(p_ids, p_bodies, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_ids)])))
-            WITH ORDINALITY AS u(id, body, key, ord)
-    ), firsts AS (
-        SELECT DISTINCT ON (id) id, body, key, ord FROM input ORDER BY id, ord
-    ), inserted AS (
-        -- Sorted, so that sequence numbers follow the order of the call.
-        -- With retention, the history holds it too, at the next positions: ids the
-        -- topic holds are left out first, so that positions have no gaps (publishes of
-        -- this topic wait for each other, see above).
-        INSERT INTO @schema@.events (topic, event_id, body, key, holders, position, published_at)
-        SELECT p_topic, f.id, f.body, f.key, n + retains::integer,
-               CASE WHEN retains THEN top + row_number() OVER (ORDER BY f.ord) END,
-               CASE WHEN retains THEN now_ END
-        FROM firsts f
-        -- A subquery per event (a key lookup), never a join over the whole record.
-        WHERE coalesce(
-            (SELECT d.ends FROM @schema@.dedup d WHERE d.topic = p_topic AND d.event_id = f.id),
-            '-infinity'
-        ) <= now_
-          AND (NOT retains OR NOT EXISTS (
-              SELECT 1 FROM @schema@.events x WHERE x.topic = p_topic AND x.event_id = f.id
-          ))
-        ORDER BY f.ord
-        ON CONFLICT (topic, event_id) DO NOTHING
-        RETURNING seq, event_id, key, position
-    )
-    SELECT array_agg(seq ORDER BY seq), array_agg(event_id ORDER BY seq),
-           array_agg(key ORDER BY seq), max(position)
-    INTO added_seqs, added_ids, added_keys, newest
-    FROM inserted;
+    IF one_by_one THEN
+        added_seqs := '{}';
+        added_ids := '{}';
+        added_keys := '{}';
+        FOR ix IN 1 .. cardinality(p_ids) LOOP
+            SELECT ctid AS tid, holders, position, published_at INTO r FROM @schema@.events
+            WHERE topic = p_topic AND event_id = p_ids[ix]
+            FOR UPDATE;
+            IF FOUND THEN
+                -- Held, unless only by an entry retention no longer covers (the
+                -- trimming may not have reached it): that one is freed at once.
+                CONTINUE WHEN r.holders <> 1 OR r.position IS NULL OR @schema@.covered(
+                    r.position, r.published_at, v_age, v_count, top, v_floor, now_
+                );
+                DELETE FROM @schema@.events WHERE ctid = r.tid;
+            END IF;
+            CONTINUE WHEN EXISTS (
+                SELECT 1 FROM @schema@.dedup d
+                WHERE d.topic = p_topic AND d.event_id = p_ids[ix] AND d.ends > now_
+            );
+            INSERT INTO @schema@.events (topic, event_id, body, key, holders, position, published_at)
+            VALUES (
+                p_topic, p_ids[ix], p_bodies[ix], p_keys[ix], n + retains::integer,
+                CASE WHEN retains THEN top + 1 END, CASE WHEN retains THEN now_ END
+            )
+            RETURNING seq INTO v_seq;
+            added_seqs := added_seqs || v_seq;
+            added_ids := added_ids || p_ids[ix];
+            added_keys := added_keys || p_keys[ix];
+            IF retains THEN
+                top := top + 1;
+                newest := top;
+            END IF;
+        END LOOP;
+        IF cardinality(added_seqs) = 0 THEN
+            added_seqs := NULL;
+        END IF;
+    ELSE
+        WITH input AS (
+            SELECT u.id, u.body, u.key, u.ord
+            FROM unnest(p_ids, p_bodies, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_ids)])))
+                WITH ORDINALITY AS u(id, body, key, ord)
+        ), firsts AS (
+            SELECT DISTINCT ON (id) id, body, key, ord FROM input ORDER BY id, ord
+        ), inserted AS (
+            -- Sorted, so that sequence numbers follow the order of the call.
+            -- With retention, the history holds it too, at the next positions: ids the
+            -- topic holds are left out first, so that positions have no gaps (publishes
+            -- of this topic wait for each other, see above).
+            INSERT INTO @schema@.events (topic, event_id, body, key, holders, position, published_at)
+            SELECT p_topic, f.id, f.body, f.key, n + retains::integer,
+                   CASE WHEN retains THEN top + row_number() OVER (ORDER BY f.ord) END,
+                   CASE WHEN retains THEN now_ END
+            FROM firsts f
+            -- A subquery per event (a key lookup), never a join over the whole record.
+            WHERE coalesce(
+                (SELECT d.ends FROM @schema@.dedup d WHERE d.topic = p_topic AND d.event_id = f.id),
+                '-infinity'
+            ) <= now_
+              AND (NOT retains OR NOT EXISTS (
+                  SELECT 1 FROM @schema@.events x WHERE x.topic = p_topic AND x.event_id = f.id
+              ))
+            ORDER BY f.ord
+            ON CONFLICT (topic, event_id) DO NOTHING
+            RETURNING seq, event_id, key, position
+        )
+        SELECT array_agg(seq ORDER BY seq), array_agg(event_id ORDER BY seq),
+               array_agg(key ORDER BY seq), max(position)
+        INTO added_seqs, added_ids, added_keys, newest
+        FROM inserted;
+    END IF;
     IF newest IS NOT NULL THEN
         UPDATE @schema@.topics SET position = newest WHERE topic = p_topic;
     END IF;
