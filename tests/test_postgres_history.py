@@ -355,3 +355,22 @@ async def test_rewind_while_others_publish_keeps_each_key_in_order(
     finally:
         for t in transports:
             await t.close()
+
+
+async def test_an_id_pushed_out_of_the_history_by_its_own_call_is_new_again(
+    transport: PostgresTransport,
+) -> None:
+    # As the reference has it: each event of a call is judged after the ones before it.
+    # e1 (retained, no group holds it) is pushed out of max_events by e2 and e3, so the
+    # e1 after them is a new event; so is the repeated a of a call longer than max_events.
+    await transport.configure_topic(T, max_events=2)
+    await transport.publish(T, [("e0", b"x"), ("e1", b"x")])
+    assert await transport.publish(T, [("e1", b"y")]) == 0  # no group: counts 0 copies
+    await transport.subscribe(T, G)
+    assert await transport.publish(T, [("e2", b"y"), ("e3", b"y"), ("e1", b"y")]) == 3
+    assert await transport.publish(T, [("a", b"1"), ("b", b"1"), ("c", b"1"), ("a", b"2")]) == 3
+    await transport.unsubscribe(T, G)
+    assert await transport.publish(T, [("p", b"1"), ("q", b"1"), ("r", b"1"), ("p", b"2")]) == 0
+    await transport.subscribe(T, G2, history=math.inf)
+    ms = await transport.claim(G2, [T], max_count=10, lease=30, max_attempts=5)
+    assert [(m.event_id, m.body) for m in ms] == [("r", b"1"), ("p", b"2")]

@@ -73,6 +73,10 @@ BEGIN
             SELECT 1 FROM @schema@.events
             WHERE topic = p_topic AND event_id = ANY (p_ids) AND holders = 1
               AND position IS NOT NULL
+        ) OR (
+            -- So may an id repeated in a call that appends more than max_events.
+            cardinality(p_ids) > v_count
+            AND (SELECT count(DISTINCT x) FROM unnest(p_ids) x) < cardinality(p_ids)
         );
     END IF;
     -- A topic without ended windows (the usual case) pays one index probe, no delete.
