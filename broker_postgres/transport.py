@@ -15,6 +15,11 @@ Transactional publish: ``publish(..., connection=conn)`` runs the publish functi
 the caller's own asyncpg connection, inside whatever transaction it has open, so the
 events exist only if that transaction commits (the outbox pattern without an outbox).
 
+Retention and history (``sql/history.sql``): the retention is a row of the database, the
+history is the topic's events rows with a position, every read filters by what the
+retention covers, and publishes and claims trim a bounded batch each. A subscription
+from history and a rewind copy it in one transaction (docs/postgres.md says why).
+
 Failures
 --------
 Every PostgreSQL failure (unreachable, refused password, a schema this user may not
