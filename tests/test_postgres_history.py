@@ -374,3 +374,27 @@ async def test_an_id_pushed_out_of_the_history_by_its_own_call_is_new_again(
     await transport.subscribe(T, G2, history=math.inf)
     ms = await transport.claim(G2, [T], max_count=10, lease=30, max_attempts=5)
     assert [(m.event_id, m.body) for m in ms] == [("r", b"1"), ("p", b"2")]
+
+
+async def test_unsubscribing_while_the_group_acks_never_deadlocks(
+    postgres_server: PostgresServer,
+) -> None:
+    # An ack locks its rows in receipt order, an unsubscribe all the group's rows: both
+    # take them in event id order, so that neither waits for the other in a cycle.
+    url = postgres_server.url(schema=unique_schema())
+    acker, leaver = PostgresTransport(url), PostgresTransport(url)
+    await acker.connect()
+    await leaver.connect()
+    try:
+        for round_ in range(10):
+            await acker.subscribe(T, G)
+            await acker.publish(T, [(f"r{round_}-{i:03}", b"x") for i in range(200)])
+            ms = await acker.claim(G, [T], max_count=200, lease=30, max_attempts=5)
+            receipts = [m.receipt for m in reversed(ms)]
+            acked, left = await asyncio.gather(acker.ack(receipts), leaver.unsubscribe(T, G))
+            assert left is True
+            assert await acker.groups(T) == []
+            assert acked in ([True] * len(ms), [False] * len(ms))  # one wholly first
+    finally:
+        await acker.close()
+        await leaver.close()

@@ -16,7 +16,10 @@ DECLARE
     i integer;
     v_tid tid;
 BEGIN
-    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+    -- In event id order, as unsubscribe locks a group's rows: no deadlock between them.
+    FOR i IN
+        SELECT r.n FROM unnest(p_ids) WITH ORDINALITY r(id, n) ORDER BY r.id COLLATE "C", r.n
+    LOOP
         v_tid := @schema@.leased(p_topic, p_grp, p_ids[i], p_tokens[i], now_);
         CONTINUE WHEN v_tid IS NULL;
         UPDATE @schema@.deliveries SET deadline = greatest(deadline, now_ + p_lease)

@@ -19,14 +19,19 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- Rows locked in event id order, as settlements lock theirs; then what a settlement
+    -- locks after its rows, in its order: events, then lanes.
+    PERFORM 1 FROM @schema@.deliveries WHERE topic = p_topic AND grp = p_grp
+    ORDER BY event_id COLLATE "C"
+    FOR UPDATE;
     WITH gone AS (
         DELETE FROM @schema@.deliveries WHERE topic = p_topic AND grp = p_grp RETURNING seq
     )
     SELECT array_agg(seq) INTO seqs FROM gone;
-    DELETE FROM @schema@.lanes WHERE topic = p_topic AND grp = p_grp;
     IF seqs IS NOT NULL THEN
         PERFORM @schema@.drop_events(p_topic, seqs);
     END IF;
+    DELETE FROM @schema@.lanes WHERE topic = p_topic AND grp = p_grp;
     RETURN true;
 END
 $$;
