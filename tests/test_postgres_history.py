@@ -3,8 +3,8 @@ shows.
 
 The migration of a schema made by version 1 (with its rows) to version 2, a fresh schema
 equal to a migrated one, the history trimmed by the calls themselves and the tables back
-to empty once retention ends, and subscribing from history, rewinding and unsubscribing
-while other connections publish.
+to empty once retention ends, subscribing from history, rewinding and unsubscribing while
+other connections publish, and an unsubscribe racing an ack without a deadlock.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     seqs bigint[];
 BEGIN
+    -- Locked in event id order first, as unsubscribe locks a group's rows.
+    PERFORM 1 FROM @schema@.deliveries
+    WHERE topic = p_topic AND grp = p_grp AND state = 'x'
+      AND (p_ids IS NULL OR event_id = ANY (p_ids))
+    ORDER BY event_id COLLATE "C"
+    FOR UPDATE;
     WITH gone AS (
         DELETE FROM @schema@.deliveries
         WHERE topic = p_topic AND grp = p_grp AND state = 'x'

@@ -15,6 +15,12 @@ DECLARE
     moved integer := 0;
     live_ integer;
 BEGIN
+    -- Locked in event id order first, as unsubscribe locks a group's rows.
+    PERFORM 1 FROM @schema@.deliveries
+    WHERE topic = p_topic AND grp = p_grp AND state = 'x'
+      AND (p_ids IS NULL OR event_id = ANY (p_ids))
+    ORDER BY event_id COLLATE "C"
+    FOR UPDATE;
     FOR r IN
         SELECT event_id, key FROM @schema@.deliveries
         WHERE topic = p_topic AND grp = p_grp AND state = 'x'
