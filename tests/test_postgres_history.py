@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from broker_core import TransportError
 from broker_postgres.schema import SCHEMA_VERSION, _render, quote
 from broker_postgres.testing import PostgresServer, unique_schema
 from broker_postgres.transport import PostgresTransport
@@ -157,7 +158,7 @@ async def test_a_failed_migration_changes_nothing(
     # Something in the way of version 2 (a table it creates): the migration fails whole.
     await admin.execute(f"CREATE TABLE {quote(schema)}.topics (x int)")
     tr = PostgresTransport(postgres_server.url(schema=schema))
-    with pytest.raises(Exception, match="topics"):
+    with pytest.raises(TransportError, match="topics"):
         await tr.connect()
     await tr.close()
     rows = await admin.fetch(f"SELECT version, functions FROM {quote(schema)}.schema_version")
