@@ -75,7 +75,7 @@ BEGIN
               AND position IS NOT NULL
         ) OR (
             -- So may an id repeated in a call that appends more than max_events.
-            cardinality(p_ids) > v_count
+            coalesce(cardinality(p_ids) > v_count, false)
             AND (SELECT count(DISTINCT x) FROM unnest(p_ids) x) < cardinality(p_ids)
         );
     END IF;
