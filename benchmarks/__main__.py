@@ -14,6 +14,7 @@ from rich.console import Console
 from benchmarks import dramatiq_baseline
 from benchmarks.report import markdown, print_report, write_json
 from benchmarks.runner import TRANSPORTS, Config, run
+from broker_postgres.testing import find_binaries
 
 __all__ = ["main"]
 
@@ -21,8 +22,9 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark the broker on memory:// and on a redis-server it starts "
-        "itself, against raw redis-py and Dramatiq measured in the same run.",
+        description="Benchmark the broker on memory://, and on a redis-server and a "
+        "PostgreSQL it starts itself, against raw redis-py, Dramatiq and raw asyncpg "
+        "measured in the same run.",
     )
     parser.add_argument("--events", "-n", type=int, default=20_000, help="N (default 20000)")
     parser.add_argument(
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--transports",
         default=",".join(TRANSPORTS),
-        help="comma-separated subset of memory,redis (default both)",
+        help="comma-separated subset of memory,redis,postgres (default all)",
     )
     parser.add_argument("--no-dramatiq", action="store_true", help="skip the Dramatiq baseline")
     parser.add_argument(
@@ -78,6 +80,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     if unknown or not transports:
         console.print(f"unknown transports: {', '.join(sorted(unknown)) or '(none)'}")
         return 2
+    if "postgres" in transports and find_binaries() is None:
+        console.print(
+            "PostgreSQL is not installed: its figures are skipped (apt install postgresql)"
+        )
+        transports = tuple(t for t in transports if t != "postgres")
     with_dramatiq = not args.no_dramatiq and "redis" in transports
     if with_dramatiq and not dramatiq_baseline.available():
         console.print("Dramatiq is not installed: its baseline is skipped (pip install dramatiq)")

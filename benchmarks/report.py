@@ -16,7 +16,7 @@ COLUMNS = (
     ("transport", "left"),
     ("figure", "left"),
     ("ours", "right"),
-    ("raw redis-py", "right"),
+    ("raw redis-py / asyncpg", "right"),
     ("ours/raw", "right"),
     ("Dramatiq", "right"),
     ("ours/Dramatiq", "right"),

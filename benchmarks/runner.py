@@ -1,7 +1,8 @@
 """Runs every scenario and baseline, shows progress, and turns the measurements into rows.
 
 Order: scenario by scenario; within a scenario, ``repeat`` rounds, and in each round every
-contender once (ours on memory://, ours on Redis, raw redis-py, Dramatiq). Interleaving
+contender once (ours on memory://, ours on Redis, raw redis-py, Dramatiq, ours on
+PostgreSQL, raw asyncpg). Interleaving
 the contenders means a noisy moment on the machine hurts them alike; each throughput
 figure is the best of its rounds (like ``timeit``), and every run is kept in the JSON.
 Latencies are one run of ``latency_events`` events each; memory figures come from the
@@ -20,20 +21,29 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from benchmarks import dramatiq_baseline, fresh, ours, raw
+from benchmarks import dramatiq_baseline, fresh, ours, raw, raw_postgres
 from benchmarks.machine import describe
 from benchmarks.noop_plugin import NoopHooks
 from benchmarks.payload import ORDERING_KEYS, bodies, make_events, make_keyed_events, sizes
 from benchmarks.probes import MemoryProbe, RedisProbe, TracemallocProbe
 from benchmarks.results import SCENARIOS, Results, Row, percentile
-from benchmarks.server import RedisServer, redis_server, redis_server_binary, redis_version
+from benchmarks.server import (
+    PostgresServer,
+    RedisServer,
+    postgres_server,
+    redis_server,
+    redis_server_binary,
+    redis_version,
+)
 from broker_memory import forget_store
 
 __all__ = ["TRANSPORTS", "Config", "run"]
 
 T = TypeVar("T")
 
-TRANSPORTS = ("memory", "redis")
+TRANSPORTS = ("memory", "redis", "postgres")
+RAW = {"redis": "raw", "postgres": "raw_pg"}
+"""The raw client baseline of each transport that has one, by contender name."""
 X = "x"  # ratio unit
 
 
@@ -94,17 +104,26 @@ def _summary(result: Any) -> str:
     return f"{rate:,.0f} events/s" if isinstance(rate, float) else "done"
 
 
+def fresh_schema() -> str:
+    """A PostgreSQL schema name no scenario has used: each starts on empty tables."""
+    return f"bench_{uuid.uuid4().hex[:16]}"
+
+
 class _Store:
-    """Where scenarios run: a fresh memory:// store, or the emptied Redis, per call.
+    """Where scenarios run: a fresh memory:// store, the emptied Redis, or a new
+    PostgreSQL schema, per call.
 
     The previous memory:// store is forgotten first, so that events a scenario left
     behind do not pile up in the process and slow down the garbage collector for the
     scenarios after it.
     """
 
-    def __init__(self, kind: str, server: RedisServer | None) -> None:
+    def __init__(
+        self, kind: str, server: RedisServer | None, pg: PostgresServer | None = None
+    ) -> None:
         self.kind = kind
         self.server = server
+        self.pg = pg
         self._name: str | None = None
 
     def url(self) -> str:
@@ -113,6 +132,9 @@ class _Store:
                 forget_store(self._name)
             self._name = f"bench-{uuid.uuid4().hex}"
             return f"memory://{self._name}"
+        if self.kind == "postgres":
+            assert self.pg is not None
+            return self.pg.url(schema=fresh_schema())
         assert self.server is not None
         with self.server.admin() as client:
             client.flushall()
@@ -125,6 +147,15 @@ def _maybe_server(needed: bool) -> Iterator[RedisServer | None]:
         yield None
         return
     with redis_server() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _maybe_postgres(needed: bool) -> Iterator[PostgresServer | None]:
+    if not needed:
+        yield None
+        return
+    with postgres_server() as server:
         yield server
 
 
@@ -156,12 +187,13 @@ class _Runs:
 def _count_steps(config: Config) -> int:
     ours_n = len(config.transports)
     redis = "redis" in config.transports
+    raws = sum(kind in config.transports for kind in RAW)
     dramatiq = redis and config.dramatiq
-    per_round = 2 * (ours_n + redis)  # publish, publish_many: ours + raw
-    per_round += 4 * ours_n  # drain: default, tuned, with hooks, ordered
-    per_round += redis * (4 + config.uvloop) + 2 * dramatiq  # raw, fresh processes, Dramatiq
+    per_round = 2 * (ours_n + raws)  # publish, publish_many: ours + raw
+    per_round += 4 * ours_n + raws  # drain: default, tuned, with hooks, ordered; raw
+    per_round += redis * (3 + config.uvloop) + 2 * dramatiq  # fresh processes, Dramatiq
     per_round += 2 * ours_n  # fan-out 1 and k groups
-    once = ours_n + redis + (redis and config.dramatiq)  # latency
+    once = ours_n + raws + (redis and config.dramatiq)  # latency
     once += 3 if "memory" in config.transports else 0  # traced memory passes
     return config.repeat * per_round + once
 
@@ -194,10 +226,13 @@ async def run(config: Config, console: Console) -> Results:
     }
     progress = _Progress(console, _count_steps(config))
     runs = _Runs()
-    with _maybe_server("redis" in config.transports) as server:
+    with (
+        _maybe_server("redis" in config.transports) as server,
+        _maybe_postgres("postgres" in config.transports) as pg,
+    ):
         if server is not None:
             results.meta["machine"]["redis_server_running"] = redis_version(server)
-        stores = {kind: _Store(kind, server) for kind in config.transports}
+        stores = {kind: _Store(kind, server, pg) for kind in config.transports}
         probe = RedisProbe(server.url) if server is not None else None
         try:
             await _scenarios(config, progress, runs, stores, probe)
@@ -218,6 +253,8 @@ async def _scenarios(
 ) -> None:
     n, rounds = config.events, config.repeat
     redis = stores.get("redis")
+    pg_store = stores.get("postgres")
+    pg = pg_store.pg if pg_store is not None else None
     result: Any  # each step returns its own kind of figure
     dramatiq = redis is not None and config.dramatiq
 
@@ -248,6 +285,13 @@ async def _scenarios(
                     lambda: raw.raw_publish_rate(redis.url(), data, batch),
                 )
                 runs.add(scenario, "raw", result)
+            if pg is not None:
+                data = bodies(make_events(n))
+                result = await progress.step(
+                    f"{tag} postgres raw",
+                    lambda: raw_postgres.raw_publish_rate(pg.url(), fresh_schema(), data, batch),
+                )
+                runs.add(scenario, "raw_pg", result)
 
         await each_round(scenario, publish_round)
 
@@ -313,6 +357,13 @@ async def _scenarios(
                 lambda: raw.fresh_drain(redis.url(), data),
             )
             runs.add("drain_fresh", "raw", result)
+        if pg is not None:
+            data = bodies(make_events(n))
+            result = await progress.step(
+                f"{tag} postgres raw",
+                lambda: raw_postgres.raw_drain(pg.url(), fresh_schema(), data, config.concurrency),
+            )
+            runs.add("drain", "raw_pg", result)
         if dramatiq and redis is not None:
             result = await progress.thread(
                 f"{tag} redis Dramatiq", lambda: dramatiq_baseline.drain(redis.url(), n, probe)
@@ -346,6 +397,13 @@ async def _scenarios(
                 lambda: dramatiq_baseline.latency(redis.url(), m, gap),
             )
             runs.add("latency", "dramatiq", result)
+    if pg is not None:
+        data = bodies(make_events(m))
+        result = await progress.step(
+            "latency      postgres raw",
+            lambda: raw_postgres.raw_latency(pg.url(), fresh_schema(), data, gap),
+        )
+        runs.add("latency", "raw_pg", result)
 
     # 4. fan-out, 1 vs k groups
     async def fanout_round(tag: str) -> None:
@@ -414,7 +472,8 @@ def _rows(results: Results, runs: _Runs, config: Config) -> None:
     for kind in config.transports:
         _fanout_rows(results, runs, config, kind)
     for kind in config.transports:
-        _memory_rows(results, runs, config, kind)
+        if kind != "postgres":  # no memory probe of the database server
+            _memory_rows(results, runs, config, kind)
     order = list(SCENARIOS)
     results.rows.sort(key=lambda row: order.index(row.scenario))
 
@@ -427,6 +486,10 @@ def _throughput_rows(results: Results, runs: _Runs, config: Config, kind: str) -
     ):
         row = results.add(Row(scenario, kind, figure, "events/s", runs.best(scenario, kind)))
         row.samples = {"ours": runs.samples(scenario, kind)}
+        if kind == "postgres":
+            row.raw = runs.best(scenario, "raw_pg")
+            row.samples["raw"] = runs.samples(scenario, "raw_pg")
+            row.note = "raw: asyncpg INSERTs into one table"
         if redis:
             row.raw = runs.best(scenario, "raw")
             row.samples["raw"] = runs.samples(scenario, "raw")
@@ -468,9 +531,14 @@ def _throughput_rows(results: Results, runs: _Runs, config: Config, kind: str) -
             Row("drain", kind, "drain, default options", "events/s", runs.best("drain", kind))
         )
         row.samples = {"ours": runs.samples("drain", kind)}
-        row.target = ">= 200,000 events/s"
-        row.met = (row.ours or 0) >= 200_000
-        row.headline = "memory:// drain, default options"
+        if kind == "postgres":
+            row.raw = runs.best("drain", "raw_pg")
+            row.samples |= {"raw": runs.samples("drain", "raw_pg")}
+            row.note = "raw: asyncpg, one SKIP LOCKED lease and one DELETE per batch"
+        else:
+            row.target = ">= 200,000 events/s"
+            row.met = (row.ours or 0) >= 200_000
+            row.headline = "memory:// drain, default options"
         tuned = runs.best("drain_tuned", kind)
         row = results.add(Row("drain", kind, f"drain, concurrency={c}", "events/s", tuned))
         row.samples = {"ours": runs.samples("drain_tuned", kind)}
@@ -493,7 +561,7 @@ def _throughput_rows(results: Results, runs: _Runs, config: Config, kind: str) -
 
 def _latency_rows(results: Results, runs: _Runs, kind: str) -> None:
     ours_lat = runs.first.get(("latency", kind))
-    raw_lat = runs.first.get(("latency", "raw"))
+    raw_lat = runs.first.get(("latency", RAW.get(kind, "raw")))
     dq_lat = runs.first.get(("latency", "dramatiq"))
     for q, limit in ((50, 1.0), (99, 3.0), (100, None)):
         name = "max" if q == 100 else f"p{q}"
@@ -507,6 +575,9 @@ def _latency_rows(results: Results, runs: _Runs, kind: str) -> None:
                 False,
             )
         )
+        if kind == "postgres":
+            row.raw = percentile(raw_lat, q) * 1e3 if raw_lat else None
+            row.note = "LISTEN/NOTIFY wake-up; raw: asyncpg LISTEN, SKIP LOCKED lease"
         if kind == "redis":
             row.raw = percentile(raw_lat, q) * 1e3 if raw_lat else None
             row.dramatiq = percentile(dq_lat, q) * 1e3 if dq_lat else None
@@ -528,6 +599,9 @@ def _fanout_rows(results: Results, runs: _Runs, config: Config, kind: str) -> No
         Row("fanout", kind, f"cost per event, {k} groups / 1 group", X, cost, False, "< 3x")
     )
     row.met = cost is not None and cost < 3
+    if kind == "postgres":
+        row.note = "one delivery row per group per event; the body is stored once"
+        return  # the database server's memory is not probed
     redis = kind == "redis"
     first_one = runs.first.get(("fanout1", kind) if redis else ("fanout1_traced", kind))
     first_many = runs.first.get((f"fanout{k}", kind) if redis else (f"fanout{k}_traced", kind))

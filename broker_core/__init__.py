@@ -20,6 +20,7 @@ from broker_core.errors import (
 )
 from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import Outcome, OutcomeKind, hookimpl
+from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.retention import validate_history, validate_retention
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
@@ -33,6 +34,7 @@ from broker_core.transport import (
     TopicStats,
     Transport,
 )
+from broker_core.urls import redact
 
 __all__ = [
     "Broker",
@@ -63,7 +65,11 @@ __all__ = [
     "UnknownEvent",
     "UnknownTransport",
     "hookimpl",
+    "redact",
     "safe_text",
+    "validate_group",
     "validate_history",
+    "validate_key",
     "validate_retention",
+    "validate_topic",
 ]

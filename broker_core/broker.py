@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -175,7 +175,12 @@ class Broker:
     # -- publishing ----------------------------------------------------------------------
 
     async def publish(
-        self, event: Event, *, topic: str | None = None, key: str | None = None
+        self,
+        event: Event,
+        *,
+        topic: str | None = None,
+        key: str | None = None,
+        connection: object | None = None,
     ) -> int:
         """Publish ``event`` to ``topic`` (default: its class's ``topic``).
 
@@ -190,6 +195,11 @@ class Broker:
         the field, if it holds a value the wire format cannot carry (docs/wire-format.md),
         and EventTooLarge if it exceeds ``max_event_bytes`` or the transport's own
         ``max_body_bytes``.
+
+        ``connection`` (transactional publish): a connection of the caller's to the
+        transport's own database, with its transaction open, e.g. an asyncpg connection
+        for ``postgresql://``. The event is written in that transaction and exists only
+        if it commits. Transports without a database (memory, Redis) raise TypeError.
         """
         name = self._topic_of(event, topic)
         key = self._key_of(event, key)
@@ -198,12 +208,16 @@ class Broker:
         body = self._encode(event, name, key, self._size_limit())
         keys = None if key is None else [key]
         if self._hooks.observes_publish:
-            return await self._publish_observed(name, [event], [(event.id, body)], keys)
-        return await self.transport.publish(
-            name, [(event.id, body)], keys=keys, dedup_window=self.options.dedup_window
-        )
+            return await self._publish_observed(name, [event], [(event.id, body)], keys, connection)
+        return await self._send(name, [(event.id, body)], keys, connection)
 
-    async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> int:
+    async def publish_many(
+        self,
+        events: Iterable[Event],
+        *,
+        topic: str | None = None,
+        connection: object | None = None,
+    ) -> int:
         """Publish several events, one transport call per topic, all topics at once.
 
         Events of one topic keep their order; each has its own class's ordering key.
@@ -216,6 +230,9 @@ class Broker:
         published concurrently: if the store fails midway (TransportError), some topics
         may hold their events and others not. Retrying the whole call within the dedup
         window is safe then: the topics skip the ids already published.
+
+        With ``connection`` (see :meth:`publish`) every topic's batch is written on it,
+        one after the other, all in the caller's transaction: all or nothing.
         """
         limit = self._size_limit()
         observed, add_headers = self._hooks.observes_publish, self._hooks.publish_headers
@@ -231,17 +248,27 @@ class Broker:
             keys.append(key)
             if observed:
                 grouped.setdefault(name, []).append(event)
-        window = self.options.dedup_window
         sends = []
         for name, (batch, keys) in batches.items():
             # Unkeyed events, the usual case, send no keys at all.
             sent_keys = keys if any(k is not None for k in keys) else None
             if observed:
-                sends.append(self._publish_observed(name, grouped[name], batch, sent_keys))
-            else:
                 sends.append(
-                    self.transport.publish(name, batch, keys=sent_keys, dedup_window=window)
+                    self._publish_observed(name, grouped[name], batch, sent_keys, connection)
                 )
+            else:
+                sends.append(self._send(name, batch, sent_keys, connection))
+        if connection is not None:
+            # One connection runs one statement at a time: the topics go in turn.
+            total = 0
+            for n, send in enumerate(sends):
+                try:
+                    total += await send
+                except BaseException:
+                    for unsent in sends[n + 1 :]:
+                        unsent.close()
+                    raise
+            return total
         if len(sends) == 1:
             # The usual case: one topic, one call, no task to run it in.
             return await sends[0]
@@ -253,15 +280,14 @@ class Broker:
         events: Sequence[Event],
         batch: list[tuple[str, bytes]],
         keys: Sequence[str | None] | None,
+        connection: object | None,
     ) -> int:
         """One transport call of a publish, between the publish hooks."""
         before, after = self._hooks.publish_before, self._hooks.publish_after
         if before is not None:
             await before(topic, events)
         try:
-            copies = await self.transport.publish(
-                topic, batch, keys=keys, dedup_window=self.options.dedup_window
-            )
+            copies = await self._send(topic, batch, keys, connection)
         except Exception as exc:
             if after is not None:
                 await after(topic, events, None, exc)
@@ -269,6 +295,22 @@ class Broker:
         if after is not None:
             await after(topic, events, copies, None)
         return copies
+
+    def _send(
+        self,
+        topic: str,
+        batch: list[tuple[str, bytes]],
+        keys: Sequence[str | None] | None,
+        connection: object | None,
+    ) -> Coroutine[Any, Any, int]:
+        """The transport call of one topic's batch; ``connection`` only when given, so
+        that a transport written before transactional publish keeps working."""
+        window = self.options.dedup_window
+        if connection is None:
+            return self.transport.publish(topic, batch, keys=keys, dedup_window=window)
+        return self.transport.publish(
+            topic, batch, keys=keys, dedup_window=window, connection=connection
+        )
 
     @staticmethod
     def _topic_of(event: Event, topic: str | None) -> str:

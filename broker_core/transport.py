@@ -259,6 +259,7 @@ class Transport(Protocol):
         *,
         keys: Sequence[str | None] | None = None,
         dedup_window: float = 0.0,
+        connection: object | None = None,
     ) -> int:
         """Append ``(event_id, body)`` pairs, in order, to the READY queue of every group.
 
@@ -275,6 +276,12 @@ class Transport(Protocol):
         retention. An event that is not skipped joins the topic's history if it has
         retention. Returns the number of copies enqueued: events not skipped, times the
         groups subscribed (0 when none; not an error).
+
+        ``connection`` is a caller's open connection to the transport's own store (an
+        asyncpg connection for PostgreSQL): the events are then written in the caller's
+        transaction, and exist only if it commits (transactional publish). A transport
+        that cannot do that raises TypeError, naming itself, when one is given; the
+        Broker passes the argument only when its caller did.
         """
         ...
 

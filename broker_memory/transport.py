@@ -963,8 +963,15 @@ class MemoryTransport:
         *,
         keys: Sequence[str | None] | None = None,
         dedup_window: float = 0.0,
+        connection: object | None = None,
     ) -> int:
-        """See :meth:`broker_core.transport.Transport.publish`."""
+        """See :meth:`broker_core.transport.Transport.publish`; ``connection`` is refused."""
+        if connection is not None:
+            raise TypeError(
+                "MemoryTransport cannot publish on a caller's connection (connection=...): only a "
+                "transport over a database, such as PostgreSQL, writes in the caller's "
+                "transaction"
+            )
         return self.store.publish(topic, events, keys=keys, dedup_window=dedup_window)
 
     async def claim(

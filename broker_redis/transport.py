@@ -562,12 +562,20 @@ class RedisTransport:
         *,
         keys: Sequence[str | None] | None = None,
         dedup_window: float = 0.0,
+        connection: object | None = None,
     ) -> int:
         """Append events to every subscribed group's READY queue in one atomic script.
 
         Ids the topic still holds, or published within their dedup window, are skipped.
-        Returns the number of copies enqueued.
+        Returns the number of copies enqueued. ``connection`` is refused (TypeError):
+        Redis has no caller's transaction to write in.
         """
+        if connection is not None:
+            raise TypeError(
+                "RedisTransport cannot publish on a caller's connection (connection=...): only a "
+                "transport over a database, such as PostgreSQL, writes in the caller's "
+                "transaction"
+            )
         if dedup_window < 0:
             raise ValueError(f"dedup_window must not be negative, got {dedup_window}")
         if keys is not None and len(keys) != len(events):

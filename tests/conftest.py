@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from broker_postgres.testing import PostgresServer, find_binaries, unique_schema
 from broker_redis.testing import (
     RedisCluster,
     RedisFactory,
@@ -106,10 +107,54 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
             server.kill()
 
 
-@pytest.fixture(params=["memory", "redis"])
+def _require_postgres() -> None:
+    # As for Redis: skipped locally without the binaries, a failure in CI.
+    if find_binaries() is None:
+        message = "PostgreSQL (initdb, pg_ctl) is not installed (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's shared PostgreSQL on a free loopback port; tests use their own schemas."""
+    _require_postgres()
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_factory() -> Iterator[Callable[[], PostgresServer]]:
+    """Start extra PostgreSQL servers that a test may stop, kill and restart."""
+    servers: list[PostgresServer] = []
+
+    def start() -> PostgresServer:
+        server = PostgresServer()
+        servers.append(server)
+        server.start()
+        return server
+
+    _require_postgres()
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.destroy()
+
+
+@pytest.fixture(params=["memory", "redis", "postgres"])
 def broker_url(request: pytest.FixtureRequest) -> str:
-    """A URL of a fresh, isolated store: a new named memory store, or a new Redis prefix."""
+    """A URL of a fresh, isolated store: a new named memory store, a new Redis prefix, or
+    a new PostgreSQL schema."""
     if request.param == "memory":
         return f"memory://{unique_prefix()}"
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.url(schema=unique_schema())
     redis_url: str = request.getfixturevalue("redis_url")
     return f"{redis_url}?key_prefix={unique_prefix()}"

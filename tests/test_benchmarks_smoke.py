@@ -1,4 +1,5 @@
-"""The benchmark command keeps working: a tiny run, on memory:// and on a real Redis.
+"""The benchmark command keeps working: a tiny run, on memory://, a real Redis and a real
+PostgreSQL.
 
 This checks the shape of the output (every scenario, every ratio), never a speed: the
 benchmark is a tool, and wall-clock figures have no place in the test suite.
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from broker_postgres.testing import find_binaries
 from broker_redis.testing import redis_server_binary
 
 # benchmarks/ lives beside the packages, not inside them; appended so that installed
@@ -106,6 +108,14 @@ def test_full_run_on_redis_has_every_scenario_and_ratio(tmp_path: Path) -> None:
     ):
         assert headline[figure]["ratio_raw"] is not None, figure
     assert headline["memory:// drain, default options"]["ours"] is not None
+    if find_binaries() is not None:
+        # PostgreSQL: every scenario but the memory probe, next to raw asyncpg.
+        for scenario in set(SCENARIOS) - {"memory"}:
+            rows = _rows(data, scenario, "postgres")
+            assert rows and all(r["ours"] is not None for r in rows), scenario
+        for scenario in ("publish", "publish_many", "drain", "latency"):
+            for row in _rows(data, scenario, "postgres"):
+                assert row["raw"] is not None and row["ratio_raw"] is not None, row
     pending = _rows(data, "memory", "redis")[0]
     assert pending["ratio_raw"] is not None
     # Every target of the issue is judged (met or not), none silently left out.

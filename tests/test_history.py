@@ -14,13 +14,23 @@ from typer.testing import CliRunner
 from broker_core import Broker, Event, ManualClock
 from broker_core.cli import app
 from broker_memory import MemoryStore, MemoryTransport
+from broker_postgres.testing import PostgresServer, unique_schema
 from broker_redis import RedisTransport
 from broker_redis import transport as redis_transport
 from broker_redis.keys import Keys
 from broker_redis.scripts import load_script
-from broker_redis.testing import RedisServer
+from broker_redis.testing import RedisServer, unique_prefix
 
 runner = CliRunner()
+
+
+def _store_url(store: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, isolated Redis prefix or PostgreSQL schema (the CLI needs a shared store)."""
+    if store == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.url(schema=unique_schema())
+    redis_url: str = request.getfixturevalue("redis_url")
+    return f"{redis_url}?key_prefix={unique_prefix()}"
 
 
 class LedgerEntry(Event):
@@ -87,12 +97,14 @@ async def test_bad_history_arguments_are_refused(broker_url: str) -> None:
         assert await broker.stats() == []
 
 
+@pytest.mark.parametrize("store", ["redis", "postgres"])
 async def test_a_long_history_copy_loses_and_doubles_nothing_while_publishers_run(
-    redis_url: str, key_prefix: str
+    store: str, request: pytest.FixtureRequest
 ) -> None:
-    """The copy runs in steps of 1000 entries while publishers add events; the new group
-    gets every event once, each key's events in publish order."""
-    url = f"{redis_url}?key_prefix={key_prefix}"
+    """The copy runs while publishers add events (on Redis in steps of 1000 entries, on
+    PostgreSQL in one transaction); the new group gets every event once, each key's
+    events in publish order."""
+    url = _store_url(store, request)
     published: list[tuple[str, int]] = []
     async with Broker.from_url(url, group="old") as old:
         await old.configure_topic("ledger", max_events=100_000)
@@ -195,8 +207,9 @@ async def test_redis_memory_returns_to_its_baseline_once_history_ages_out(
         await tr.close()
 
 
-def test_cli_topics_and_rewind(redis_url: str, key_prefix: str) -> None:
-    url = f"{redis_url}?key_prefix={key_prefix}"
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_cli_topics_and_rewind(store: str, request: pytest.FixtureRequest) -> None:
+    url = _store_url(store, request)
 
     async def prepare() -> None:
         async with Broker.from_url(url, group="reports") as broker:
