@@ -542,6 +542,9 @@ def _throughput_rows(results: Results, runs: _Runs, config: Config, kind: str) -
         tuned = runs.best("drain_tuned", kind)
         row = results.add(Row("drain", kind, f"drain, concurrency={c}", "events/s", tuned))
         row.samples = {"ours": runs.samples("drain_tuned", kind)}
+        if kind == "postgres":
+            row.raw = runs.best("drain", "raw_pg")
+            row.samples |= {"raw": runs.samples("drain", "raw_pg")}
     plain, hooked = runs.best("drain", kind), runs.best("drain_hooked", kind)
     row = results.add(Row("hooks", kind, "drain rate, one no-op hook plugin", "events/s", hooked))
     row.samples = {"ours": runs.samples("drain_hooked", kind)}

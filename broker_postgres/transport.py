@@ -313,7 +313,7 @@ class PostgresTransport:
         subscribe ``topic``.
         """
         topic, group = validate_topic(topic), validate_group(group)
-        validate_history(history)
+        validate_history(history, optional=False)
         count = int(
             await self._fetchval(
                 "rewind",
