@@ -181,12 +181,14 @@ def broker_consumer_started(group: str, topics: Sequence[str]) -> None:
 
 @hookspec
 def broker_delivery_claimed(topic: str, group: str, event_id: str, attempt: int) -> None:
-    """Called for every event a claim handed to this consumer, before it is decoded.
+    """Called when this consumer takes up an event it claimed, before it is decoded.
 
-    ``attempt`` is 1 for the event's first delivery to ``group``. Events that never reach
-    a handler (undecodable, of a type this group does not handle, or out of attempts)
-    are reported by this hook alone. May be async: awaited in the delivery's own task,
-    so it delays that delivery only.
+    A claimed event may wait in the consumer's prefetch buffer first; the hook is called
+    when a runner takes it from there, so an event given back from the buffer at stop
+    (uncharged) is never reported. ``attempt`` is 1 for the event's first delivery to
+    ``group``. Events that never reach a handler (undecodable, of a type this group does
+    not handle, or out of attempts) are reported by this hook alone. May be async:
+    awaited by the runner that took the event, so it delays that delivery only.
     """
 
 
