@@ -283,6 +283,22 @@ async def _ids_in_order(tr: RedisTransport, group: str) -> list[str]:
     raise AssertionError("never ran dry")
 
 
+async def _copy_cut_short(tr: RedisTransport, prefix: str, group: str, begin: str) -> None:
+    """Begin a history copy of ``group`` on ledger, as ``begin`` ("subscribe" or
+    "rewind") does, and run one step of it: as a process that died mid-copy left it."""
+    keys = Keys(prefix)
+    if begin == "subscribe":
+        args: list[str | int] = [group, "", "inf", tr._now_arg(), 1000]
+    else:
+        args = [group, "inf", tr._now_arg(), 1000]
+    reply = await tr._run(begin, [load_script(begin).call(args, topic=keys.topic("ledger"))])
+    assert reply in ([[2, 0]], [2]), reply  # a copy is to be run
+    step = load_script("copy_history").call(
+        [group, 1000], topic=keys.topic("ledger"), group=keys.group("ledger", group)
+    )
+    await tr._run("copy_history", [step])
+
+
 @pytest.mark.usefixtures("small_steps")
 async def test_a_rewind_delivers_events_published_meanwhile_after_the_history(
     redis_server: RedisServer, key_prefix: str
@@ -315,20 +331,12 @@ async def test_removing_retention_during_a_copy_loses_no_live_event(
 ) -> None:
     tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
     await tr.connect()
-    keys = Keys(key_prefix)
     try:
         await tr.configure_topic("ledger", max_events=10_000)
         history = [f"e{i:04d}" for i in range(2500)]
         await tr.publish("ledger", [(i, b"x") for i in history])
         # A new group's copy has taken its first step when retention is removed.
-        call = load_script("subscribe").call(
-            ["new", "", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
-        )
-        await tr._run("subscribe", [call])
-        step = load_script("copy_history").call(
-            ["new", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "new")
-        )
-        await tr._run("copy_history", [step])
+        await _copy_cut_short(tr, key_prefix, "new", "subscribe")
         await tr.configure_topic("ledger")
         await tr.publish("ledger", [("late1", b"y"), ("late2", b"y")])
         await tr.subscribe("ledger", "new")
@@ -344,21 +352,13 @@ async def test_an_id_a_copy_has_yet_to_read_stays_held(
     clock = ManualClock()
     tr = RedisTransport(redis_server.url, key_prefix=key_prefix, clock=clock)
     await tr.connect()
-    keys = Keys(key_prefix)
     try:
         await tr.configure_topic("ledger", max_age=10.0)
         await tr.subscribe("ledger", "old")
         await tr.publish("ledger", [(f"e{i}", b"v1") for i in range(1500)])
         assert len(await _ids_in_order(tr, "old")) == 1500
         # A new group's copy stops after its first step (its process died).
-        call = load_script("subscribe").call(
-            ["new", "", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
-        )
-        await tr._run("subscribe", [call])
-        step = load_script("copy_history").call(
-            ["new", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "new")
-        )
-        await tr._run("copy_history", [step])
+        await _copy_cut_short(tr, key_prefix, "new", "subscribe")
         clock.advance(11)  # e1000.. expired since, but the copy began before
         assert await tr.publish("ledger", [("e1400", b"v2")]) == 0, "the copy still holds it"
         await tr.subscribe("ledger", "new")  # the restarted service carries on
@@ -375,21 +375,13 @@ async def test_a_consumer_carries_on_a_copy_its_group_was_left_with(
 ) -> None:
     tr = RedisTransport(redis_server.url, key_prefix=key_prefix)
     await tr.connect()
-    keys = Keys(key_prefix)
     try:
         await tr.configure_topic("ledger", max_events=10_000)
         await tr.subscribe("ledger", "reports")
         await tr.publish("ledger", [(f"e{i}", b"x") for i in range(2500)])
         assert len(await _ids_in_order(tr, "reports")) == 2500
         # `broker rewind --yes` killed after its first step: the group is out of fan-out.
-        call = load_script("rewind").call(
-            ["reports", "inf", tr._now_arg(), 1000], topic=keys.topic("ledger")
-        )
-        assert await tr._run("rewind", [call]) == [2]
-        step = load_script("copy_history").call(
-            ["reports", 1000], topic=keys.topic("ledger"), group=keys.group("ledger", "reports")
-        )
-        await tr._run("copy_history", [step])
+        await _copy_cut_short(tr, key_prefix, "reports", "rewind")
         assert await tr.groups("ledger") == []
         await tr.publish("ledger", [("live", b"y")])
         # The group's running consumer only claims: that carries the copy on.
