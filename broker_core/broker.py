@@ -16,6 +16,7 @@ from broker_core.events import Event
 from broker_core.handlers import Handler, Route, Router
 from broker_core.lifecycle import Lifecycle
 from broker_core.names import validate_group, validate_key, validate_topic
+from broker_core.partitions import validate_partitions
 from broker_core.plugins import broker_plugin_manager, make_transport
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
@@ -502,17 +503,26 @@ class Broker:
         *,
         max_age: timedelta | float | None = None,
         max_events: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         """Keep ``topic``'s events as history: for ``max_age`` (a timedelta or seconds), the
-        newest ``max_events``, or both (whichever drops an event first).
+        newest ``max_events``, or both (whichever drops an event first); and spread it
+        over ``partitions`` partitions.
 
-        The retention is stored in the transport and shared by every process; without
-        either (the default of every topic) a topic keeps no history. New groups may
-        then subscribe with ``start="earliest"`` and groups may :meth:`rewind`.
+        The configuration is stored in the transport and shared by every process. Without
+        ``max_age`` or ``max_events`` (the default of every topic) a topic keeps no
+        history; with either, new groups may subscribe with ``start="earliest"`` and
+        groups may :meth:`rewind`. ``partitions`` (None keeps the topic's count, 1 by
+        default) lets a hot topic spread over every master of a Redis Cluster; order then
+        holds per partition, so per ordering key (docs/semantics.md, "Partitioned
+        topics"). Changing the count of a topic that holds events raises
+        :class:`~broker_core.errors.PartitionChangeRefused` and changes nothing.
         """
         age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        if partitions is not None:
+            validate_partitions(partitions)
         await self.transport.configure_topic(
-            validate_topic(topic), max_age=age, max_events=max_events
+            validate_topic(topic), max_age=age, max_events=max_events, partitions=partitions
         )
 
     async def topic_stats(self, topic: str | None = None) -> list[TopicStats]:

@@ -326,15 +326,17 @@ def stats(
 
 @app.command()
 def topics(url: StoreUrl = None) -> None:
-    """Topics with their retention, the history they retain, and their groups."""
+    """Topics with their partitions, retention, the history they retain, and their groups."""
     store = _shared_store(url, "topics")
 
     async def collect() -> None:
         async with Broker.from_url(store) as broker:
             rows = [(s, await broker.transport.groups(s.topic)) for s in await broker.topic_stats()]
         table = Table(title=f"topics on {redact(store)}")
-        for column in ("topic", "max age", "max events", "retained", "oldest", "groups"):
-            table.add_column(column, justify="right" if column == "retained" else "left")
+        columns = ("topic", "partitions", "max age", "max events", "retained", "oldest", "groups")
+        for column in columns:
+            numeric = column in ("partitions", "retained")
+            table.add_column(column, justify="right" if numeric else "left")
         now = datetime.now(UTC)
         for row, groups in rows:
             oldest = (
@@ -342,6 +344,7 @@ def topics(url: StoreUrl = None) -> None:
             )
             table.add_row(
                 row.topic,
+                str(row.partitions),
                 "" if row.max_age is None else str(timedelta(seconds=row.max_age)),
                 "" if row.max_events is None else f"{row.max_events:,}",
                 f"{row.retained:,}" if row.retains else "no retention",

@@ -8,6 +8,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "LeaseLost",
+    "PartitionChangeRefused",
     "SubscriptionMismatch",
     "TransportError",
     "UnknownTransport",
@@ -51,3 +52,11 @@ class TransportError(BrokerError):
 
 class LeaseLost(BrokerError):
     """The delivery's lease expired or was taken over: its ack or extend changes nothing."""
+
+
+class PartitionChangeRefused(BrokerError, ValueError):
+    """A change of a topic's partition count while the topic holds events; nothing changed.
+
+    Events stay in the partition they were published to, so the count of a topic only
+    changes while no group holds any of its events and its history retains none.
+    """

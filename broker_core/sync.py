@@ -188,12 +188,15 @@ class SyncBroker:
         *,
         max_age: timedelta | float | None = None,
         max_events: int | None = None,
+        partitions: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """See :meth:`Broker.configure_topic`."""
         return self._call(
             "configure_topic",
-            lambda b: b.configure_topic(topic, max_age=max_age, max_events=max_events),
+            lambda b: b.configure_topic(
+                topic, max_age=max_age, max_events=max_events, partitions=partitions
+            ),
             timeout,
         )
 

@@ -128,7 +128,8 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class TopicStats:
-    """A topic's retention, and the history it holds for new groups and rewinds."""
+    """A topic's retention and partitions, and the history it holds for new groups and
+    rewinds."""
 
     topic: str
     max_age: float | None
@@ -142,6 +143,8 @@ class TopicStats:
     published: int | None = field(default=None, compare=False)
     """Events published to the topic (not skipped) so far, a counter for rates (None: the
     transport does not count them; not compared, like :attr:`QueueStats.acked`)."""
+    partitions: int = 1
+    """How many partitions the topic is spread over (see ``Transport.configure_topic``)."""
 
     @property
     def retains(self) -> bool:
@@ -213,9 +216,15 @@ class Transport(Protocol):
         ...
 
     async def configure_topic(
-        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+        self,
+        topic: str,
+        *,
+        max_age: float | None = None,
+        max_events: int | None = None,
+        partitions: int | None = None,
     ) -> None:
-        """Store ``topic``'s retention, shared by every process of the store.
+        """Store ``topic``'s retention and partition count, shared by every process of the
+        store.
 
         With retention, each event published to the topic is also appended to its
         history, which keeps it readable (for :meth:`subscribe` with ``history`` and for
@@ -224,6 +233,16 @@ class Transport(Protocol):
         The topic holds a retained event's id as a group does: publishing the id again
         is skipped. Both None (the default of every topic) retains nothing. Trimming is
         the store's own, bounded work per call; what it has yet to trim is never read.
+
+        ``partitions`` (1 to :data:`~broker_core.partitions.MAX_PARTITIONS`; None keeps
+        the topic's count, 1 for a new topic) spreads the topic over that many
+        partitions, which a store may keep apart (one Redis Cluster slot each) or not at
+        all. Each event joins the partition :func:`~broker_core.partitions.partition_of`
+        names, so queue order holds within each partition (for the events of one key,
+        which share one) and not between them (invariant 12). A change of the count is
+        refused with :class:`~broker_core.errors.PartitionChangeRefused`, changing
+        nothing, while any group holds an event of the topic or its history retains
+        one; the groups subscribed stay subscribed across a change.
         """
         ...
 

@@ -39,6 +39,7 @@ from itertools import islice
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.errors import SubscriptionMismatch
 from broker_core.names import validate_group, validate_key, validate_topic
+from broker_core.partitions import change_refused, validate_partitions
 from broker_core.retention import validate_history, validate_retention
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
@@ -198,6 +199,7 @@ class _Topic:
         "logged",
         "max_age",
         "max_events",
+        "partitions",
         "position",
         "published",
         "published_count",
@@ -217,6 +219,8 @@ class _Topic:
         self.logged: dict[str, _Entry] = {}
         self.position = 0
         self.published_count = 0  # events not skipped, for rates
+        # Only stored: one queue per group keeps every partition's order (invariant 12).
+        self.partitions = 1
         # Event id -> end of its dedup window; ``windows`` holds the same as a heap by
         # end (publishers may use different windows), so that ended windows are
         # forgotten a few per publish, earliest end first.
@@ -390,15 +394,39 @@ class MemoryStore:
             return True
 
     def configure_topic(
-        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+        self,
+        topic: str,
+        *,
+        max_age: float | None = None,
+        max_events: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         """See :meth:`broker_core.transport.Transport.configure_topic`."""
         validate_topic(topic)
         validate_retention(max_age, max_events)
+        if partitions is not None:
+            validate_partitions(partitions)
         with self._lock:
             t = self._topic(topic)
+            now = self.clock.now()
+            if partitions is not None and partitions != t.partitions:
+                self._check_empty(topic, t, partitions, now)
+                t.partitions = partitions
+                # A store that keeps partitions apart loses them with the old layout.
+                t.published.clear()
+                t.windows.clear()
             t.max_age, t.max_events = max_age, max_events
-            t.trim(self.clock.now(), math.inf)
+            t.trim(now, math.inf)
+
+    def _check_empty(self, topic: str, t: _Topic, partitions: int, now: float) -> None:
+        """Refuse a partition change while ``t`` holds an event (see configure_topic)."""
+        for group, q in sorted(t.groups.items()):
+            if q.copies:
+                holding = f"group {group!r} holds {len(q.copies)} of its events"
+                raise change_refused(topic, t.partitions, partitions, holding)
+        if retained := len(t.retained(now)):
+            holding = f"its history retains {retained} events"
+            raise change_refused(topic, t.partitions, partitions, holding)
 
     def topic_stats(self, topic: str) -> TopicStats:
         """See :meth:`broker_core.transport.Transport.topic_stats`."""
@@ -410,7 +438,15 @@ class MemoryStore:
             now = self.clock.now()
             log = t.retained(now)
             oldest = now - log[0].published_at if log else None
-            return TopicStats(topic, t.max_age, t.max_events, len(log), oldest, t.published_count)
+            return TopicStats(
+                topic,
+                t.max_age,
+                t.max_events,
+                len(log),
+                oldest,
+                t.published_count,
+                t.partitions,
+            )
 
     def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:
         """See :meth:`broker_core.transport.Transport.rewind`."""
@@ -931,10 +967,17 @@ class MemoryTransport:
         self.store.subscribe(topic, group, ordered=ordered, history=history)
 
     async def configure_topic(
-        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+        self,
+        topic: str,
+        *,
+        max_age: float | None = None,
+        max_events: int | None = None,
+        partitions: int | None = None,
     ) -> None:
         """See :meth:`broker_core.transport.Transport.configure_topic`."""
-        self.store.configure_topic(topic, max_age=max_age, max_events=max_events)
+        self.store.configure_topic(
+            topic, max_age=max_age, max_events=max_events, partitions=partitions
+        )
 
     async def topic_stats(self, topic: str) -> TopicStats:
         """See :meth:`broker_core.transport.Transport.topic_stats`."""

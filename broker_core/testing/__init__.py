@@ -13,7 +13,7 @@ A transport package proves itself with two lines of test code::
 ``TransportConformance`` holds async pytest tests of every transition of the delivery
 state machine, and ``test_state_machine``, which runs :func:`run_transport_state_machine`:
 a hypothesis state machine that drives the transport and a pure model side by side and
-checks invariants 1-11 of docs/semantics.md after every step. It is the
+checks invariants 1-12 of docs/semantics.md after every step. It is the
 composition of themed mixins (``ClaimConformance``, ``LeaseConformance``, ...) in
 :mod:`broker_core.testing.conformance`; subclass one of them to run only its theme.
 """

@@ -10,7 +10,7 @@ retention, subscribe new groups from history and rewind groups.
 There are few rules, each with many choices, because hypothesis enables a random subset
 of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
-purpose. After every step invariants 1-11 of docs/semantics.md are checked
+purpose. After every step invariants 1-12 of docs/semantics.md are checked
 against the model:
 
 1. nothing lost: per (topic, group), the transport's READY/LEASED/DELAYED/DEAD counts and

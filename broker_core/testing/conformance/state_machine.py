@@ -23,5 +23,5 @@ class StateMachineConformance(ConformanceBase):
     state_machine_settings: ClassVar[hypothesis.settings | None] = None
 
     def test_state_machine(self, transport_factory: TransportFactory) -> None:
-        """The hypothesis state machine against the pure model: invariants 1-11."""
+        """The hypothesis state machine against the pure model: invariants 1-12."""
         run_transport_state_machine(transport_factory, settings=self.state_machine_settings)
