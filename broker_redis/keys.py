@@ -4,19 +4,39 @@ All keys of one topic share the hash tag ``{<topic>}``, so every script, which
 only ever touches one topic, works unchanged on Redis Cluster. The only key outside a
 topic's slot is the registry of topics, which no script touches.
 
+A topic of N > 1 partitions has N *units*, each a complete set of the topic's keys under
+a hash tag of its own, ``{<topic>~<p>~<N>~<salt>}``, whose salt is chosen so that unit
+``p`` lands in slot ``p * 16384 // N`` (:func:`partition_tag`): the units are evenly
+spaced over the slots, so over the masters of an evenly sharded cluster. ``~`` is not
+allowed in names, so no unit's tag is another topic's. A topic of 1 partition is the one
+unit ``{<topic>}``, whose ``layout`` key also holds the count of every topic (absent: 1).
+
 The field names of :class:`TopicKeys` and :class:`GroupKeys` are the names each script's
 header declares its KEYS by (see :mod:`broker_redis.scripts`): a new key is a new field.
 """
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass
+from functools import cache, lru_cache
+from itertools import count
 from typing import TypeVar
 
 from broker_core.names import validate_group, validate_topic
 
-__all__ = ["DEFAULT_PREFIX", "GroupKeys", "Keys", "TopicKeys", "validate_prefix"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "SLOTS",
+    "GroupKeys",
+    "Keys",
+    "TopicKeys",
+    "partition_slot",
+    "partition_tag",
+    "slot_of",
+    "validate_prefix",
+]
 
 DEFAULT_PREFIX = "broker"
 
@@ -65,6 +85,10 @@ class TopicKeys:
     """HASH group -> JSON of its history copy in progress (see copy_history.lua)."""
     published: str
     """STRING counter of the events published to the topic (not skipped), for rates."""
+    layout: str
+    """STRING, the partition count: in the topic's own unit ``{<topic>}`` the count every
+    client follows (absent: 1), in each unit of an N-layout N; ``<N>><M>`` while a change
+    from N to M partitions has sealed the unit (see seal.lua)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,24 +142,27 @@ class Keys:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = validate_prefix(prefix)
-        self._topic_keys: dict[str, TopicKeys] = {}
-        self._group_keys: dict[tuple[str, str], GroupKeys] = {}
+        self._topic_keys: dict[tuple[str, int, int], TopicKeys] = {}
+        self._group_keys: dict[tuple[str, str, int, int], GroupKeys] = {}
 
     @property
     def topics(self) -> str:
         """SET of every topic ever subscribed (the registry behind ``topics()``)."""
         return f"{self.prefix}:topics"
 
-    def _tag(self, topic: str) -> str:
-        return f"{self.prefix}:{{{validate_topic(topic)}}}"
+    def _tag(self, topic: str, partition: int, partitions: int) -> str:
+        if partitions == 1:
+            return f"{self.prefix}:{{{validate_topic(topic)}}}"
+        return f"{self.prefix}:{{{partition_tag(validate_topic(topic), partition, partitions)}}}"
 
-    def topic(self, topic: str) -> TopicKeys:
-        """The keys shared by all groups of ``topic``."""
+    def topic(self, topic: str, partition: int = 0, partitions: int = 1) -> TopicKeys:
+        """The keys shared by all groups of ``topic``: of its unit ``partition`` of a
+        layout of ``partitions`` (the default: the topic's own unit ``{<topic>}``)."""
         try:
-            return self._topic_keys[topic]
+            return self._topic_keys[topic, partition, partitions]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a name
             pass
-        base = self._tag(topic)
+        base = self._tag(topic, partition, partitions)
         keys = TopicKeys(
             msg=f"{base}:msg",
             refs=f"{base}:refs",
@@ -149,17 +176,19 @@ class Keys:
             logged=f"{base}:logged",
             pins=f"{base}:pins",
             published=f"{base}:published",
+            layout=f"{base}:layout",
         )
-        _remember(self._topic_keys, topic, keys)
+        _remember(self._topic_keys, (topic, partition, partitions), keys)
         return keys
 
-    def group(self, topic: str, group: str) -> GroupKeys:
-        """The keys of ``group``'s copy of ``topic``."""
+    def group(self, topic: str, group: str, partition: int = 0, partitions: int = 1) -> GroupKeys:
+        """The keys of ``group``'s copy of ``topic`` (in unit ``partition`` of a layout of
+        ``partitions``, as for :meth:`topic`)."""
         try:
-            return self._group_keys[topic, group]
+            return self._group_keys[topic, group, partition, partitions]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a name
             pass
-        base = f"{self._tag(topic)}:g:{validate_group(group)}"
+        base = f"{self._tag(topic, partition, partitions)}:g:{validate_group(group)}"
         keys = GroupKeys(
             ready=f"{base}:ready",
             leased=f"{base}:leased",
@@ -176,7 +205,7 @@ class Keys:
             held=f"{base}:held",
             acked=f"{base}:acked",
         )
-        _remember(self._group_keys, (topic, group), keys)
+        _remember(self._group_keys, (topic, group, partition, partitions), keys)
         return keys
 
 
@@ -191,3 +220,79 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
     if len(cache) >= _CACHE_SIZE:
         del cache[next(iter(cache))]
     cache[key] = value
+
+
+# -- the slots of partitions ---------------------------------------------------------------
+
+SLOTS = 16384
+"""Hash slots of a Redis Cluster."""
+
+
+def slot_of(tag: str) -> int:
+    """The slot of a key whose hash tag is ``tag``: CRC16 (XMODEM) mod 16384, as Redis
+    computes it (``binascii.crc_hqx`` is the same CRC)."""
+    return binascii.crc_hqx(tag.encode(), 0) % SLOTS
+
+
+def partition_slot(partition: int, partitions: int) -> int:
+    """The slot unit ``partition`` of a layout of ``partitions`` lands in: evenly spaced."""
+    return partition * SLOTS // partitions
+
+
+@lru_cache(maxsize=4096)
+def partition_tag(topic: str, partition: int, partitions: int) -> str:
+    """The hash tag of unit ``partition`` of ``topic``'s layout of ``partitions``:
+    ``<topic>~<partition>~<partitions>~<salt>`` with the smallest salt (0, 1, 2, ...) whose
+    slot is :func:`partition_slot`.
+
+    The salt is found in microseconds (see :func:`_salt`) and cached; the tags are part
+    of the stored layout, so this definition never changes.
+    """
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} of {partitions}")
+    prefix = f"{topic}~{partition}~{partitions}~"
+    return f"{prefix}{_salt(prefix.encode(), partition_slot(partition, partitions))}"
+
+
+def _first_of_each_crc(numbers: range, form: bytes) -> dict[int, int]:
+    """CRC of each number written as ``form % number`` -> the smallest such number."""
+    table: dict[int, int] = {}
+    for number in numbers:
+        table.setdefault(binascii.crc_hqx(form % number, 0), number)
+    return table
+
+
+@cache
+def _salt_tables() -> tuple[list[dict[int, int]], dict[int, int]]:
+    """Per digit count 1-4 the table of the numbers of that many digits, and the table of
+    the four-digit endings 0000-9999 (about 20,000 CRCs, once per process)."""
+    short = [
+        _first_of_each_crc(range(10 ** (d - 1) if d > 1 else 0, 10**d), b"%d") for d in (1, 2, 3, 4)
+    ]
+    return short, _first_of_each_crc(range(10_000), b"%04d")
+
+
+def _salt(prefix: bytes, slot: int) -> int:
+    """The smallest number whose decimal text after ``prefix`` hashes to ``slot``.
+
+    A CRC without final XOR is linear: ``crc(prefix + s) = crc(s) ^ crc(zeros, crc(prefix))``
+    for zeros as long as ``s``. So the texts of one length need only a table lookup per
+    CRC value of the slot (four: the CRC is 16 bits, the slot its low 14), instead of a
+    CRC each (the search would try about 16,000 texts per tag).
+    """
+    short, endings = _salt_tables()
+    start = binascii.crc_hqx(prefix, 0)
+    wanted = [slot + k * SLOTS for k in range(4)]
+
+    def lookup(table: dict[int, int], shift: int) -> int | None:
+        found = [table[c ^ shift] for c in wanted if c ^ shift in table]
+        return min(found) if found else None
+
+    for digits, table in enumerate(short, 1):
+        if (number := lookup(table, binascii.crc_hqx(bytes(digits), start))) is not None:
+            return number
+    for high in count(1):  # 10000 and up: the text of `high`, then four digits
+        head = binascii.crc_hqx(b"%d" % high, start)
+        if (low := lookup(endings, binascii.crc_hqx(bytes(4), head))) is not None:
+            return high * 10_000 + low
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -152,21 +153,22 @@ async def test_a_copy_cut_short_goes_on_at_the_next_subscribe(
         await tr.publish("ledger", [(f"e{i}", b"x") for i in range(2500)])
         keys = Keys(key_prefix)
         # As if a subscriber crashed after its first step: begin the copy, run one step.
-        original = tr._copy_history
+        original = tr._copy_histories
 
-        async def crash_after_one_step(topic: str, group: str) -> int:
+        async def crash_after_one_step(group: str, units: Sequence[Any]) -> int:
+            [(topic, _, _)] = units
             call = load_script("copy_history").call(
                 [group, 1000], topic=keys.topic(topic), group=keys.group(topic, group)
             )
             await tr._run("copy_history", [call])
             raise ConnectionError("killed mid-copy")
 
-        tr._copy_history = crash_after_one_step  # type: ignore[method-assign]
+        tr._copy_histories = crash_after_one_step  # type: ignore[method-assign]
         with pytest.raises(ConnectionError):
             await tr.subscribe("ledger", "new", history=math.inf)
         assert await tr.groups("ledger") == []  # not yet a subscriber: no live event lost
         await tr.publish("ledger", [("late", b"y")])
-        tr._copy_history = original  # type: ignore[method-assign]
+        tr._copy_histories = original  # type: ignore[method-assign]
         await tr.subscribe("ledger", "new")  # a restart subscribes again, without options
         assert await tr.groups("ledger") == ["new"]
         assert (await tr.stats("ledger", "new")).ready == 2501
@@ -288,7 +290,7 @@ async def _copy_cut_short(tr: RedisTransport, prefix: str, group: str, begin: st
     "rewind") does, and run one step of it: as a process that died mid-copy left it."""
     keys = Keys(prefix)
     if begin == "subscribe":
-        args: list[str | int] = [group, "", "inf", tr._now_arg(), 1000]
+        args: list[str | int] = [group, "", "inf", tr._now_arg(), 1000, 1]
     else:
         args = [group, "inf", tr._now_arg(), 1000]
     reply = await tr._run(begin, [load_script(begin).call(args, topic=keys.topic("ledger"))])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from broker_core.transport import Receipt
-from broker_redis.keys import GroupKeys, Keys, TopicKeys
+from broker_redis.keys import GroupKeys, Keys, TopicKeys, partition_tag
 from broker_redis.scripts import SCRIPT_NAMES, Call, load_script, parse_script
 from broker_redis.transport import RedisTransport
 
@@ -62,6 +62,7 @@ def test_a_call_gets_its_keys_in_the_order_of_the_header() -> None:
         f"p:{{{T}}}:logged",
         f"p:{{{T}}}:pins",
         f"p:{{{T}}}:published",
+        f"p:{{{T}}}:layout",
         f"p:{{{T}}}:g:{G}:ready",
         f"p:{{{T}}}:g:{G}:marker",
         f"p:{{{T}}}:g:{G}:lanes",
@@ -176,7 +177,7 @@ def test_a_script_without_a_keys_line_does_not_load() -> None:
 
 # What each script answers when nothing is there, for the transport to go on.
 EMPTY_REPLIES: dict[str, Any] = {
-    "claim": [b"1", b"31", b"", 0, 0],
+    "claim": [b"1", b"31", b"", 0, 0, 0],
     "poll": [0, b"1", b""],
     "stats": [0, 0, 0, 0, b"1", b"", 0],
     "dead_letters": [],
@@ -190,7 +191,56 @@ EMPTY_REPLIES: dict[str, Any] = {
     "count_history": [b"", 0],
     "unsubscribe": [1, 1],
     "topic_stats": [b"", b"", 0, b"", 0],
+    "seal": [b"sealed"],
 }
+
+
+class FakeClient:
+    """The plain commands the transport sends besides scripts (the partition count), for
+    the tests below: a topic of one partition, until configure_topic changes it."""
+
+    def __init__(self) -> None:
+        self.layout: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.layout.get(key)
+
+    async def set(self, key: str, value: Any) -> None:
+        self.layout[key] = str(value).encode()
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+
+class FakePipeline:
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+        self.replies: list[Any] = []
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def get(self, key: str) -> None:
+        self.replies.append(self.client.layout.get(key))
+
+    def set(self, key: str, value: Any) -> None:
+        self.client.layout[key] = str(value).encode()
+        self.replies.append(True)
+
+    def delete(self, key: str) -> None:
+        self.replies.append(int(self.client.layout.pop(key, None) is not None))
+
+    def incrby(self, key: str, n: int) -> None:
+        self.replies.append(n)
+
+    def smembers(self, key: str) -> None:
+        self.replies.append(set())
+
+    async def execute(self) -> list[Any]:
+        return self.replies
 
 
 async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
@@ -200,14 +250,16 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     calls: list[Call] = []
     subscribed = [[G.encode(), G2.encode()], 2]  # publish learns the groups, then succeeds
 
+    def reply(call: Call) -> Any:
+        if call.script.name == "publish":
+            return subscribed.pop(0) if subscribed else 2
+        if call.script.name == "drop_unit":  # the counters of each group passed
+            return [1, 0] + [0] * int(call.args[2])
+        return EMPTY_REPLIES.get(call.script.name, 1)
+
     async def run(op: str, batch: Sequence[Call]) -> list[Any]:
         calls.extend(batch)
-        return [
-            subscribed.pop(0)
-            if call.script.name == "publish"
-            else EMPTY_REPLIES.get(call.script.name, 1)
-            for call in batch
-        ]
+        return [reply(call) for call in batch]
 
     async def register(topic: str) -> None:
         assert topic == T
@@ -215,6 +267,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     monkeypatch.setattr(tr, "_run", run)
     monkeypatch.setattr(tr, "_run_partial", run)
     monkeypatch.setattr(tr, "_register", register)
+    monkeypatch.setattr(tr, "_redis", FakeClient())
     receipt = Receipt(T, G, "e1", "tok")
     await tr.subscribe(T, G, history=60.0)
     await tr.configure_topic(T, max_events=10)
@@ -223,7 +276,7 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.rewind(T, G, history=60.0, dry_run=True)
     await tr.publish(T, [("e1", b"x")])
     await tr.claim(G, [T], max_count=1, lease=30, max_attempts=3)
-    await tr._poll(G, [T])
+    await tr._poll(G, tr._units_of(T))
     await tr.ack([receipt])
     await tr.extend([receipt], 30)
     await tr.release([receipt])
@@ -234,24 +287,47 @@ async def test_every_caller_passes_the_keys_of_its_own_topic_and_group(
     await tr.purge_dead(T, G)
     await tr.stats(T, G)
     await tr.unsubscribe(T, G)
+    # Then the same on two partitions: the change, and every call on each partition.
+    await tr.configure_topic(T, partitions=2)
+    await tr.configure_topic(T, partitions=2)  # no change: opens what a change left sealed
+    await tr.publish(T, [("e1", b"x"), ("e2", b"y")])
+    await tr.claim(G, [T], max_count=2, lease=30, max_attempts=3)
+    receipt = Receipt(T, G, "e1", "1.2.ab.1")
+    await tr.ack([receipt])
+    await tr.nack(receipt)
+    await tr.kill(receipt, reason="handler")
+    await tr.stats(T, G)
+    await tr.dead_letters(T, G)
     assert {call.script.name for call in calls} == set(SCRIPT_NAMES)
-    assert [len(call.keys) for call in calls if call.script.name == "publish"] == [12, 22]
+    assert [len(call.keys) for call in calls if call.script.name == "publish"][:2] == [13, 23]
+    units = {T, *(partition_tag(T, p, 2) for p in range(2))}
     for call in calls:
-        assert call.keys == expected_keys(call), call.script.name
+        assert call.keys == expected_keys(call, units), call.script.name
 
 
-def expected_keys(call: Call) -> list[str]:
-    """The KEYS its header names, spelled out for topic T and group G.
+def expected_keys(call: Call, tags: set[str]) -> list[str]:
+    """The KEYS its header names, spelled out for group G of the unit of topic T whose
+    tag (one of ``tags``) the call's first key has.
 
-    Publish's keys per group are those of the groups it passes in ARGV (after the time
-    and the dedup window: n, then the names).
+    The keys per group (publish, seal, drop_unit) are those of the groups it passes in
+    ARGV (publish: after the time, the dedup window and the count: n, then the names;
+    seal: after the time, the trim step, the count and the seal), or, for drop_unit,
+    those of G and G2 (the groups the fake publish saw).
     """
     script = call.script
+    tag = call.keys[0].split("{")[1].split("}")[0]
+    assert tag in tags, call.keys[0]
     names = [
-        f"p:{{{T}}}:{name}" if name in TOPIC_FIELDS else f"p:{{{T}}}:g:{G}:{name}"
+        f"p:{{{tag}}}:{name}" if name in TOPIC_FIELDS else f"p:{{{tag}}}:g:{G}:{name}"
         for name in script.keys
     ]
     if script.keys_per_group:
-        for group in call.args[3 : 3 + int(call.args[2])]:
-            names += [f"p:{{{T}}}:g:{group!s}:{name}" for name in script.keys_per_group]
+        if script.name == "publish":
+            groups = call.args[4 : 4 + int(call.args[3])]
+        elif script.name == "seal":
+            groups = call.args[5 : 5 + int(call.args[4])]
+        else:
+            groups = [G, G2][: int(call.args[2])]
+        for group in groups:
+            names += [f"p:{{{tag}}}:g:{group!s}:{name}" for name in script.keys_per_group]
     return names

@@ -437,7 +437,7 @@ async def test_unsubscribe_ends_a_history_copy_in_progress(
     await tr.publish(T, [(f"e{i}", b"x") for i in range(5)])
     # Begin a history copy for G, as a subscribe does, without running it to its end
     # (a process that crashed mid-copy).
-    begin = load_script("subscribe").call([G, "", "inf", "", 1000], topic=tr._keys.topic(T))
+    begin = load_script("subscribe").call([G, "", "inf", "", 1000, 1], topic=tr._keys.topic(T))
     step = load_script("copy_history").call(
         [G, 2], topic=tr._keys.topic(T), group=tr._keys.group(T, G)
     )

@@ -10,25 +10,30 @@ token. A suspect (an event whose last lease expired: it may have crashed its con
 is handed out alone, marked isolated, when it is the first event the call takes and
 ARGV[6] allows it; otherwise the call stops before it, leaving it at the front.
 Afterwards the marker is left set only while READY still has events, so other idle
-consumers wake up for the rest. One call does O(max_count + MAX_REQUEUE +
-MAX_BURIALS) work, whatever the size of the queues.
+consumers wake up for the rest, and the reply says how many are left: a claim over the
+partitions of a topic asks a second round only of those that have more. One call does
+O(max_count + MAX_REQUEUE + MAX_BURIALS) work, whatever the size of the queues; with
+max_count 0 it only requeues due work and counts. A call for another partition count
+than the unit's changes nothing (layout.lua).
 
 KEYS: 1 msg  2 eventkeys  3 ready  4 leased  5 tokens  6 attempts  7 errors  8 delayed
       9 dead  10 deadinfo  11 suspects  12 marker  13 lanes  14 heads  15 log  16 retention
-      17 logged  18 refs  19 pins
+      17 logged  18 refs  19 pins  20 layout
 ARGV: 1 now ('' = server TIME)  2 lease (seconds)  3 max_count  4 max_attempts
       5 token prefix (random, unique to this call)  6 '1' if a suspect may be handed out
-      7 the group's name
+      7 the group's name  8 partition count
 Returns: {now, deadline, next_due ('' if none), stopped (1 if it stopped before a suspect,
          else 0), copying (1 if a history copy of the group is in progress, which the
-         client then runs: a copy a crash cut short goes on), then per event: id, token,
-         attempt, isolated (1 or 0), ordering key ('' if none), body}
+         client then runs: a copy a crash cut short goes on), READY events left, then per
+         event: id, token, attempt, isolated (1 or 0), ordering key ('' if none), body};
+         or {'~layout', the unit's count} when the partition count differs
 ]]
 --- @include "now"
 --- @include "requeue_due"
 --- @include "bury"
 --- @include "chunks"
 --- @include "history"
+--- @include "layout"
 
 local MAX_BURIALS = 1000
 -- Expired history entries freed per call: a quiet topic's history ages out too.
@@ -42,6 +47,12 @@ local now = now_from(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local max_count, max_attempts = tonumber(ARGV[3]), tonumber(ARGV[4])
 local may_isolate = ARGV[6] == '1'
+
+local layout = KEYS[20]
+local moved = layout_moved(layout, ARGV[8])
+if moved then
+  return moved
+end
 
 requeue_due(ready, leased, tokens, delayed, k.suspects, marker, now)
 
@@ -166,14 +177,15 @@ end
 flush()
 
 local expired, due = count_due(leased, delayed, now)
-if redis.call('LLEN', ready) + expired + due > 0 then
+local left = redis.call('LLEN', ready) + expired + due
+if left > 0 then
   wake(marker)
 else
   redis.call('DEL', marker)
 end
 
 local copying = redis.call('HEXISTS', pins, ARGV[7])
-local head = {num(now), num(deadline), next_due(leased, delayed), ending == 'stopped' and 1 or 0, copying}
+local head = {num(now), num(deadline), next_due(leased, delayed), ending == 'stopped' and 1 or 0, copying, left}
 for i = 1, #out do
   head[#head + 1] = out[i]
 end

@@ -17,34 +17,40 @@ no group subscribed. The call first frees a bounded number of expired history en
 
 The client passes the groups it believes are subscribed, because every key a script
 touches must be declared in KEYS; if the subscribed set differs, nothing is written and
-the script answers with the real set so that the client can retry.
+the script answers with the real set so that the client can retry. Likewise the
+partition count: a call for another count than the unit's writes nothing (layout.lua).
 
 KEYS: 1 msg  2 refs  3 groups  4 dedup  5 eventkeys  6 ordered  7 seq  8 retention  9 log
-      10 logged  11 pins  12 published
-      then per group g = 1..n: 8+5g ready  9+5g marker  10+5g lanes  11+5g heads  12+5g held
-ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 n,
-      4..n+3 the group names, n+4 how many values per event (2, or 3 with keys),
+      10 logged  11 pins  12 published  13 layout
+      then per group g = 1..n: 9+5g ready  10+5g marker  11+5g lanes  12+5g heads  13+5g held
+ARGV: 1 now ('' = server TIME)  2 dedup window (seconds, 0 = none)  3 partition count
+      4 n, 5..n+4 the group names, n+5 how many values per event (2, or 3 with keys),
       then per event: event id, body[, ordering key ('' = none)]
 Returns: the number of copies enqueued (integer: events not skipped times n) once
-         published, or the subscribed group names (array) when they differ from the
-         ones passed.
+         published, the subscribed group names (array) when they differ from the ones
+         passed, or {'~layout', the unit's count} when the partition count differs.
 ]]
 --- @include "now"
 --- @include "chunks"
 --- @include "wake"
 --- @include "lanes"
 --- @include "history"
+--- @include "layout"
 
 local msg, refs, groups, dedup, eventkeys, ordered, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local retention, log, logged, pins, published = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local retention, log, logged, pins, published, layout = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 local t = {retention = retention, log = log, logged = logged, refs = refs, msg = msg, eventkeys = eventkeys, pins = pins}
-local window, n = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window, n = tonumber(ARGV[2]), tonumber(ARGV[4])
 
+local moved = layout_moved(layout, ARGV[3])
+if moved then
+  return moved
+end
 if redis.call('SCARD', groups) ~= n then
   return redis.call('SMEMBERS', groups)
 end
 for g = 1, n do
-  if redis.call('SISMEMBER', groups, ARGV[3 + g]) == 0 then
+  if redis.call('SISMEMBER', groups, ARGV[4 + g]) == 0 then
     return redis.call('SMEMBERS', groups)
   end
 end
@@ -57,7 +63,7 @@ if n == 0 and not keeps then
   return 0
 end
 
-local stride, first_event = tonumber(ARGV[n + 4]), n + 5
+local stride, first_event = tonumber(ARGV[n + 5]), n + 6
 local ids = {}
 for i = first_event, #ARGV, stride do
   ids[#ids + 1] = ARGV[i]
@@ -115,12 +121,12 @@ if #fresh > 0 and n > 0 then
   -- which topics without an ordered group never create.
   local first = nil
   for g = 1, n do
-    local ready, marker, lanes, heads = KEYS[8 + 5 * g], KEYS[9 + 5 * g], KEYS[10 + 5 * g], KEYS[11 + 5 * g]
-    local held = KEYS[12 + 5 * g]
+    local ready, marker, lanes, heads = KEYS[9 + 5 * g], KEYS[10 + 5 * g], KEYS[11 + 5 * g], KEYS[12 + 5 * g]
+    local held = KEYS[13 + 5 * g]
     if keeps then
       call_chunked('SADD', held, fresh, 1, #fresh)
     end
-    if redis.call('SISMEMBER', ordered, ARGV[3 + g]) == 0 then
+    if redis.call('SISMEMBER', ordered, ARGV[4 + g]) == 0 then
       call_chunked('RPUSH', ready, fresh, 1, #fresh)
     else
       first = first or redis.call('INCRBY', seq, #fresh) - #fresh

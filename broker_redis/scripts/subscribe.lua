@@ -11,20 +11,29 @@ copy of the history instead (see copy_history): the group joins the topic's grou
 the copy completes. The history is trimmed first, a bounded part per call; a call that
 could not finish trimming changes nothing else and says so, to be called again. A copy
 already in progress for the group (a crash cut it short) is reported, to be completed.
+A call for another partition count than the unit's changes nothing (layout.lua).
 
 KEYS: 1 groups  2 ordered  3 retention  4 log  5 logged  6 refs  7 msg  8 eventkeys
-      9 pins
+      9 pins  10 layout
 ARGV: 1 group  2 '1' (ordered), '0' (not) or '' (keep the stored options)
       3 history: '' (none), 'inf' (all) or seconds  4 now ('' = server TIME)
-      5 most history entries to trim
+      5 most history entries to trim  6 partition count
 Returns: {outcome, stored ordered (1 or 0)}: outcome 1 if created, 0 if it existed, -1 if
-         the options differ, 2 if a history copy is to be run, 3 to call again
+         the options differ, 2 if a history copy is to be run, 3 to call again; or
+         {'~layout', the unit's count} when the partition count differs
 ]]
 --- @include "history"
+--- @include "layout"
 
 local groups, ordered, pins = KEYS[1], KEYS[2], KEYS[9]
 local t = {retention = KEYS[3], log = KEYS[4], logged = KEYS[5], refs = KEYS[6], msg = KEYS[7], eventkeys = KEYS[8], pins = pins}
 local group, asked, history = ARGV[1], ARGV[2], ARGV[3]
+
+local layout = KEYS[10]
+local moved = layout_moved(layout, ARGV[6])
+if moved then
+  return moved
+end
 
 local exists = redis.call('SISMEMBER', groups, group) == 1
 local copying = redis.call('HEXISTS', pins, group) == 1
