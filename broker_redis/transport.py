@@ -43,7 +43,7 @@ from broker_core.errors import EventTooLarge, SubscriptionMismatch, TransportErr
 from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.partitions import (
     MAX_PARTITIONS,
-    change_refused,
+    partition_change_refused,
     partition_of,
     validate_partitions,
 )
@@ -223,7 +223,7 @@ def _share(count: int, caps: Sequence[int]) -> list[int]:
 
 
 def _holding(held: dict[str, int], bodies: int, retained: int, copies: int) -> str:
-    """What holds events, for change_refused: a group (the first by name), the history,
+    """What holds events, for partition_change_refused: a group (the first by name), the history,
     a history copy, or bodies stored."""
     for group, count in sorted(held.items()):
         if count:
@@ -722,7 +722,7 @@ class RedisTransport:
                     sealed[unit] = ((), set())
         if refused:
             await self._unseal(list(sealed), seal)
-            raise change_refused(topic, count, partitions, _holding(held, *stored))
+            raise partition_change_refused(topic, count, partitions, _holding(held, *stored))
         return sealed
 
     async def _unseal(self, units: Sequence[_Unit], seal: str) -> None:

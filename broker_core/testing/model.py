@@ -166,11 +166,14 @@ class LogEntry:
     """One event in a topic's history (retention)."""
 
     position: int
-    """1, 2, ... in the order the topic's history received its events."""
+    """1, 2, ... in the order the topic's history (or, with ``max_events_per_partition``,
+    its partition's) received its events."""
     event_id: str
     body: bytes
     key: str | None
     published_at: float
+    partition: int = 0
+    """Its partition, with ``max_events_per_partition`` (else 0: one history)."""
 
 
 class DeliveryModel:
@@ -180,7 +183,11 @@ class DeliveryModel:
     correct transport returns: False, with nothing changed, for a stale receipt.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_events_per_partition: bool = False) -> None:
+        self.max_events_per_partition = max_events_per_partition
+        """Whether ``max_events`` limits each partition's history rather than the topic's:
+        so on a store that keeps the partitions apart (Redis, where no step can see the
+        newest events of every partition at once); memory and PostgreSQL limit the topic."""
         self.topics: dict[str, dict[str, GroupModel]] = {}
         self.windows: dict[str, dict[str, float]] = {}
         """Per topic, event id -> end of its dedup window."""
@@ -191,7 +198,7 @@ class DeliveryModel:
         :meth:`retained` as soon as anything looks."""
         self.partitions: dict[str, int] = {}
         """Per topic with more than one partition, its count."""
-        self._positions: dict[str, int] = {}
+        self._positions: dict[tuple[str, int], int] = {}
         self._seq = itertools.count(1)
 
     # -- subscriptions and publish --------------------------------------------------------
@@ -273,12 +280,14 @@ class DeliveryModel:
             log.clear()
             return log
         max_age, max_events = self.retention[topic]
-        newest = self._positions.get(topic, 0)
         log[:] = [
             e
             for e in log
             if (max_age is None or now < e.published_at + max_age)
-            and (max_events is None or e.position > newest - max_events)
+            and (
+                max_events is None
+                or e.position > self._positions.get((topic, e.partition), 0) - max_events
+            )
         ]
         return log
 
@@ -372,9 +381,13 @@ class DeliveryModel:
             added += 1
             key = None if keys is None else keys[i]
             if retains:
-                position = self._positions[topic] = self._positions.get(topic, 0) + 1
+                partition = 0
+                if self.max_events_per_partition:
+                    partition = partition_of(event_id, key, self.partitions.get(topic, 1))
+                at = (topic, partition)
+                position = self._positions[at] = self._positions.get(at, 0) + 1
                 log = self.logs.setdefault(topic, [])
-                log.append(LogEntry(position, event_id, body, key, now))
+                log.append(LogEntry(position, event_id, body, key, now, partition))
             seq = next(self._seq)
             for g in groups.values():
                 self._enqueue(g, ModelCopy(event_id, body, key, seq=seq))

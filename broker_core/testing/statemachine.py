@@ -127,9 +127,18 @@ class TransportStateMachine(RuleBasedStateMachine):
 
     partitions: int = 1
     """The partitions of the first topic, configured before any group subscribes."""
+    max_events_per_partition: bool = False
+    """Whether the transport applies ``max_events`` to each partition's history (see
+    :class:`~broker_core.testing.model.DeliveryModel`)."""
 
     @classmethod
-    def bind(cls, factory: TransportFactory, partitions: int = 1) -> type[TransportStateMachine]:
+    def bind(
+        cls,
+        factory: TransportFactory,
+        partitions: int = 1,
+        *,
+        max_events_per_partition: bool = False,
+    ) -> type[TransportStateMachine]:
         """A subclass that tests transports from ``factory``, with the first topic spread
         over ``partitions`` partitions from the start.
 
@@ -139,7 +148,11 @@ class TransportStateMachine(RuleBasedStateMachine):
         def make_transport(self: TransportStateMachine, clock: ManualClock) -> Transport:
             return factory(clock)
 
-        attributes = {"make_transport": make_transport, "partitions": partitions}
+        attributes = {
+            "make_transport": make_transport,
+            "partitions": partitions,
+            "max_events_per_partition": max_events_per_partition,
+        }
         return type(f"{cls.__name__}Bound", (cls,), attributes)
 
     def make_transport(self, clock: ManualClock) -> Transport:
@@ -151,7 +164,7 @@ class TransportStateMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.clock = ManualClock(1_000_000.0)
         self.transport = self.make_transport(self.clock)
-        self.model = DeliveryModel()
+        self.model = DeliveryModel(max_events_per_partition=self.max_events_per_partition)
         self.held: list[Receipt] = []
         """Receipts a running consumer still holds."""
         self.seen: list[Receipt] = []
@@ -686,14 +699,17 @@ def run_transport_state_machine(
     *,
     settings: hypothesis.settings | None = None,
     partitions: int = 1,
+    max_events_per_partition: bool = False,
 ) -> None:
     """Run :class:`TransportStateMachine` on transports from ``factory``; raise on a violation.
 
     Call it from a synchronous test. ``settings`` replaces :data:`DEFAULT_SETTINGS`
     (e.g. ``hypothesis.settings(DEFAULT_SETTINGS, max_examples=20)`` for a slow store).
     With ``partitions`` the first topic is spread over that many partitions from the
-    start (invariant 12).
+    start (invariant 12). ``max_events_per_partition`` says the transport applies
+    ``max_events`` to each partition (Redis) rather than to the topic.
     """
-    run_state_machine_as_test(
-        TransportStateMachine.bind(factory, partitions), settings=settings or DEFAULT_SETTINGS
+    machine = TransportStateMachine.bind(
+        factory, partitions, max_events_per_partition=max_events_per_partition
     )
+    run_state_machine_as_test(machine, settings=settings or DEFAULT_SETTINGS)

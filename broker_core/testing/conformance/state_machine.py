@@ -17,18 +17,28 @@ class StateMachineConformance(ConformanceBase):
     """Random sequences of every transition against the pure model: invariants 1-12.
 
     Set ``state_machine_settings`` to resize the hypothesis run (None keeps the defaults
-    of :data:`~broker_core.testing.statemachine.DEFAULT_SETTINGS`).
+    of :data:`~broker_core.testing.statemachine.DEFAULT_SETTINGS`), and
+    ``max_events_per_partition`` for a transport that applies ``max_events`` to each
+    partition of a partitioned topic (docs/semantics.md, "Partitioned topics").
     """
 
     state_machine_settings: ClassVar[hypothesis.settings | None] = None
+    max_events_per_partition: ClassVar[bool] = False
 
     def test_state_machine(self, transport_factory: TransportFactory) -> None:
         """The hypothesis state machine against the pure model: invariants 1-12."""
-        run_transport_state_machine(transport_factory, settings=self.state_machine_settings)
+        run_transport_state_machine(
+            transport_factory,
+            settings=self.state_machine_settings,
+            max_events_per_partition=self.max_events_per_partition,
+        )
 
     def test_state_machine_partitioned(self, transport_factory: TransportFactory) -> None:
         """The state machine with its first topic over 4 partitions: order per partition
         (invariant 12), everything else as on one."""
         run_transport_state_machine(
-            transport_factory, settings=self.state_machine_settings, partitions=4
+            transport_factory,
+            settings=self.state_machine_settings,
+            partitions=4,
+            max_events_per_partition=self.max_events_per_partition,
         )
