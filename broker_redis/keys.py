@@ -6,8 +6,9 @@ topic's slot is the registry of topics, which no script touches.
 
 A topic of N > 1 partitions has N *units*, each a complete set of the topic's keys under
 a hash tag of its own, ``{<topic>~<p>~<N>~<salt>}``, whose salt is chosen so that unit
-``p`` lands in slot ``p * 16384 // N`` (:func:`partition_tag`): the units are evenly
-spaced over the slots, so over the masters of an evenly sharded cluster. ``~`` is not
+``p`` lands in the middle of the ``p``-th of N equal parts of the slots
+(:func:`partition_slot`, :func:`partition_tag`): the units are evenly spaced over the
+slots, so over the masters of an evenly sharded cluster. ``~`` is not
 allowed in names, so no unit's tag is another topic's. A topic of 1 partition is the one
 unit ``{<topic>}``, whose ``layout`` key also holds the count of every topic (absent: 1).
 
@@ -235,8 +236,13 @@ def slot_of(tag: str) -> int:
 
 
 def partition_slot(partition: int, partitions: int) -> int:
-    """The slot unit ``partition`` of a layout of ``partitions`` lands in: evenly spaced."""
-    return partition * SLOTS // partitions
+    """The slot unit ``partition`` of a layout of ``partitions`` lands in: the middle of
+    its 1/partitions of the slots, so evenly spaced, and as far as can be from where a
+    cluster sharded evenly over a divisor of ``partitions`` masters has its boundaries
+    (``redis-cli --cluster create`` gives 3 masters slots 0-5460, 5461-10922 and
+    10923-16383: ``p * 16384 // 12`` would put unit 8 of 12 on the second one's last
+    slot, and 5 units on it)."""
+    return (2 * partition + 1) * SLOTS // (2 * partitions)
 
 
 @lru_cache(maxsize=4096)

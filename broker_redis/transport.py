@@ -223,8 +223,8 @@ def _share(count: int, caps: Sequence[int]) -> list[int]:
 
 
 def _holding(held: dict[str, int], bodies: int, retained: int, copies: int) -> str:
-    """What holds events, for partition_change_refused: a group (the first by name), the history,
-    a history copy, or bodies stored."""
+    """What holds events, for the PartitionChangeRefused message: a group (the first by
+    name), the history, a history copy, or bodies stored."""
     for group, count in sorted(held.items()):
         if count:
             return f"group {group!r} holds {count} of its events"
