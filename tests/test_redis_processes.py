@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 from checkout import checkout_env
 
+from broker_core.partitions import partition_of
 from broker_core.transport import QueueStats
 from broker_redis.transport import RedisTransport
 
@@ -169,6 +170,48 @@ async def test_sigkill_mid_handler_loses_nothing(
     for topic in topics:
         assert await transport.stats(topic, G) == QueueStats(topic, G, 0, 0, 0, 0)
         assert await transport.dead_letters(topic, G) == []
+
+
+async def test_sigkill_mid_handler_on_a_partitioned_topic_loses_nothing(
+    start_consumer: StartConsumer, transport: RedisTransport, key_prefix: str, store_url: str
+) -> None:
+    # T over 12 partitions, 4 on each master, events keyed so that all of them get some;
+    # the consumers learn the count from their first claim. (On one node, the same
+    # code runs: tests/test_redis_partitions.py covers it without processes.)
+    if not store_url.startswith("redis+cluster"):
+        pytest.skip("a cluster's test: the partitions spread over its masters")
+    await transport.configure_topic(T, partitions=12)
+    await transport.subscribe(T, G)
+    consumers = [start_consumer(key_prefix) for _ in range(3)]
+    await until(lambda: all(["ready"] in c.lines() for c in consumers), 30, "consumers start")
+    ids = [f"e{i:03d}" for i in range(120)]
+    hang = "e030"
+    events = [(i, b"hang" if i == hang else b"ok") for i in ids]
+    await transport.publish(T, events, keys=[f"k{n % 24}" for n in range(len(ids))])
+    assert {partition_of(i, f"k{n % 24}", 12) for n, i in enumerate(ids)} == set(range(12))
+
+    def hanging() -> Consumer | None:
+        return next((c for c in consumers if ["start", hang, "1"] in c.lines()), None)
+
+    await until(lambda: hanging() is not None, 30, f"a consumer starts {hang}")
+    victim = hanging()
+    assert victim is not None
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(timeout=10)
+
+    def successful_acks() -> Counter[str]:
+        return Counter(
+            line[1]
+            for c in consumers
+            for line in c.lines()
+            if line[0] == "ack" and line[3] == "True"
+        )
+
+    await until(lambda: set(successful_acks()) == set(ids), 30, "every event is acked")
+    acks = successful_acks()
+    assert all(n == 1 for n in acks.values()), f"acked twice: {acks.most_common(3)}"
+    assert await transport.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
+    assert await transport.dead_letters(T, G) == []
 
 
 async def test_consumer_stopped_past_its_lease_cannot_settle(
