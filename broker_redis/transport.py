@@ -191,6 +191,11 @@ def _sealed(reply: list[Any]) -> bool:
     return b">" in reply[1]
 
 
+def _subscribe_again(reply: list[Any]) -> bool:
+    """Whether subscribe's reply says to call again (trimming not done)."""
+    return not _moved(reply) and reply[0] == _CALL_AGAIN
+
+
 def _unit_of(receipt: Receipt) -> _Unit:
     """The unit a receipt's token names (``<p>.<N>.``...); a topic's own unit otherwise.
 
@@ -545,13 +550,16 @@ class RedisTransport:
         replies = await self._run(op, list(calls.values()))
         return dict(zip(calls, replies, strict=True))
 
-    async def _trimmed_each(self, op: str, calls: dict[_Unit, Call]) -> dict[_Unit, Any]:
+    async def _trimmed_each(
+        self, op: str, calls: dict[_Unit, Call], again: Callable[[Any], bool] | None = None
+    ) -> dict[_Unit, Any]:
         """:meth:`_each` of a script that trims the history first (a bounded part per
-        call), again for each unit whose call could not finish; the final replies."""
+        call), again for each unit whose call could not finish (its reply is 3, or
+        ``again`` says so); the final replies."""
         replies: dict[_Unit, Any] = {}
         while calls:
             for unit, reply in (await self._each(op, calls)).items():
-                if reply != _CALL_AGAIN:
+                if not (again(reply) if again else reply == _CALL_AGAIN):
                     replies[unit] = reply
                     del calls[unit]
         return replies
@@ -584,7 +592,7 @@ class RedisTransport:
             args: list[Arg] = [group, asked, wanted, self._now_arg(), _TRIM_STEP, count]
             script = load_script("subscribe")
             calls = {u: script.call(args, topic=self._topic_keys(u)) for u in _units(topic, count)}
-            outcomes = await self._trimmed_each("subscribe", calls)
+            outcomes = await self._trimmed_each("subscribe", calls, _subscribe_again)
             moved = [r for r in outcomes.values() if _moved(r)]
             if not moved:
                 break

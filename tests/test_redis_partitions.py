@@ -505,3 +505,21 @@ async def test_changes_while_publishers_and_consumers_run_lose_nothing(
     assert changes >= 1
     assert acked == Counter(f"e{n}" for n in range(60))  # each once, none lost
     assert await consumer.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_a_subscribe_from_history_trims_in_several_calls_on_each_partition(
+    make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, partitions: int
+) -> None:
+    monkeypatch.setattr(redis_transport, "_TRIM_STEP", 10)
+    clock = ManualClock(1000.0)
+    tr = await make(clock=clock)
+    await tr.configure_topic(T, partitions=partitions, max_age=60.0)
+    await tr.publish(T, [(f"old{n}", b"x") for n in range(100)])
+    clock.advance(61)  # all of them expired, none trimmed yet
+    await tr.publish(T, [("new", b"x")])  # trims a bounded part only
+    await tr.subscribe(T, G, history=3600.0)  # trims the rest, 10 per call, then copies
+    assert await tr.groups(T) == [G]
+    ms = await tr.claim(G, [T], max_count=10, lease=30, max_attempts=5)
+    assert [m.event_id for m in ms] == ["new"]
+    assert (await tr.topic_stats(T)).retained == 1
