@@ -81,8 +81,11 @@ _LAYOUT_MOVED = b"~layout"
 # How long a call waits for a change of the partition count to end, looking this often.
 _CHANGE_WAIT = 5.0
 _CHANGE_PAUSE = 0.01
-# A claim learns the count of its topics again at most once.
+# A claim learns the count of its topics again at most once. Its second round trip asks
+# the queues that have more; more are needed only when their claims buried events or
+# other consumers took them first, and stop here.
 _CLAIM_LAYOUT_ROUNDS = 2
+_CLAIM_ROUNDS = 8
 # The unit a receipt's token names, for a partitioned topic: ``<p>.<N>.<random>.<n>``.
 _TOKEN_UNIT = re.compile(r"(\d{1,3})\.(\d{1,3})\.[0-9a-f]+\.\d+\Z", re.ASCII)
 
@@ -1139,7 +1142,8 @@ class RedisTransport:
         all, starting from the next queue in turn; one round trip asks every queue (those
         whose share is 0 only count what they have), and a second asks the queues that
         said they have more for what is left, so one busy queue can still fill the whole
-        claim, in at most two round trips. A queue of a topic whose partition count
+        claim, in two round trips (more only while queues bury events, attempts used up,
+        or lose them to other consumers). A queue of a topic whose partition count
         changed refuses its call; the topic's units are learned again and asked the
         same way.
 
@@ -1161,13 +1165,16 @@ class RedisTransport:
         units = self._rotated([u for t in names for u in self._units_of(t)])
         for _ in range(_CLAIM_LAYOUT_ROUNDS):
             moved: dict[str, bool] = {}  # topic -> whether a unit of it was sealed
-            asked, more = units, dict.fromkeys(units, max_count)
-            for second in (False, True):
+            more: dict[_Unit, int] = {}  # queue -> events it said it left READY
+            asked = units
+            for round_ in range(_CLAIM_ROUNDS):
                 remaining = max_count - len(messages)
                 # The first round asks every queue (those given 0 only count theirs);
-                # the second only those that have more, at most what they have.
-                quotas = _share(remaining, [more[u] if second else remaining for u in asked])
-                if second:
+                # the next ones only those that have more, at most what they have.
+                if round_ == 0:
+                    quotas = _share(remaining, [remaining] * len(asked))
+                else:
+                    quotas = _share(remaining, [more[u] for u in asked])
                     asked = [u for u, q in zip(asked, quotas, strict=True) if q > 0]
                     quotas = [q for q in quotas if q > 0]
                 first = not messages
@@ -1179,8 +1186,8 @@ class RedisTransport:
                 failed = [r for r in replies if isinstance(r, TransportError)]
                 if failed and (len(failed) == len(replies) and not messages):
                     raise failed[0]
-                more = {}
                 for unit, reply in zip(asked, replies, strict=True):
+                    more.pop(unit, None)
                     if isinstance(reply, TransportError):
                         # Another queue's master answered: hand out what it leased, and
                         # try this queue again at the next claim.
@@ -1198,6 +1205,8 @@ class RedisTransport:
                 isolated = [m for m in messages if m.isolated]
                 if isolated:
                     return await self._alone(isolated[0], messages)
+                # A queue's count may include events its claim buries instead (attempts
+                # used up) or that another consumer takes first: then ask again.
                 if len(messages) >= max_count or not more:
                     break
                 asked = list(more)

@@ -523,3 +523,26 @@ async def test_a_subscribe_from_history_trims_in_several_calls_on_each_partition
     ms = await tr.claim(G, [T], max_count=10, lease=30, max_attempts=5)
     assert [m.event_id for m in ms] == ["new"]
     assert (await tr.topic_stats(T)).retained == 1
+
+
+async def test_a_claim_goes_on_past_queues_whose_events_it_buries(
+    make: Callable[..., Any],
+) -> None:
+    clock = ManualClock(1000.0)
+    tr = await make(clock=clock)
+    keys = keys_for_each_partition(4)
+    for start in range(4):  # a claim starting at each of the queues
+        topic = f"t{start}"
+        await tr.configure_topic(topic, partitions=4)
+        await tr.subscribe(topic, G)
+        # Partitions 0-2 each hold an event whose one attempt is used up (its lease
+        # ran out), partition 3 two fresh ones.
+        await tr.publish(topic, [(f"x{p}", b"x") for p in range(3)], keys=keys[:3])
+        assert len(await tr.claim(G, [topic], max_count=3, lease=1, max_attempts=1)) == 3
+        clock.advance(2)
+        await tr.publish(topic, [("f1", b"x"), ("f2", b"x")], keys=[keys[3]] * 2)
+        tr._turn = start - 1  # the next claim starts at queue `start`
+        ms = await tr.claim(G, [topic], max_count=2, lease=30, max_attempts=1)
+        assert sorted(m.event_id for m in ms) == ["f1", "f2"], start
+        stats = await tr.stats(topic, G)  # the used-up ones it met are dead, others wait
+        assert (stats.dead + stats.ready, stats.leased) == (3, 2)
