@@ -18,7 +18,7 @@ from broker_postgres.testing import PostgresServer, unique_schema
 runner = CliRunner()
 
 
-class Shipped(Event):
+class ShipmentStep(Event):
     topic: ClassVar[str | None] = "shipments"
     key_field: ClassVar[str | None] = "order"
     order: str
@@ -29,13 +29,13 @@ async def test_a_partitioned_topic_keeps_each_keys_order(broker_url: str) -> Non
     async with Broker.from_url(broker_url, group="tracking", concurrency=8) as broker:
         await broker.configure_topic("shipments", partitions=6)
         await broker.subscribe("shipments", ordered=True)
-        seen: list[Shipped] = []
+        seen: list[ShipmentStep] = []
 
-        @broker.on(Shipped)
-        async def handle(event: Shipped) -> None:
+        @broker.on(ShipmentStep)
+        async def handle(event: ShipmentStep) -> None:
             seen.append(event)
 
-        await broker.publish_many(Shipped(order=f"o{n % 10}", step=n // 10) for n in range(60))
+        await broker.publish_many(ShipmentStep(order=f"o{n % 10}", step=n // 10) for n in range(60))
         for _ in range(200):
             if not await broker.pick():
                 break
@@ -48,10 +48,10 @@ async def test_a_partitioned_topic_keeps_each_keys_order(broker_url: str) -> Non
 
 async def test_a_change_with_events_held_is_refused_and_says_what_to_do(broker_url: str) -> None:
     async with Broker.from_url(broker_url, group="tracking") as broker:
-        seen: list[Shipped] = []
-        broker.on(Shipped)(seen.append)
+        seen: list[ShipmentStep] = []
+        broker.on(ShipmentStep)(seen.append)
         await broker.subscribe("shipments")
-        await broker.publish(Shipped(order="o1", step=0))
+        await broker.publish(ShipmentStep(order="o1", step=0))
         with pytest.raises(PartitionChangeRefused) as refused:
             await broker.configure_topic("shipments", partitions=12)
         message = str(refused.value)
