@@ -17,12 +17,16 @@ attempt. Events given back because the consumer stops (buffered ones at once, th
 whose handlers outlived the grace period after it) are released with their attempt
 uncounted.
 
+A buffered event starts on its lease only while at least half of it is left; with less
+(renewals fell behind) it is renewed first, and not started if that fails.
+
 Failures of the transport follow one rule everywhere: the consumer never dies of them.
 A :class:`~broker_core.errors.TransportError` is an outage and is logged as a warning
 with its message; any other exception is a bug of the transport and is logged as an
 error with its traceback. Either way a failed claim or wait is tried again after a
 pause, and an event whose ack, retry, renewal or release failed returns to the group
-when its lease expires.
+when its lease expires. A batch call answered with a count of results other than one
+per receipt is such a bug, and is handled as a failed call.
 
 The lifecycle hooks (:mod:`broker_core.hooks`) are called at the points of this loop
 their docstrings name; a hook nobody implements is skipped with one ``is None`` test.
@@ -50,7 +54,7 @@ from broker_core.lifecycle import Lifecycle
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions
 from broker_core.text import safe_text
-from broker_core.transport import Message, Receipt, Transport
+from broker_core.transport import Message, Receipt, Transport, checked_results
 
 __all__ = ["Consumer"]
 
@@ -63,6 +67,11 @@ _GIVE_BACK_TIMEOUT = 5.0
 """Longest wait, when stopping, for the events not handled to be given back; past it
 (the store is unreachable) they return to the group when their leases expire."""
 
+
+_START_MARGIN = 0.5
+"""A buffered event starts on its lease as it stands only with this fraction of a lease
+left. Renewals every third of a lease keep more than that; less means they fell behind,
+and the lease is renewed first (or the event not started)."""
 
 _RELEASED = Outcome(OutcomeKind.RELEASED)
 _LEASE_LOST = Outcome(OutcomeKind.LEASE_LOST)
@@ -365,6 +374,7 @@ class Consumer:
         assert task is not None
         buffer, busy, held = run.buffer, run.busy, self._held
         process = self._process
+        margin = self._options.lease * _START_MARGIN
         yielded = -1
         while True:
             while not buffer or run.stop.is_set():
@@ -385,13 +395,20 @@ class Consumer:
             message = buffer.popleft()
             receipt = message.receipt
             expires_at = held.pop(receipt, None)
-            if expires_at is None or time.monotonic() >= expires_at:
-                # Renewal was refused, or never came: another consumer may hold it now.
-                log.warning("lost the lease of buffered event %s; not handling it", receipt)
-                self._finished(run, receipt)
-                continue
             busy[task] = receipt
             try:
+                now = time.monotonic()
+                if expires_at is None or now >= expires_at:
+                    # Renewal was refused, or never came: another consumer may hold it now.
+                    log.warning("lost the lease of buffered event %s; not handling it", receipt)
+                    continue
+                if expires_at - now < margin:
+                    # Renewals fell behind (failing, or the loop was starved): the handler
+                    # could outlive what is left. Renewed first, or not started.
+                    renewed = await self._renewed_to_start(receipt)
+                    if renewed is None:
+                        continue
+                    expires_at = renewed
                 await process(message, expires_at)
             except asyncio.CancelledError:
                 run.cancelled.append(receipt)
@@ -402,6 +419,30 @@ class Consumer:
             if contextvars.copy_context() != context:
                 self._start_runner(run, context)
                 return
+
+    async def _renewed_to_start(self, receipt: Receipt) -> float | None:
+        """Renew a buffered event's lease before its handler starts; None: do not start it.
+
+        Returns the renewed lease's end (monotonic). A refused or failed renewal leaves
+        the event to whoever holds it now, or to its lease's expiry.
+        """
+        lease = self._options.lease
+        asked_at = time.monotonic()
+        try:
+            [renewed] = checked_results(
+                await self._transport.extend([receipt], lease), [receipt], "extend"
+            )
+        except Exception as exc:
+            _log_failure(
+                f"renewing the lease of buffered event {receipt.event_id} before it starts",
+                exc,
+                "not handling it; it returns when its lease expires",
+            )
+            return None
+        if not renewed:
+            log.warning("lost the lease of buffered event %s; not handling it", receipt)
+            return None
+        return asked_at + lease
 
     @staticmethod
     def _wake(run: _Run, count: int) -> None:
@@ -643,7 +684,7 @@ class Consumer:
             return
         settled = self._hooks.delivery_settled
         try:
-            results = await self._transport.ack(batch)
+            results = checked_results(await self._transport.ack(batch), batch, "ack")
         except Exception as exc:
             # Any failure, not only an outage: the loop must go on acking later events.
             _log_failure(f"acking {len(batch)} events", exc, "they will be redelivered")
@@ -699,7 +740,9 @@ class Consumer:
                 continue
             asked_at = time.monotonic()
             try:
-                results = await self._transport.extend(receipts, lease)
+                results = checked_results(
+                    await self._transport.extend(receipts, lease), receipts, "extend"
+                )
             except Exception as exc:
                 # Deliveries notice by themselves once their leases run out unrenewed.
                 _log_failure("lease renewal", exc, "trying again next period")

@@ -383,3 +383,19 @@ class Transport(Protocol):
         events READY, so the counts describe the state machine at the current time.
         """
         ...
+
+
+def checked_results(
+    results: Sequence[bool], receipts: Sequence[Receipt], call: str
+) -> Sequence[bool]:
+    """``results`` of ``call`` (``"ack"``, ``"extend"``, ...), checked to hold one per receipt.
+
+    A transport answering a batch with another count has a bug; this raises RuntimeError,
+    saying so, rather than letting the answers be paired with the wrong receipts.
+    """
+    if len(results) != len(receipts):
+        raise RuntimeError(
+            f"the transport's {call} returned {len(results)} results for {len(receipts)} "
+            "receipts (one per receipt, in order, is the protocol)"
+        )
+    return results
