@@ -93,6 +93,14 @@ def _log_failure(what: str, exc: BaseException, then: str) -> None:
         )
 
 
+def _settling_failed(message: Message, exc: Exception) -> None:
+    _log_failure(
+        f"settling event {message.event_id} ({message.topic}/{message.group})",
+        exc,
+        "it returns when its lease expires",
+    )
+
+
 def _describe(exc: BaseException) -> str:
     """``Type: message`` of a handler's exception, as text any store can hold."""
     try:
@@ -373,7 +381,7 @@ class Consumer:
         task = asyncio.current_task()
         assert task is not None
         buffer, busy, held = run.buffer, run.busy, self._held
-        process = self._process
+        handle = self._handle
         margin = self._options.lease * _START_MARGIN
         yielded = -1
         while True:
@@ -409,7 +417,11 @@ class Consumer:
                     if renewed is None:
                         continue
                     expires_at = renewed
-                await process(message, expires_at)
+                try:
+                    # (_process written out: one coroutine less per event.)
+                    await handle(message, expires_at)
+                except Exception as exc:
+                    _settling_failed(message, exc)
             except asyncio.CancelledError:
                 run.cancelled.append(receipt)
                 raise
@@ -457,7 +469,7 @@ class Consumer:
     @staticmethod
     def _finished(run: _Run, receipt: Receipt) -> None:
         run.finished += 1
-        if run.isolated == receipt:
+        if run.isolated is not None and run.isolated == receipt:
             run.isolated = None
         run.slot_freed.set()
 
@@ -531,11 +543,7 @@ class Consumer:
             await self._handle(message, expires_at)
         except Exception as exc:
             # Handlers' own exceptions are settled in _handle: this is the transport's.
-            _log_failure(
-                f"settling event {message.event_id} ({message.topic}/{message.group})",
-                exc,
-                "it returns when its lease expires",
-            )
+            _settling_failed(message, exc)
 
     async def _handle(self, message: Message, expires_at: float) -> None:
         receipt = message.receipt

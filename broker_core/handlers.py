@@ -39,7 +39,11 @@ class Route:
         if not callable(func):
             raise TypeError(f"handler must be callable, got {func!r}")
         pass_delivery = _takes_delivery(func)
-        if _is_async(func):
+        invoke: Callable[[Event, Delivery[Any]], Awaitable[Any]]
+        if inspect.iscoroutinefunction(func):
+            # Its call is the coroutine to await: no wrapper coroutine per event.
+            invoke = func if pass_delivery else lambda event, delivery: func(event)
+        elif _is_async(func):
 
             async def invoke(event: Event, delivery: Delivery[Any]) -> Any:
                 result = func(event, delivery) if pass_delivery else func(event)
