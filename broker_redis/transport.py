@@ -648,16 +648,19 @@ class RedisTransport:
             task = asyncio.create_task(self._carry_on_copy(topic, group))
             self._copies[topic, group] = task
         lease_deadline = float(deadline)
+        text = _text
+        # Six fields per event; positional arguments and no index arithmetic: this runs
+        # once per claimed event.
         messages = [
             Message(
-                receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
-                body=rows[i + 5],
-                attempt=int(rows[i + 2]),
-                lease_deadline=lease_deadline,
-                key=_text(rows[i + 4]) or None,
-                isolated=_flag(rows[i + 3]),
+                Receipt(topic, group, text(event_id), text(token)),
+                body,
+                int(attempt),
+                lease_deadline,
+                text(key) if key else None,
+                isolated == 1,
             )
-            for i in range(0, len(rows), 6)
+            for event_id, token, attempt, isolated, key, body in zip(*[iter(rows)] * 6, strict=True)
         ]
         return messages, _flag(stopped)
 
