@@ -605,14 +605,18 @@ class Consumer:
             if not self._aborted():
                 await self._fail(delivery, route.retry, exc)
         else:
-            if self._aborted():
+            if run is not None and run.aborted:
                 # A plain-function handler that outlived an abort: a crashed process
                 # would not have acked it either.
                 self._deliveries.pop(receipt, None)
             else:
                 if hooks.handler_finished is not None:
                     hooks.handler_finished(delivery, ACKED, None)
-                self._queue_ack(receipt)
+                # (_queue_ack written out: this is every handled event's path.)
+                self._acks.append(receipt)
+                self._acking.add(receipt)
+                if run is not None:
+                    run.acks_queued.set()
 
     def _aborted(self) -> bool:
         return self._run is not None and self._run.aborted

@@ -597,12 +597,7 @@ class MemoryStore:
                     if q is not None:
                         touched.add(q)
                 c = q.copies.get(r.event_id) if q is not None else None
-                if (
-                    c is None
-                    or c.state is not _LEASED
-                    or c.token != r.token
-                    or now >= c.deadline
-                ):
+                if c is None or c.state is not _LEASED or c.token != r.token or now >= c.deadline:
                     results.append(False)
                     continue
                 assert t is not None and q is not None
@@ -830,12 +825,7 @@ class MemoryStore:
         if q is None:
             return None
         c = q.copies.get(receipt.event_id)
-        if (
-            c is None
-            or c.state is not _LEASED
-            or c.token != receipt.token
-            or now >= c.deadline
-        ):
+        if c is None or c.state is not _LEASED or c.token != receipt.token or now >= c.deadline:
             return None
         return q, c
 
