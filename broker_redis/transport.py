@@ -47,6 +47,7 @@ from broker_redis.cluster import ClusterScriptRunner, ClusterSettings, parse_clu
 from broker_redis.errors import REDIS_ERRORS, transport_error
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
+from broker_redis.packing import pack_with_hiredis
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 from broker_redis.wakeups import Wakeups
 
@@ -225,6 +226,7 @@ class RedisTransport:
             # first call after a Redis restart fails on the dead socket.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        pack_with_hiredis(pool)
         try:
             # Building one (unconnected) connection checks the URL's options now, not on
             # first use deep inside a call.
