@@ -416,6 +416,10 @@ class Consumer:
                     renewed = await self._renewed_to_start(receipt)
                     if renewed is None:
                         continue
+                    if run.stop.is_set():
+                        # Stopped meanwhile: given back unstarted, with the others.
+                        run.cancelled.append(receipt)
+                        continue
                     expires_at = renewed
                 try:
                     # (_process written out: one coroutine less per event.)
