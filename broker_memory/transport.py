@@ -90,6 +90,8 @@ class _Copy:
         self.suspect = False
 
 
+_LEASED = _State.LEASED  # (a global read, not an enum attribute lookup, per event)
+
 # (time, heap key, copy): heap keys are unique, so copies themselves are never compared.
 _HeapItem = tuple[float, int, _Copy]
 
@@ -585,7 +587,7 @@ class MemoryStore:
                 if t.log:
                     t.trim(now, _TRIM_BUDGET)  # a quiet topic's history ages out too
                 self._reap(q, now)
-                ready = q.ready
+                ready, heap, keys, prefix = q.ready, q.lease_heap, self._keys, self._token_prefix
                 taken = len(out)
                 while ready and len(out) < max_count:
                     c = ready.popleft()
@@ -597,19 +599,19 @@ class MemoryStore:
                         if out:
                             ready.appendleft(c)
                             break
-                    key = next(self._keys)
-                    c.state = _State.LEASED
-                    c.attempts += 1
-                    c.token = self._token_prefix + str(key)
+                    key = next(keys)
+                    c.state = _LEASED
+                    c.attempts = attempts = c.attempts + 1
+                    c.token = token = f"{prefix}{key}"
                     c.deadline = deadline
                     c.heap_key = key
-                    heappush(q.lease_heap, (deadline, key, c))
-                    q.leased += 1
-                    receipt = Receipt(topic, group, c.event_id, c.token)
-                    out.append(Message(receipt, c.body, c.attempts, deadline, c.key, c.suspect))
+                    heappush(heap, (deadline, key, c))
+                    receipt = Receipt(topic, group, c.event_id, token)
+                    out.append(Message(receipt, c.body, attempts, deadline, c.key, c.suspect))
                     if alone:
                         break
                 if len(out) > taken:
+                    q.leased += len(out) - taken
                     self._notify(group, topic, work=False, at=deadline)
         return out
 
@@ -618,20 +620,33 @@ class MemoryStore:
     def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
         """See :meth:`broker_core.transport.Transport.ack`."""
         results: list[bool] = []
+        touched: set[_Queue] = set()
         with self._lock:
             now = self.clock.now()
+            # _live, _unlease and _done written out: this runs once per handled event.
+            topics, t, q, topic, group = self._topics, None, None, "", ""
             for r in receipts:
-                found = self._live(r, now)
-                if found is None:
+                if r.topic != topic or r.group != group:
+                    topic, group = r.topic, r.group
+                    t = topics.get(topic)
+                    q = t.groups.get(group) if t else None
+                    if q is not None:
+                        touched.add(q)
+                c = q.copies.get(r.event_id) if q is not None else None
+                if c is None or c.state is not _LEASED or c.token != r.token or now >= c.deadline:
                     results.append(False)
                     continue
-                q, c = found
-                self._unlease(q, c)
-                self._done(r.topic, q, c)
+                assert t is not None and q is not None
+                q.leased -= 1
+                c.heap_key = 0  # its lease heap entries are stale from now on
+                del q.copies[c.event_id]
+                t.release(c.event_id)
                 q.acked += 1
-                if q.leave_lane(c):
-                    self._notify(r.group, r.topic, work=True)
+                if q.ordered and q.leave_lane(c):
+                    self._notify(group, topic, work=True)
                 results.append(True)
+            for q in touched:
+                self._compact(q)
         return results
 
     def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
@@ -846,12 +861,7 @@ class MemoryStore:
         if q is None:
             return None
         c = q.copies.get(receipt.event_id)
-        if (
-            c is None
-            or c.state is not _State.LEASED
-            or c.token != receipt.token
-            or now >= c.deadline
-        ):
+        if c is None or c.state is not _LEASED or c.token != receipt.token or now >= c.deadline:
             return None
         return q, c
 

@@ -47,6 +47,7 @@ from broker_redis.cluster import ClusterScriptRunner, ClusterSettings, parse_clu
 from broker_redis.errors import REDIS_ERRORS, transport_error
 from broker_redis.keys import Keys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
+from broker_redis.packing import pack_with_hiredis
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 from broker_redis.wakeups import Wakeups
 
@@ -225,6 +226,7 @@ class RedisTransport:
             # first call after a Redis restart fails on the dead socket.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        pack_with_hiredis(pool)
         try:
             # Building one (unconnected) connection checks the URL's options now, not on
             # first use deep inside a call.
@@ -648,16 +650,19 @@ class RedisTransport:
             task = asyncio.create_task(self._carry_on_copy(topic, group))
             self._copies[topic, group] = task
         lease_deadline = float(deadline)
+        text = _text
+        # Six fields per event; positional arguments and no index arithmetic: this runs
+        # once per claimed event.
         messages = [
             Message(
-                receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
-                body=rows[i + 5],
-                attempt=int(rows[i + 2]),
-                lease_deadline=lease_deadline,
-                key=_text(rows[i + 4]) or None,
-                isolated=_flag(rows[i + 3]),
+                Receipt(topic, group, text(event_id), text(token)),
+                body,
+                int(attempt),
+                lease_deadline,
+                text(key) if key else None,
+                isolated == 1,
             )
-            for i in range(0, len(rows), 6)
+            for event_id, token, attempt, isolated, key, body in zip(*[iter(rows)] * 6, strict=True)
         ]
         return messages, _flag(stopped)
 
