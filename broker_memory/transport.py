@@ -417,6 +417,8 @@ class MemoryStore:
                 # A store that keeps partitions apart loses them with the old layout.
                 t.published.clear()
                 t.windows.clear()
+            if partitions is not None and max_age is None and max_events is None:
+                return  # a count alone keeps the retention
             t.max_age, t.max_events = max_age, max_events
             t.trim(now, math.inf)
 
@@ -424,10 +426,10 @@ class MemoryStore:
         """Refuse a partition change while ``t`` holds an event (see configure_topic)."""
         for group, q in sorted(t.groups.items()):
             if q.copies:
-                holding = f"group {group!r} holds {len(q.copies)} of its events"
+                holding = f"group {group!r} holds events of the topic"
                 raise partition_change_refused(topic, t.partitions, partitions, holding)
-        if retained := len(t.retained(now)):
-            holding = f"its history retains {retained} events"
+        if t.retained(now):
+            holding = "its history retains events"
             raise partition_change_refused(topic, t.partitions, partitions, holding)
 
     def topic_stats(self, topic: str) -> TopicStats:

@@ -281,7 +281,8 @@ class PostgresTransport:
         """Store ``topic``'s retention and partition count in the database, shared by
         every process.
 
-        Both None removes retention and the history. Trimming is bounded work done by
+        Both None removes retention and the history, unless ``partitions`` is given: a
+        call with a count alone keeps the retention. Trimming is bounded work done by
         this call, publishes and claims; what they have yet to trim is never read. The
         partition count is only stored (one queue per group keeps every partition's
         order); a change while the topic holds events raises PartitionChangeRefused.
@@ -290,18 +291,18 @@ class PostgresTransport:
         validate_retention(max_age, max_events)
         if partitions is not None:
             validate_partitions(partitions)
-        holding = await self._fetchval(
+        [row] = await self._fetch(
             "configure_topic",
-            f"SELECT {self._s}.configure_topic($1, $2, $3, $4, $5)",
+            f"SELECT * FROM {self._s}.configure_topic($1, $2, $3, $4, $5)",
             topic,
             None if max_age is None else float(max_age),
             max_events,
             partitions,
             self._now(),
         )
-        if holding is not None:
-            stats = await self.topic_stats(topic)
-            raise partition_change_refused(topic, stats.partitions, cast(int, partitions), holding)
+        if row["o_holding"] is not None:
+            current = int(row["o_partitions"])
+            raise partition_change_refused(topic, current, cast(int, partitions), row["o_holding"])
 
     async def topic_stats(self, topic: str) -> TopicStats:
         """``topic``'s retention, how many events it retains and how old the oldest is."""
