@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from heapq import heapify, heappop, heappush
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.errors import SubscriptionMismatch
@@ -42,7 +43,14 @@ from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.partitions import partition_change_refused, validate_partitions
 from broker_core.retention import validate_history, validate_retention
 from broker_core.text import safe_text
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
+from broker_core.transport import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    Receipt,
+    TopicStats,
+    Transport,
+)
 
 __all__ = ["MemoryStore", "MemoryTransport", "forget_store", "named_store"]
 
@@ -1119,3 +1127,8 @@ def forget_store(name: str = "") -> None:
     """
     with _stores_lock:
         _stores.pop(name, None)
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to every method of the protocol, signatures included.
+    _checked: type[Transport] = MemoryTransport

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -48,6 +48,7 @@ from broker_core import (
     Receipt,
     SubscriptionMismatch,
     TopicStats,
+    Transport,
     TransportError,
     partition_change_refused,
     redact,
@@ -635,3 +636,8 @@ class PostgresTransport:
             int(row["o_delayed"]),
             int(row["o_dead"]),
         )
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to every method of the protocol, signatures included.
+    _checked: type[Transport] = PostgresTransport
