@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -511,12 +512,15 @@ class Broker:
 
         The configuration is stored in the transport and shared by every process. Without
         ``max_age`` or ``max_events`` (the default of every topic) a topic keeps no
-        history; with either, new groups may subscribe with ``start="earliest"`` and
-        groups may :meth:`rewind`. ``partitions`` (None keeps the topic's count, 1 by
-        default) lets a hot topic spread over every master of a Redis Cluster; order then
-        holds per partition, so per ordering key (docs/semantics.md, "Partitioned
-        topics"). Changing the count of a topic that holds events raises
-        :class:`~broker_core.errors.PartitionChangeRefused` and changes nothing.
+        history, and such a call removes the topic's retention, unless it gives
+        ``partitions``: ``configure_topic(t, partitions=12)`` changes only the count. With
+        retention, new groups may subscribe with ``start="earliest"`` and groups may
+        :meth:`rewind`. ``partitions`` (None keeps the topic's count, 1 by default) lets
+        a hot topic spread over every master of a Redis Cluster; order then holds per
+        partition, so per ordering key (docs/semantics.md, "Partitioned topics").
+        Changing the count of a topic that holds events raises
+        :class:`~broker_core.errors.PartitionChangeRefused` and changes nothing; a
+        transport that has no partitions raises TypeError saying so.
         """
         age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
         # Passed only when given, so that a transport written before partitions existed
@@ -524,12 +528,29 @@ class Broker:
         options: dict[str, int] = {}
         if partitions is not None:
             options["partitions"] = validate_partitions(partitions)
+            self._check_partitions_supported()
         await self.transport.configure_topic(
             validate_topic(topic), max_age=age, max_events=max_events, **options
         )
 
+    def _check_partitions_supported(self) -> None:
+        """Refuse ``partitions`` clearly for a transport written before they existed."""
+        try:
+            parameters = inspect.signature(self.transport.configure_topic).parameters
+        except (TypeError, ValueError):  # no signature to read: let the call decide
+            return
+        if "partitions" not in parameters and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        ):
+            raise TypeError(
+                f"{type(self.transport).__name__} has no partitioned topics (its "
+                "configure_topic takes no partitions): upgrade the transport, or leave "
+                "partitions out"
+            )
+
     async def topic_stats(self, topic: str | None = None) -> list[TopicStats]:
-        """Per topic: its retention, how many events it retains and the oldest one's age.
+        """Per topic: its partitions, its retention, how many events it retains and the
+        oldest one's age.
 
         All topics with subscribers, or just ``topic``.
         """

@@ -17,12 +17,16 @@ attempt. Events given back because the consumer stops (buffered ones at once, th
 whose handlers outlived the grace period after it) are released with their attempt
 uncounted.
 
+A buffered event starts on its lease only while at least half of it is left; with less
+(renewals fell behind) it is renewed first, and not started if that fails.
+
 Failures of the transport follow one rule everywhere: the consumer never dies of them.
 A :class:`~broker_core.errors.TransportError` is an outage and is logged as a warning
 with its message; any other exception is a bug of the transport and is logged as an
 error with its traceback. Either way a failed claim or wait is tried again after a
 pause, and an event whose ack, retry, renewal or release failed returns to the group
-when its lease expires.
+when its lease expires. A batch call answered with a count of results other than one
+per receipt is such a bug, and is handled as a failed call.
 
 The lifecycle hooks (:mod:`broker_core.hooks`) are called at the points of this loop
 their docstrings name; a hook nobody implements is skipped with one ``is None`` test.
@@ -50,7 +54,7 @@ from broker_core.lifecycle import Lifecycle
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions
 from broker_core.text import safe_text
-from broker_core.transport import Message, Receipt, Transport
+from broker_core.transport import Message, Receipt, Transport, checked_results
 
 __all__ = ["Consumer"]
 
@@ -63,6 +67,11 @@ _GIVE_BACK_TIMEOUT = 5.0
 """Longest wait, when stopping, for the events not handled to be given back; past it
 (the store is unreachable) they return to the group when their leases expire."""
 
+
+_START_MARGIN = 0.5
+"""A buffered event starts on its lease as it stands only with this fraction of a lease
+left. Renewals every third of a lease keep more than that; less means they fell behind,
+and the lease is renewed first (or the event not started)."""
 
 _RELEASED = Outcome(OutcomeKind.RELEASED)
 _LEASE_LOST = Outcome(OutcomeKind.LEASE_LOST)
@@ -82,6 +91,14 @@ def _log_failure(what: str, exc: BaseException, then: str) -> None:
             then,
             exc_info=exc,
         )
+
+
+def _settling_failed(message: Message, exc: Exception) -> None:
+    _log_failure(
+        f"settling event {message.event_id} ({message.topic}/{message.group})",
+        exc,
+        "it returns when its lease expires",
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -364,7 +381,8 @@ class Consumer:
         task = asyncio.current_task()
         assert task is not None
         buffer, busy, held = run.buffer, run.busy, self._held
-        process = self._process
+        handle = self._handle
+        margin = self._options.lease * _START_MARGIN
         yielded = -1
         while True:
             while not buffer or run.stop.is_set():
@@ -385,14 +403,29 @@ class Consumer:
             message = buffer.popleft()
             receipt = message.receipt
             expires_at = held.pop(receipt, None)
-            if expires_at is None or time.monotonic() >= expires_at:
-                # Renewal was refused, or never came: another consumer may hold it now.
-                log.warning("lost the lease of buffered event %s; not handling it", receipt)
-                self._finished(run, receipt)
-                continue
             busy[task] = receipt
             try:
-                await process(message, expires_at)
+                now = time.monotonic()
+                if expires_at is None or now >= expires_at:
+                    # Renewal was refused, or never came: another consumer may hold it now.
+                    log.warning("lost the lease of buffered event %s; not handling it", receipt)
+                    continue
+                if expires_at - now < margin:
+                    # Renewals fell behind (failing, or the loop was starved): the handler
+                    # could outlive what is left. Renewed first, or not started.
+                    renewed = await self._renewed_to_start(receipt)
+                    if renewed is None:
+                        continue
+                    if run.stop.is_set():
+                        # Stopped meanwhile: given back unstarted, with the others.
+                        run.cancelled.append(receipt)
+                        continue
+                    expires_at = renewed
+                try:
+                    # (_process written out: one coroutine less per event.)
+                    await handle(message, expires_at)
+                except Exception as exc:
+                    _settling_failed(message, exc)
             except asyncio.CancelledError:
                 run.cancelled.append(receipt)
                 raise
@@ -402,6 +435,30 @@ class Consumer:
             if contextvars.copy_context() != context:
                 self._start_runner(run, context)
                 return
+
+    async def _renewed_to_start(self, receipt: Receipt) -> float | None:
+        """Renew a buffered event's lease before its handler starts; None: do not start it.
+
+        Returns the renewed lease's end (monotonic). A refused or failed renewal leaves
+        the event to whoever holds it now, or to its lease's expiry.
+        """
+        lease = self._options.lease
+        asked_at = time.monotonic()
+        try:
+            [renewed] = checked_results(
+                await self._transport.extend([receipt], lease), [receipt], "extend"
+            )
+        except Exception as exc:
+            _log_failure(
+                f"renewing the lease of buffered event {receipt.event_id} before it starts",
+                exc,
+                "not handling it; it returns when its lease expires",
+            )
+            return None
+        if not renewed:
+            log.warning("lost the lease of buffered event %s; not handling it", receipt)
+            return None
+        return asked_at + lease
 
     @staticmethod
     def _wake(run: _Run, count: int) -> None:
@@ -416,7 +473,7 @@ class Consumer:
     @staticmethod
     def _finished(run: _Run, receipt: Receipt) -> None:
         run.finished += 1
-        if run.isolated == receipt:
+        if run.isolated is not None and run.isolated == receipt:
             run.isolated = None
         run.slot_freed.set()
 
@@ -490,11 +547,7 @@ class Consumer:
             await self._handle(message, expires_at)
         except Exception as exc:
             # Handlers' own exceptions are settled in _handle: this is the transport's.
-            _log_failure(
-                f"settling event {message.event_id} ({message.topic}/{message.group})",
-                exc,
-                "it returns when its lease expires",
-            )
+            _settling_failed(message, exc)
 
     async def _handle(self, message: Message, expires_at: float) -> None:
         receipt = message.receipt
@@ -556,14 +609,18 @@ class Consumer:
             if not self._aborted():
                 await self._fail(delivery, route.retry, exc)
         else:
-            if self._aborted():
+            if run is not None and run.aborted:
                 # A plain-function handler that outlived an abort: a crashed process
                 # would not have acked it either.
                 self._deliveries.pop(receipt, None)
             else:
                 if hooks.handler_finished is not None:
                     hooks.handler_finished(delivery, ACKED, None)
-                self._queue_ack(receipt)
+                # (_queue_ack written out: this is every handled event's path.)
+                self._acks.append(receipt)
+                self._acking.add(receipt)
+                if run is not None:
+                    run.acks_queued.set()
 
     def _aborted(self) -> bool:
         return self._run is not None and self._run.aborted
@@ -643,7 +700,7 @@ class Consumer:
             return
         settled = self._hooks.delivery_settled
         try:
-            results = await self._transport.ack(batch)
+            results = checked_results(await self._transport.ack(batch), batch, "ack")
         except Exception as exc:
             # Any failure, not only an outage: the loop must go on acking later events.
             _log_failure(f"acking {len(batch)} events", exc, "they will be redelivered")
@@ -699,7 +756,9 @@ class Consumer:
                 continue
             asked_at = time.monotonic()
             try:
-                results = await self._transport.extend(receipts, lease)
+                results = checked_results(
+                    await self._transport.extend(receipts, lease), receipts, "extend"
+                )
             except Exception as exc:
                 # Deliveries notice by themselves once their leases run out unrenewed.
                 _log_failure("lease renewal", exc, "trying again next period")

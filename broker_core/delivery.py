@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from broker_core.errors import LeaseLost
 from broker_core.events import Event
-from broker_core.transport import Message, Receipt
+from broker_core.transport import Message, Receipt, checked_results
 
 if TYPE_CHECKING:
     from broker_core.transport import Transport
@@ -93,7 +93,13 @@ class Delivery(Generic[E]):
         if seconds <= 0:
             raise ValueError("a lease extension must be positive")
         asked_at = time.monotonic()
-        if self.lease_lost or not (await self._transport.extend([self.receipt], seconds))[0]:
+        receipts = [self.receipt]
+        if (
+            self.lease_lost
+            or not checked_results(
+                await self._transport.extend(receipts, seconds), receipts, "extend"
+            )[0]
+        ):
             self._lease_lost = True
             raise LeaseLost(f"lease on event {self.event_id} ({self.topic}/{self.group}) is lost")
         self.renewed(asked_at + seconds)

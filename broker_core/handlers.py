@@ -39,7 +39,11 @@ class Route:
         if not callable(func):
             raise TypeError(f"handler must be callable, got {func!r}")
         pass_delivery = _takes_delivery(func)
-        if _is_async(func):
+        invoke: Callable[[Event, Delivery[Any]], Awaitable[Any]]
+        if inspect.iscoroutinefunction(func):
+            # Its call is the coroutine to await: no wrapper coroutine per event.
+            invoke = func if pass_delivery else lambda event, delivery: func(event)
+        elif _is_async(func):
 
             async def invoke(event: Event, delivery: Delivery[Any]) -> Any:
                 result = func(event, delivery) if pass_delivery else func(event)
@@ -116,6 +120,8 @@ class Router:
 
     def __init__(self) -> None:
         self._by_type: dict[tuple[str, str], Route] = {}
+        # The same routes by topic, then type name: route() builds no tuple per event.
+        self._by_topic_type: dict[str, dict[str, Route]] = {}
         self._by_topic: dict[str, Route] = {}
         self._types: dict[str, type[Event]] = {}
 
@@ -130,11 +136,14 @@ class Router:
         if key in self._by_type:
             raise ValueError(f"{key[1]} on topic {route.topic!r} already has a handler")
         self._by_type[key] = route
+        self._by_topic_type.setdefault(route.topic, {})[key[1]] = route
         self._types[route.event_type.event_type] = route.event_type
 
     def route(self, topic: str, event: Event) -> Route | None:
         """The handler for ``event`` on ``topic``: its type's, else the topic's, else None."""
-        return self._by_type.get((topic, event.type_name)) or self._by_topic.get(topic)
+        by_type = self._by_topic_type.get(topic)
+        found = by_type.get(event.type_name) if by_type is not None else None
+        return found or self._by_topic.get(topic)
 
     @property
     def types(self) -> Mapping[str, type[Event]]:

@@ -26,8 +26,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+# Names that passed: a service uses a handful, and publish checks one per event. Topics
+# and groups follow one rule, so they share it. Plain str only (a subclass could compare
+# equal to a valid name while being something else); emptied when full, never stale.
+_VALID: set[str] = set()
+_VALID_MAX = 4096
+
+
 def validate_name(kind: str, name: object) -> str:
     """Return ``name`` unchanged if it is a valid topic or group name, else raise InvalidName."""
+    if type(name) is str and name in _VALID:
+        return name
     if not isinstance(name, str):
         raise InvalidName(f"{kind} name must be a string, got {type(name).__name__}")
     if not name or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
@@ -35,6 +44,10 @@ def validate_name(kind: str, name: object) -> str:
             f"invalid {kind} name {name!r}: use 1-{MAX_NAME_LENGTH} characters from "
             "letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
+    if type(name) is str:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID.add(name)
     return name
 
 

@@ -51,12 +51,15 @@ def partition_change_refused(
     topic: str, current: int, wanted: int, holding: str
 ) -> PartitionChangeRefused:
     """The error of a partition change refused because ``topic`` holds events, ``holding``
-    saying which (e.g. ``"group 'billing' holds 3 events"``), in words every transport
-    shares."""
+    saying what holds them (``"group 'billing' holds events of the topic"``, ``"its
+    history retains events"``), in words every transport shares."""
+    counted = f"{current} partition" + ("" if current == 1 else "s")
     return PartitionChangeRefused(
-        f"topic {topic!r} has {current} partition(s) and {holding}: its partition count "
-        f"can only change (to {wanted}) while it holds no event. Let its groups finish "
-        "and purge their dead letters (or unsubscribe them), remove its retention "
-        "(configure_topic without max_age and max_events), then configure it again; or "
-        f"publish to a new topic with partitions={wanted}. Nothing was changed."
+        f"topic {topic!r} cannot go from {counted} to {wanted}: {holding}, and an event "
+        "stays in the partition it was published to, so the count only changes while the "
+        "topic holds none. Let its groups finish their events and purge their dead "
+        "letters (broker purge), or unsubscribe groups that are gone; a retained history "
+        "goes only with the retention (configure_topic without max_age and max_events "
+        f"deletes it). Or publish to a new topic with partitions={wanted}. Nothing was "
+        "changed."
     )

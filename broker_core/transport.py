@@ -51,6 +51,12 @@ class Receipt:
     event_id: str
     token: str
 
+    def __hash__(self) -> int:
+        # Equal receipts have equal ids and tokens. Consumers look receipts up several
+        # times per event, and hashing two strings (their hashes cached) costs a fraction
+        # of the generated hash of a tuple of all four fields.
+        return hash(self.event_id) ^ hash(self.token)
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -231,7 +237,8 @@ class Transport(Protocol):
         :meth:`rewind`) after every group is done with it, until it is ``max_age``
         seconds old or no longer among the newest ``max_events`` events of the history.
         The topic holds a retained event's id as a group does: publishing the id again
-        is skipped. Both None (the default of every topic) retains nothing. Trimming is
+        is skipped. Both None (the default of every topic) retains nothing, except in a
+        call that gives ``partitions``: a count alone keeps the retention. Trimming is
         the store's own, bounded work per call; what it has yet to trim is never read.
 
         ``partitions`` (1 to :data:`~broker_core.partitions.MAX_PARTITIONS`; None keeps
@@ -242,7 +249,9 @@ class Transport(Protocol):
         which share one) and not between them (invariant 12). A change of the count is
         refused with :class:`~broker_core.errors.PartitionChangeRefused`, changing
         nothing, while any group holds an event of the topic or its history retains
-        one; the groups subscribed stay subscribed across a change.
+        one; the groups subscribed stay subscribed across a change, and the topic's
+        dedup windows are forgotten (a store keeping partitions apart loses them with
+        the old layout).
         """
         ...
 
@@ -402,3 +411,19 @@ class Transport(Protocol):
         events READY, so the counts describe the state machine at the current time.
         """
         ...
+
+
+def checked_results(
+    results: Sequence[bool], receipts: Sequence[Receipt], call: str
+) -> Sequence[bool]:
+    """``results`` of ``call`` (``"ack"``, ``"extend"``, ...), checked to hold one per receipt.
+
+    A transport answering a batch with another count has a bug; this raises RuntimeError,
+    saying so, rather than letting the answers be paired with the wrong receipts.
+    """
+    if len(results) != len(receipts):
+        raise RuntimeError(
+            f"the transport's {call} returned {len(results)} results for {len(receipts)} "
+            "receipts (one per receipt, in order, is the protocol)"
+        )
+    return results

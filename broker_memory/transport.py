@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from heapq import heapify, heappop, heappush
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.errors import SubscriptionMismatch
@@ -42,7 +43,14 @@ from broker_core.names import validate_group, validate_key, validate_topic
 from broker_core.partitions import partition_change_refused, validate_partitions
 from broker_core.retention import validate_history, validate_retention
 from broker_core.text import safe_text
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
+from broker_core.transport import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    Receipt,
+    TopicStats,
+    Transport,
+)
 
 __all__ = ["MemoryStore", "MemoryTransport", "forget_store", "named_store"]
 
@@ -89,6 +97,8 @@ class _Copy:
         # Its last lease expired: handed out alone until a delivery of it is nacked.
         self.suspect = False
 
+
+_LEASED = _State.LEASED  # (a global read, not an enum attribute lookup, per event)
 
 # (time, heap key, copy): heap keys are unique, so copies themselves are never compared.
 _HeapItem = tuple[float, int, _Copy]
@@ -415,6 +425,8 @@ class MemoryStore:
                 # A store that keeps partitions apart loses them with the old layout.
                 t.published.clear()
                 t.windows.clear()
+            if partitions is not None and max_age is None and max_events is None:
+                return  # a count alone keeps the retention
             t.max_age, t.max_events = max_age, max_events
             t.trim(now, math.inf)
 
@@ -422,10 +434,10 @@ class MemoryStore:
         """Refuse a partition change while ``t`` holds an event (see configure_topic)."""
         for group, q in sorted(t.groups.items()):
             if q.copies:
-                holding = f"group {group!r} holds {len(q.copies)} of its events"
+                holding = f"group {group!r} holds events of the topic"
                 raise partition_change_refused(topic, t.partitions, partitions, holding)
-        if retained := len(t.retained(now)):
-            holding = f"its history retains {retained} events"
+        if t.retained(now):
+            holding = "its history retains events"
             raise partition_change_refused(topic, t.partitions, partitions, holding)
 
     def topic_stats(self, topic: str) -> TopicStats:
@@ -585,7 +597,7 @@ class MemoryStore:
                 if t.log:
                     t.trim(now, _TRIM_BUDGET)  # a quiet topic's history ages out too
                 self._reap(q, now)
-                ready = q.ready
+                ready, heap, keys, prefix = q.ready, q.lease_heap, self._keys, self._token_prefix
                 taken = len(out)
                 while ready and len(out) < max_count:
                     c = ready.popleft()
@@ -597,19 +609,19 @@ class MemoryStore:
                         if out:
                             ready.appendleft(c)
                             break
-                    key = next(self._keys)
-                    c.state = _State.LEASED
-                    c.attempts += 1
-                    c.token = self._token_prefix + str(key)
+                    key = next(keys)
+                    c.state = _LEASED
+                    c.attempts = attempts = c.attempts + 1
+                    c.token = token = f"{prefix}{key}"
                     c.deadline = deadline
                     c.heap_key = key
-                    heappush(q.lease_heap, (deadline, key, c))
-                    q.leased += 1
-                    receipt = Receipt(topic, group, c.event_id, c.token)
-                    out.append(Message(receipt, c.body, c.attempts, deadline, c.key, c.suspect))
+                    heappush(heap, (deadline, key, c))
+                    receipt = Receipt(topic, group, c.event_id, token)
+                    out.append(Message(receipt, c.body, attempts, deadline, c.key, c.suspect))
                     if alone:
                         break
                 if len(out) > taken:
+                    q.leased += len(out) - taken
                     self._notify(group, topic, work=False, at=deadline)
         return out
 
@@ -618,20 +630,33 @@ class MemoryStore:
     def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
         """See :meth:`broker_core.transport.Transport.ack`."""
         results: list[bool] = []
+        touched: set[_Queue] = set()
         with self._lock:
             now = self.clock.now()
+            # _live, _unlease and _done written out: this runs once per handled event.
+            topics, t, q, topic, group = self._topics, None, None, "", ""
             for r in receipts:
-                found = self._live(r, now)
-                if found is None:
+                if r.topic != topic or r.group != group:
+                    topic, group = r.topic, r.group
+                    t = topics.get(topic)
+                    q = t.groups.get(group) if t else None
+                    if q is not None:
+                        touched.add(q)
+                c = q.copies.get(r.event_id) if q is not None else None
+                if c is None or c.state is not _LEASED or c.token != r.token or now >= c.deadline:
                     results.append(False)
                     continue
-                q, c = found
-                self._unlease(q, c)
-                self._done(r.topic, q, c)
+                assert t is not None and q is not None
+                q.leased -= 1
+                c.heap_key = 0  # its lease heap entries are stale from now on
+                del q.copies[c.event_id]
+                t.release(c.event_id)
                 q.acked += 1
-                if q.leave_lane(c):
-                    self._notify(r.group, r.topic, work=True)
+                if q.ordered and q.leave_lane(c):
+                    self._notify(group, topic, work=True)
                 results.append(True)
+            for q in touched:
+                self._compact(q)
         return results
 
     def nack(self, receipt: Receipt, *, delay: float = 0.0, error: str | None = None) -> bool:
@@ -846,12 +871,7 @@ class MemoryStore:
         if q is None:
             return None
         c = q.copies.get(receipt.event_id)
-        if (
-            c is None
-            or c.state is not _State.LEASED
-            or c.token != receipt.token
-            or now >= c.deadline
-        ):
+        if c is None or c.state is not _LEASED or c.token != receipt.token or now >= c.deadline:
             return None
         return q, c
 
@@ -1107,3 +1127,8 @@ def forget_store(name: str = "") -> None:
     """
     with _stores_lock:
         _stores.pop(name, None)
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to every method of the protocol, signatures included.
+    _checked: type[Transport] = MemoryTransport

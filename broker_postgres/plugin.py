@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from broker_core.hooks import TransportInfo, hookimpl
 from broker_postgres.options import OPTION_NAMES, SCHEMES
-from broker_postgres.transport import PostgresTransport
+
+if TYPE_CHECKING:
+    from broker_postgres.transport import PostgresTransport
 
 __all__ = ["broker_make_transport", "broker_transport_info"]
 
@@ -29,4 +31,8 @@ def broker_make_transport(url: str, options: Mapping[str, Any]) -> PostgresTrans
     """A PostgresTransport for a PostgreSQL URL, with the options it knows; None otherwise."""
     if urlsplit(url).scheme not in SCHEMES:
         return None
+    # Imported only for its own URLs: a process on another transport never loads the
+    # client library (start-up time).
+    from broker_postgres.transport import PostgresTransport
+
     return PostgresTransport(url, **{k: v for k, v in options.items() if k in OPTION_NAMES})

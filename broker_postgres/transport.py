@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -48,6 +48,7 @@ from broker_core import (
     Receipt,
     SubscriptionMismatch,
     TopicStats,
+    Transport,
     TransportError,
     partition_change_refused,
     redact,
@@ -281,7 +282,8 @@ class PostgresTransport:
         """Store ``topic``'s retention and partition count in the database, shared by
         every process.
 
-        Both None removes retention and the history. Trimming is bounded work done by
+        Both None removes retention and the history, unless ``partitions`` is given: a
+        call with a count alone keeps the retention. Trimming is bounded work done by
         this call, publishes and claims; what they have yet to trim is never read. The
         partition count is only stored (one queue per group keeps every partition's
         order); a change while the topic holds events raises PartitionChangeRefused.
@@ -290,18 +292,18 @@ class PostgresTransport:
         validate_retention(max_age, max_events)
         if partitions is not None:
             validate_partitions(partitions)
-        holding = await self._fetchval(
+        [row] = await self._fetch(
             "configure_topic",
-            f"SELECT {self._s}.configure_topic($1, $2, $3, $4, $5)",
+            f"SELECT * FROM {self._s}.configure_topic($1, $2, $3, $4, $5)",
             topic,
             None if max_age is None else float(max_age),
             max_events,
             partitions,
             self._now(),
         )
-        if holding is not None:
-            stats = await self.topic_stats(topic)
-            raise partition_change_refused(topic, stats.partitions, cast(int, partitions), holding)
+        if row["o_holding"] is not None:
+            current = int(row["o_partitions"])
+            raise partition_change_refused(topic, current, cast(int, partitions), row["o_holding"])
 
     async def topic_stats(self, topic: str) -> TopicStats:
         """``topic``'s retention, how many events it retains and how old the oldest is."""
@@ -634,3 +636,8 @@ class PostgresTransport:
             int(row["o_delayed"]),
             int(row["o_dead"]),
         )
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to every method of the protocol, signatures included.
+    _checked: type[Transport] = PostgresTransport

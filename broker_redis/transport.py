@@ -54,6 +54,7 @@ from broker_redis.cluster import ClusterScriptRunner, ClusterSettings, parse_clu
 from broker_redis.errors import REDIS_ERRORS, transport_error
 from broker_redis.keys import GroupKeys, Keys, TopicKeys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
+from broker_redis.packing import pack_with_hiredis
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 from broker_redis.wakeups import Wakeups
 
@@ -171,6 +172,15 @@ class _Layout(NamedTuple):
     """The count a change in progress goes to: its old units are all sealed."""
 
 
+class _Sealed(NamedTuple):
+    """What seal.lua answered for one unit of the layout a change leaves."""
+
+    groups: tuple[str, ...]
+    ordered: set[str]
+    retention: tuple[str, str] | None
+    """(max_age, max_events), each '' when unset; None for a unit that is gone."""
+
+
 def _parse_layout(topic: str, raw: bytes | str | None) -> _Layout:
     if raw is None:
         return _Layout(1, None)
@@ -235,12 +245,12 @@ def _holding(held: dict[str, int], bodies: int, retained: int, copies: int) -> s
     name), the history, a history copy, or bodies stored."""
     for group, count in sorted(held.items()):
         if count:
-            return f"group {group!r} holds {count} of its events"
+            return f"group {group!r} holds events of the topic"
     if retained:
-        return f"its history retains {retained} events"
+        return "its history retains events"
     if copies:
-        return f"{copies} history copies of its groups are in progress"
-    return f"it stores {bodies} events"
+        return "a history copy of one of its groups is in progress"
+    return "it stores events"
 
 
 class RedisTransport:
@@ -345,6 +355,7 @@ class RedisTransport:
             # first call after a Redis restart fails on the dead socket.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        pack_with_hiredis(pool)
         try:
             # Building one (unconnected) connection checks the URL's options now, not on
             # first use deep inside a call.
@@ -660,10 +671,13 @@ class RedisTransport:
         validate_retention(max_age, max_events)
         if partitions is not None:
             validate_partitions(partitions)
-        retention = (
+        # A count alone keeps the retention (None): the new units get the old ones'.
+        retention: tuple[str, str] | None = (
             "" if max_age is None else repr(float(max_age)),
             "" if max_events is None else str(max_events),
         )
+        if partitions is not None and max_age is None and max_events is None:
+            retention = None
         layout = await self._layout(topic, "configure_topic")
         if layout.target is not None:
             await self._finish_change(topic, layout.current, layout.target, retention)
@@ -681,21 +695,21 @@ class RedisTransport:
             # Units a change refused or cut short left sealed, before it took effect.
             await self._unseal(_units(topic, count), "")
         self._believe(topic, count)
+        if retention is None:
+            return
         script = load_script("configure_topic")
         args: list[Arg] = [*retention, self._now_arg(), _TRIM_STEP]
         calls = {u: script.call(args, topic=self._topic_keys(u)) for u in _units(topic, count)}
         await self._trimmed_each("configure_topic", calls)
 
-    async def _seal(
-        self, topic: str, count: int, partitions: int
-    ) -> dict[_Unit, tuple[tuple[str, ...], set[str]]]:
+    async def _seal(self, topic: str, count: int, partitions: int) -> dict[_Unit, _Sealed]:
         """Seal every unit of ``topic``'s layout of ``count`` for a change to
-        ``partitions``: each unit's groups and ordered groups (none for a unit that is
-        gone: a change cut short deleted it). Raises PartitionChangeRefused, after
-        unsealing those it sealed, if any unit holds an event."""
+        ``partitions``: each unit's groups, ordered groups and retention (none for a unit
+        that is gone: a change cut short deleted it). Raises PartitionChangeRefused,
+        after unsealing those it sealed, if any unit holds an event."""
         seal, script = f"{count}>{partitions}", load_script("seal")
         groups = {u: self._groups.get(u, ()) for u in _units(topic, count)}
-        sealed: dict[_Unit, tuple[tuple[str, ...], set[str]]] = {}
+        sealed: dict[_Unit, _Sealed] = {}
         held: dict[str, int] = {}
         stored = [0, 0, 0]  # bodies, retained entries, history copies
         refused, rounds = False, 0
@@ -722,7 +736,9 @@ class RedisTransport:
                     continue
                 names = groups.pop(unit)
                 if status == b"sealed":
-                    sealed[unit] = (names, {_text(g) for g in rest})
+                    max_age, max_events, *flags = rest
+                    kept = (_text(max_age), _text(max_events))
+                    sealed[unit] = _Sealed(names, {_text(g) for g in flags}, kept)
                 elif status == b"held":
                     refused = True
                     for i, n in enumerate(rest[:3]):
@@ -730,7 +746,7 @@ class RedisTransport:
                     for name, n in zip(names, rest[3:], strict=True):
                         held[name] = held.get(name, 0) + int(n)
                 else:  # the unit is gone (its layout key too): nothing of it to carry
-                    sealed[unit] = ((), set())
+                    sealed[unit] = _Sealed((), set(), None)
         if refused:
             await self._unseal(list(sealed), seal)
             raise partition_change_refused(topic, count, partitions, _holding(held, *stored))
@@ -752,22 +768,27 @@ class RedisTransport:
         topic: str,
         count: int,
         partitions: int,
-        retention: tuple[str, str],
-        sealed: dict[_Unit, tuple[tuple[str, ...], set[str]]] | None = None,
+        retention: tuple[str, str] | None,
+        sealed: dict[_Unit, _Sealed] | None = None,
     ) -> None:
         """Complete the change of ``topic`` from ``count`` partitions, all sealed, to
         ``partitions``: write the new units, delete the old ones (adding their counters
         to the new first unit), then store the new count in the topic's own unit.
 
         Every step may run again, so a change cut short is completed by a later call;
-        it then seals what is left of the old units again for their groups.
+        it then seals what is left of the old units again for their groups. With
+        ``retention`` None the new units get the old ones' (a unit left alone keeps its
+        own, if no old one is left to say).
         """
         if sealed is None:
             sealed = await self._seal(topic, count, partitions)
         seal = f"{count}>{partitions}"
-        names = sorted({g for groups, _ in sealed.values() for g in groups})
-        ordered = {g for _, flags in sealed.values() for g in flags}
-        opening: list[Arg] = ["" if partitions == 1 else partitions, *retention, len(names)]
+        names = sorted({g for s in sealed.values() for g in s.groups})
+        ordered = {g for s in sealed.values() for g in s.ordered}
+        if retention is None:
+            retention = next((s.retention for s in sealed.values() if s.retention), None)
+        limits: list[Arg] = ["0", "", ""] if retention is None else ["1", *retention]
+        opening: list[Arg] = ["" if partitions == 1 else partitions, *limits, len(names)]
         for name in names:
             opening += (name, "1" if name in ordered else "0")
         script = load_script("open_unit")
@@ -782,12 +803,12 @@ class RedisTransport:
                 topic=self._topic_keys(u),
                 groups=[self._group_keys(u, g) for g in groups],
             )
-            for u, (groups, _) in sealed.items()
+            for u, (groups, _, _) in sealed.items()
         }
         published, acked = 0, dict.fromkeys(names, 0)
         for unit, (_, events, *counts) in (await self._each("configure_topic", calls)).items():
             published += int(events)
-            for name, n in zip(sealed[unit][0], counts, strict=True):
+            for name, n in zip(sealed[unit].groups, counts, strict=True):
                 acked[name] += int(n)
         # The counters for rates go on in the new layout's first unit (at most once: the
         # old units are gone with theirs).
@@ -1104,17 +1125,19 @@ class RedisTransport:
             task = asyncio.create_task(self._carry_on_copy(unit, group))
             self._copies[unit, group] = task
         lease_deadline = float(deadline)
-        topic = unit.topic
+        topic, text = unit.topic, _text
+        # Six fields per event; positional arguments and no index arithmetic: this runs
+        # once per claimed event.
         messages = [
             Message(
-                receipt=Receipt(topic, group, _text(rows[i]), _text(rows[i + 1])),
-                body=rows[i + 5],
-                attempt=int(rows[i + 2]),
-                lease_deadline=lease_deadline,
-                key=_text(rows[i + 4]) or None,
-                isolated=_flag(rows[i + 3]),
+                Receipt(topic, group, text(event_id), text(token)),
+                body,
+                int(attempt),
+                lease_deadline,
+                text(key) if key else None,
+                isolated == 1,
             )
-            for i in range(0, len(rows), 6)
+            for event_id, token, attempt, isolated, key, body in zip(*[iter(rows)] * 6, strict=True)
         ]
         return messages, _flag(stopped), int(left)
 

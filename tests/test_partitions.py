@@ -7,18 +7,21 @@ import asyncio
 import zlib
 from typing import ClassVar
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner
 
 from broker_core import Broker, Event, PartitionChangeRefused, SyncBroker, partition_of
 from broker_core.cli import app
 from broker_core.partitions import MAX_PARTITIONS
+from broker_memory import MemoryTransport
 from broker_postgres.testing import PostgresServer, unique_schema
+from broker_postgres.transport import PostgresTransport
 
 runner = CliRunner()
 
 
-class Shipped(Event):
+class ShipmentStep(Event):
     topic: ClassVar[str | None] = "shipments"
     key_field: ClassVar[str | None] = "order"
     order: str
@@ -29,13 +32,13 @@ async def test_a_partitioned_topic_keeps_each_keys_order(broker_url: str) -> Non
     async with Broker.from_url(broker_url, group="tracking", concurrency=8) as broker:
         await broker.configure_topic("shipments", partitions=6)
         await broker.subscribe("shipments", ordered=True)
-        seen: list[Shipped] = []
+        seen: list[ShipmentStep] = []
 
-        @broker.on(Shipped)
-        async def handle(event: Shipped) -> None:
+        @broker.on(ShipmentStep)
+        async def handle(event: ShipmentStep) -> None:
             seen.append(event)
 
-        await broker.publish_many(Shipped(order=f"o{n % 10}", step=n // 10) for n in range(60))
+        await broker.publish_many(ShipmentStep(order=f"o{n % 10}", step=n // 10) for n in range(60))
         for _ in range(200):
             if not await broker.pick():
                 break
@@ -48,14 +51,15 @@ async def test_a_partitioned_topic_keeps_each_keys_order(broker_url: str) -> Non
 
 async def test_a_change_with_events_held_is_refused_and_says_what_to_do(broker_url: str) -> None:
     async with Broker.from_url(broker_url, group="tracking") as broker:
-        seen: list[Shipped] = []
-        broker.on(Shipped)(seen.append)
+        seen: list[ShipmentStep] = []
+        broker.on(ShipmentStep)(seen.append)
         await broker.subscribe("shipments")
-        await broker.publish(Shipped(order="o1", step=0))
+        await broker.publish(ShipmentStep(order="o1", step=0))
         with pytest.raises(PartitionChangeRefused) as refused:
             await broker.configure_topic("shipments", partitions=12)
         message = str(refused.value)
-        assert "'tracking' holds 1" in message and "partitions=12" in message
+        assert "from 1 partition to 12" in message and "'tracking' holds events" in message
+        assert "partitions=12" in message
         assert "Nothing was changed" in message
         [stats] = await broker.topic_stats("shipments")
         assert stats.partitions == 1
@@ -66,11 +70,36 @@ async def test_a_change_with_events_held_is_refused_and_says_what_to_do(broker_u
         assert stats.partitions == 12
 
 
+class _Unreachable(MemoryTransport):
+    """A transport the Broker must not call: its checks come first."""
+
+    async def configure_topic(self, topic: str, **options: object) -> None:
+        raise AssertionError(f"configure_topic reached the transport with {options}")
+
+
 @pytest.mark.parametrize("bad", [0, MAX_PARTITIONS + 1, 2.0, False])
 async def test_a_bad_count_is_refused_before_the_store(bad: object) -> None:
-    async with Broker.from_url("memory://", group="g") as broker:
+    async with Broker(_Unreachable()) as broker:
         with pytest.raises(ValueError, match=f"from 1 to {MAX_PARTITIONS}"):
             await broker.configure_topic("shipments", partitions=bad)  # type: ignore[arg-type]
+
+
+class _BeforePartitions(MemoryTransport):
+    """A transport written before partitioned topics: its configure_topic has none."""
+
+    async def configure_topic(  # type: ignore[override]
+        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+    ) -> None:
+        await super().configure_topic(topic, max_age=max_age, max_events=max_events)
+
+
+async def test_a_transport_without_partitions_says_so() -> None:
+    async with Broker(_BeforePartitions()) as broker:
+        with pytest.raises(TypeError, match="_BeforePartitions has no partitioned topics"):
+            await broker.configure_topic("shipments", partitions=4)
+        await broker.configure_topic("shipments", max_age=60)  # retention still works
+        [stats] = await broker.topic_stats("shipments")
+        assert (stats.max_age, stats.partitions) == (60.0, 1)
 
 
 def test_the_sync_api_configures_partitions() -> None:
@@ -102,3 +131,27 @@ def test_cli_topics_shows_the_partitions(postgres_server: PostgresServer) -> Non
     assert result.exit_code == 0, result.output
     [row] = [line for line in result.output.splitlines() if "shipments" in line]
     assert "12" in row and "tracking" in row
+
+
+async def test_postgres_a_change_waits_for_a_publish_in_flight(
+    postgres_server: PostgresServer,
+) -> None:
+    # A publish in the caller's transaction holds the topic's shared lock until it
+    # commits: the change waits for it, then sees its event, and is refused.
+    transport = PostgresTransport(postgres_server.url(schema=unique_schema()))
+    await transport.connect()
+    conn = await asyncpg.connect(postgres_server.url())
+    try:
+        await transport.subscribe("shipments", "tracking")
+        async with conn.transaction():
+            await transport.publish("shipments", [("e1", b"x")], connection=conn)
+            change = asyncio.ensure_future(transport.configure_topic("shipments", partitions=4))
+            done, _ = await asyncio.wait({change}, timeout=0.5)
+            assert not done, "the change did not wait for the publish in flight"
+        with pytest.raises(PartitionChangeRefused, match="'tracking' holds events"):
+            await asyncio.wait_for(change, 10)
+        assert (await transport.topic_stats("shipments")).partitions == 1
+        assert (await transport.stats("shipments", "tracking")).ready == 1
+    finally:
+        await conn.close()
+        await transport.close()

@@ -361,7 +361,7 @@ async def test_a_refused_change_says_why_and_changes_nothing(
     with pytest.raises(PartitionChangeRefused) as refused:
         await tr.configure_topic(T, partitions=N)
     message = str(refused.value)
-    assert "'orders' has 4 partition(s) and group 'billing' holds 1 of its events" in message
+    assert "'orders' cannot go from 4 partitions to 12: group 'billing' holds events" in message
     assert "Nothing was changed" in message
     # Every unit is open again: nothing waits, the count and retention are as they were.
     client = admin_of(store_url)
@@ -454,15 +454,19 @@ async def test_a_change_is_refused_while_any_partition_retains_history(
     tr = await make()
     await tr.configure_topic(T, partitions=2, max_events=100)
     await tr.publish(T, [(f"e{n}", b"x") for n in range(10)])
-    await tr.configure_topic(T, partitions=2)  # no retention: the history goes
+    with pytest.raises(PartitionChangeRefused, match="history retains events"):
+        await tr.configure_topic(T, partitions=3)
+    await tr.configure_topic(T)  # no retention: the history goes, on every partition
     assert (await tr.topic_stats(T)).retained == 0
-    await tr.configure_topic(T, partitions=3, max_age=3600.0)
-    assert (await tr.topic_stats(T)).partitions == 3
-    await tr.publish(T, [("e1", b"x")])
-    with pytest.raises(PartitionChangeRefused, match="history retains 1 events"):
-        await tr.configure_topic(T, partitions=1, max_age=3600.0)
+    await tr.configure_topic(T, max_age=3600.0)
+    await tr.configure_topic(T, partitions=3)  # a count alone keeps the retention
     stats = await tr.topic_stats(T)
-    assert (stats.retained, stats.partitions) == (1, 3)
+    assert (stats.partitions, stats.max_age, stats.max_events) == (3, 3600.0, None)
+    await tr.publish(T, [("e1", b"x")])
+    with pytest.raises(PartitionChangeRefused, match="history retains events"):
+        await tr.configure_topic(T, partitions=1)
+    stats = await tr.topic_stats(T)
+    assert (stats.retained, stats.partitions, stats.max_age) == (1, 3, 3600.0)
 
 
 async def test_changes_while_publishers_and_consumers_run_lose_nothing(

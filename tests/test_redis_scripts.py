@@ -191,7 +191,7 @@ EMPTY_REPLIES: dict[str, Any] = {
     "count_history": [b"", 0],
     "unsubscribe": [1, 1],
     "topic_stats": [b"", b"", 0, b"", 0],
-    "seal": [b"sealed"],
+    "seal": [b"sealed", b"", b""],
 }
 
 

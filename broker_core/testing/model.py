@@ -249,7 +249,7 @@ class DeliveryModel:
         partitions: int | None = None,
     ) -> bool:
         """Set (or, with both None, remove) ``topic``'s retention, and set its partition
-        count unless ``partitions`` is None.
+        count unless ``partitions`` is None; a count alone keeps the retention.
 
         Returns False, changing nothing, for a change of the count while the topic holds
         an event (a group's copy in any state, or a retained one): the transport raises
@@ -266,6 +266,8 @@ class DeliveryModel:
                 del self.partitions[topic]
             else:
                 self.partitions[topic] = partitions
+        if partitions is not None and max_age is None and max_events is None:
+            return True  # a count alone keeps the retention
         if max_age is None and max_events is None:
             self.retention.pop(topic, None)
         else:

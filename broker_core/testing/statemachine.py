@@ -101,13 +101,12 @@ FROM_SEEN = st.sampled_from([False, False, False, True])
 """Whether a settling call uses any receipt ever seen (often stale) or a held one."""
 PARTITIONS = (None, None, None, None, 1, 4)
 """Partition counts ``configure`` asks for: mostly none (keep the count), sometimes a
-change, which is refused while the topic holds events. With 4 partitions the keys and
-the unkeyed ids spread over all of them."""
-KEY_OF_ID = {
-    event_id: ORDERING_KEYS[n % len(ORDERING_KEYS)] for n, event_id in enumerate(EVENT_IDS)
-}
+change, which is refused while the topic holds events."""
+KEY_OF_ID = dict(zip(EVENT_IDS, ("k1", "k2", "k/3", None, None, None, "k1", "k2"), strict=True))
 """On a partitioned topic each id is published with one key, as events of an aggregate
-are: the same id with another key may reach another partition, a new event there."""
+are: the same id with another key may reach another partition, a new event there. Over
+4 partitions the keys reach partitions 1, 3 and 0 and the unkeyed ids 3, 0 and 2, so
+every partition gets events."""
 RETENTIONS = ((None, None), (5.5, None), (None, 3), (30.5, 6))
 """(max_age, max_events) a topic is configured with: none, short by age, few by count, both."""
 HISTORIES = (math.inf, math.inf, 2.5, 10.5)

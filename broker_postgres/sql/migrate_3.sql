@@ -4,4 +4,5 @@
 -- group keeps the order of every partition (invariant 12), so nothing else changes. A
 -- column with a constant default only changes the catalog, however many topics there are.
 
-ALTER TABLE @schema@.topics ADD COLUMN partitions integer NOT NULL DEFAULT 1;
+ALTER TABLE @schema@.topics
+    ADD COLUMN partitions integer NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 256);

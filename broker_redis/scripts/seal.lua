@@ -4,7 +4,7 @@ A change of a topic's partition count (configure_topic) seals every unit of the 
 it leaves, each with this script: atomically, unless the unit holds an event, it marks
 the unit's layout key with the change (ARGV[4], '<N>><M>'), so that every publish, claim
 and subscribe built for the old count is refused from then on (layout.lua), and answers
-the unit's ordered groups. A unit holds an event while a group holds one in any state
+the unit's retention (which a change that does not state one keeps) and ordered groups. A unit holds an event while a group holds one in any state
 (READY, LEASED, DELAYED, DEAD or waiting in its lanes), its history retains one (after
 trimming, a bounded part per call), a history copy is in progress, or it stores a body.
 A unit sealed already (a change cut short) is sealed again with the seal given.
@@ -17,7 +17,7 @@ KEYS: 1 layout  2 groups  3 ordered  4 retention  5 log  6 logged  7 refs  8 msg
       then per group g = 1..n: 6+5g ready  7+5g leased  8+5g delayed  9+5g dead  10+5g lanes
 ARGV: 1 now ('' = server TIME)  2 most history entries to trim  3 the unit's count
       4 the seal ('<N>><M>')  5 n, 6..n+5 the group names
-Returns: {'sealed', the ordered groups...} once sealed; {'held', bodies stored, entries
+Returns: {'sealed', max_age or '', max_events or '', the ordered groups...} once sealed; {'held', bodies stored, entries
          retained, copies in progress, then per group the events it holds} when the unit
          holds an event (nothing changed); {'groups', the subscribed groups...} when they
          differ from those passed; {'again'} when trimming is not done (call again);
@@ -65,6 +65,9 @@ if holds or bodies > 0 or retained > 0 or copies > 0 then
   return out
 end
 redis.call('SET', layout, ARGV[4])
-local out = redis.call('SMEMBERS', ordered)
-table.insert(out, 1, 'sealed')
+local limits = redis.call('HMGET', t.retention, 'max_age', 'max_events')
+local out = {'sealed', limits[1] or '', limits[2] or ''}
+for _, group in ipairs(redis.call('SMEMBERS', ordered)) do
+  out[#out + 1] = group
+end
 return out

@@ -58,6 +58,32 @@ class PartitionConformance(ConformanceBase):
         assert (stats.partitions, stats.max_age) == (P, 60.0)
 
     @pytest.mark.asyncio
+    async def test_a_count_alone_keeps_the_retention(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.configure_topic(T, max_age=3600.0, max_events=50)
+        await tr.configure_topic(T, partitions=P)
+        stats = await tr.topic_stats(T)
+        assert (stats.max_age, stats.max_events, stats.partitions) == (3600.0, 50, P)
+        await tr.configure_topic(T)  # no count: the retention goes, the count stays
+        stats = await tr.topic_stats(T)
+        assert (stats.max_age, stats.max_events, stats.partitions) == (None, None, P)
+
+    @pytest.mark.asyncio
+    async def test_a_change_forgets_the_dedup_windows(self, harness: Harness) -> None:
+        tr = harness.transport
+        await tr.subscribe(T, G)
+        events, keys = _keyed(3)
+        assert await tr.publish(T, events, keys=keys, dedup_window=60.0) == 3
+        await self._drain(harness, G)
+        await tr.configure_topic(T, partitions=1)  # the same count: windows kept
+        assert await tr.publish(T, events, keys=keys, dedup_window=60.0) == 0
+        await tr.configure_topic(T, partitions=P)
+        assert await tr.publish(T, events, keys=keys, dedup_window=60.0) == 3
+        await self._drain(harness, G)
+        await tr.configure_topic(T, partitions=P)
+        assert await tr.publish(T, events, keys=keys, dedup_window=60.0) == 0
+
+    @pytest.mark.asyncio
     async def test_every_event_reaches_every_group_once(self, harness: Harness) -> None:
         tr = harness.transport
         await tr.subscribe(T, G)  # subscribed before the change: it stays subscribed
@@ -160,7 +186,7 @@ class PartitionConformance(ConformanceBase):
         await tr.subscribe(T, G)
         await harness.publish(T, "e1")
         [m] = await harness.claim(G, T)
-        with pytest.raises(PartitionChangeRefused, match="holds"):
+        with pytest.raises(PartitionChangeRefused, match="group 'billing' holds events"):
             await tr.configure_topic(T, max_age=60.0, partitions=P)
         stats = await tr.topic_stats(T)
         assert (stats.partitions, stats.max_age) == (1, None), "a refused call changes nothing"
@@ -190,7 +216,7 @@ class PartitionConformance(ConformanceBase):
         tr = harness.transport
         await tr.configure_topic(T, max_events=10)
         await harness.publish(T, "e1")
-        with pytest.raises(PartitionChangeRefused, match="retain"):
+        with pytest.raises(PartitionChangeRefused, match="history retains events"):
             await tr.configure_topic(T, partitions=P)
         stats = await tr.topic_stats(T)
         assert (stats.retained, stats.max_events, stats.partitions) == (1, 10, 1)
