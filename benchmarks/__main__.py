@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks import dramatiq_baseline
+from benchmarks import cluster, dramatiq_baseline
 from benchmarks.report import markdown, print_report, write_json
 from benchmarks.runner import TRANSPORTS, Config, run
 from broker_postgres.testing import find_binaries
@@ -55,6 +55,19 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the fresh Redis consumer on uvloop (skipped anyway without uvloop)",
     )
     parser.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="skip the Redis Cluster scenario (run with redis when redis-cli is installed)",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        default=None,
+        metavar="redis+cluster://HOST:PORT[,...]",
+        help="run the Redis Cluster scenario on this existing cluster instead of a local "
+        "one: it writes keys under a fresh bench-* prefix, deletes them after each step, "
+        "and resets the masters' INFO commandstats (CONFIG RESETSTAT)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=Path("bench-results.json"),
@@ -89,6 +102,18 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     if with_dramatiq and not dramatiq_baseline.available():
         console.print("Dramatiq is not installed: its baseline is skipped (pip install dramatiq)")
         with_dramatiq = False
+    with_cluster = not args.no_cluster and (args.cluster_url is not None or "redis" in transports)
+    if args.cluster_url is not None and not args.cluster_url.startswith(
+        ("redis+cluster://", "rediss+cluster://")
+    ):
+        console.print("--cluster-url takes a redis+cluster:// or rediss+cluster:// URL")
+        return 2
+    if with_cluster and args.cluster_url is None and not cluster.available():
+        console.print(
+            "redis-cli is not installed: the Redis Cluster scenario is skipped "
+            "(apt install redis-tools)"
+        )
+        with_cluster = False
     config = Config(
         events=args.events,
         latency_events=args.latency_events,
@@ -97,6 +122,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         transports=transports,
         dramatiq=with_dramatiq,
         uvloop=not args.no_uvloop and "redis" in transports and _has_uvloop(),
+        cluster=with_cluster,
+        cluster_url=args.cluster_url,
     )
     results = asyncio.run(run(config, console))
     print_report(results, console)
