@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from rich.console import Console
 
 from broker_postgres.testing import find_binaries
-from broker_redis.testing import redis_server_binary
+from broker_redis.testing import RedisCluster, redis_server_binary
 
 # benchmarks/ lives beside the packages, not inside them; appended so that installed
 # packages keep precedence over the source tree.
@@ -229,3 +229,40 @@ def test_partitioned_layout_runs_where_partitions_are_kept() -> None:
     layout, published, drained = asyncio.run(scenario())
     assert layout == cluster.spread_layout(12) and not layout.note
     assert published > 0 and drained > 0
+
+
+@pytest.mark.timeout(120)
+def test_cluster_url_runs_on_a_cluster_given_and_leaves_its_data_alone(tmp_path: Path) -> None:
+    # --transports cluster runs scenario 6 alone; on the cluster of --cluster-url it
+    # writes under its own prefixes and deletes them, and leaves out the routing ratio
+    # (which needs a local cluster).
+    if not cluster.available():
+        pytest.skip("redis-server or redis-cli is not installed")
+    given = RedisCluster(tmp_path / "cluster", masters=3)
+    given.start()
+    try:
+        with given.master_of("app:kept").admin() as client:
+            client.set("app:kept", "1")
+        text, data = _run(
+            tmp_path,
+            "--transports",
+            "cluster",
+            "--cluster-url",
+            given.url,
+            scenarios=["cluster"],
+        )
+        assert {r["scenario"] for r in data["rows"]} == {"cluster"}
+        assert SCENARIOS["cluster"] in text
+        meta = data["meta"]["cluster"]
+        assert meta["where"] == given.url and not meta["routing_measured"]
+        assert sorted(meta["masters"]) == sorted(f"127.0.0.1:{n.port}" for n in given.nodes)
+        figures = [r["figure"] for r in data["rows"]]
+        assert not [f for f in figures if "single node" in f or "one topic" in f]
+        assert all(r["ours"] is not None for r in data["rows"])
+        left = []
+        for node in given.masters():
+            with node.admin() as client:
+                left += [k.decode() for k in client.scan_iter(count=1000)]
+        assert left == ["app:kept"]
+    finally:
+        given.stop()
