@@ -189,10 +189,12 @@ async def detect_layout(url: str, partitions: int) -> Layout:
 
 @dataclass(frozen=True)
 class Measured:
-    """A timed phase: its rate, and each master's script calls during it (when counted)."""
+    """A timed phase: its rate and length, and each master's script calls and the
+    microseconds it spent in them during the phase (when counted)."""
 
     rate: float
-    calls: dict[str, int] = field(default_factory=dict)
+    seconds: float
+    calls: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 async def publish_rate(
@@ -212,7 +214,7 @@ async def publish_rate(
             await _publish_all(publisher, events, batch)
             elapsed = time.perf_counter() - start
         calls = await masters.script_calls() if masters is not None else {}
-    return Measured(len(events) / elapsed, calls)
+    return Measured(len(events) / elapsed, elapsed, calls)
 
 
 async def drain_rate(
@@ -238,7 +240,7 @@ async def drain_rate(
             await masters.reset_stats()
         seconds = await run_until_acked(broker, counter, len(events))
         calls = await masters.script_calls() if masters is not None else {}
-    return Measured(len(events) / seconds, calls)
+    return Measured(len(events) / seconds, seconds, calls)
 
 
 async def _publish_all(broker: Broker, events: Sequence[Event], batch: int = 1000) -> None:
@@ -283,16 +285,31 @@ class Outcome:
     """Whether the one-topic runs (single node against the cluster) were measured."""
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     """Phase (publish, drain) -> master -> script calls."""
+    usec: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Phase -> master -> microseconds spent in scripts."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Phase -> seconds on the clock, summed like the calls."""
     round_shares: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def count(self, phase: str, measured: Measured) -> None:
-        """Add a spread run's calls to its phase."""
-        total = self.calls.setdefault(phase, dict.fromkeys(self.masters, 0))
-        for name, n in measured.calls.items():
-            total[name] = total.get(name, 0) + n
+        """Add a spread run's calls (and time) to its phase."""
+        calls = self.calls.setdefault(phase, dict.fromkeys(self.masters, 0))
+        usec = self.usec.setdefault(phase, dict.fromkeys(self.masters, 0))
+        for name, (n, us) in measured.calls.items():
+            calls[name] = calls.get(name, 0) + n
+            usec[name] = usec.get(name, 0) + us
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + measured.seconds
+        this_round = {name: n for name, (n, _) in measured.calls.items()}
         self.round_shares.setdefault(phase, []).append(
-            {k: round(v, 1) for k, v in shares(measured.calls).items()}
+            {k: round(v, 1) for k, v in shares(this_round).items()}
         )
+
+    def busiest(self, phase: str) -> float | None:
+        """The busiest master's time in scripts, in % of the phase's time on the clock."""
+        usec, seconds = self.usec.get(phase), self.seconds.get(phase)
+        if not usec or not seconds:
+            return None
+        return 100.0 * max(usec.values()) / 1e6 / seconds
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -305,6 +322,8 @@ class Outcome:
             "ordering_keys": KEYS,
             "note": self.layout.note,
             "script_calls": self.calls,
+            "script_usec": self.usec,
+            "phase_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "share_per_round_pct": self.round_shares,
             "routing_measured": self.routing,
         }
@@ -497,6 +516,17 @@ def add_rows(results: Results, runs: Runs, outcome: Outcome) -> None:
         )
         row.met = off is not None and off <= TOLERANCE
         row.headline = f"Redis Cluster, {layout.name}: spread of the {phase} calls over masters"
+        row = results.add(
+            Row(
+                "cluster",
+                "cluster",
+                f"busiest master's time in scripts, {phase}",
+                "% of the clock",
+                outcome.busiest(phase),
+                False,
+            )
+        )
+        row.note = "its commandstats usec over the phase's seconds: how busy Redis was"
     if not outcome.routing:
         return
     for phase, what in (("publish", "publish_many rate"), ("drain", "drain rate")):

@@ -37,13 +37,14 @@ SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro")
 _TIMEOUT = 10.0
 
 
-def script_calls(commandstats: Mapping[str, Any]) -> int:
-    """How many script calls an ``INFO commandstats`` answer (as redis-py parses it) counts."""
+def script_calls(commandstats: Mapping[str, Any], field: str = "calls") -> int:
+    """How many script calls an ``INFO commandstats`` answer (as redis-py parses it) counts,
+    or (``field="usec"``) how many microseconds the server spent in them."""
     total = 0
     for command in SCRIPT_COMMANDS:
         stats = commandstats.get(f"cmdstat_{command}")
         if isinstance(stats, Mapping):
-            total += int(stats.get("calls", 0))
+            total += int(stats.get(field, 0))
     return total
 
 
@@ -119,12 +120,14 @@ class Masters:
         for client in self._clients.values():
             await client.config_resetstat()
 
-    async def script_calls(self) -> dict[str, int]:
-        """Script calls each master ran since the last reset (or since it started)."""
-        return {
-            name: script_calls(await client.info("commandstats"))
-            for name, client in self._clients.items()
-        }
+    async def script_calls(self) -> dict[str, tuple[int, int]]:
+        """Script calls each master ran since the last reset (or since it started), and
+        the microseconds it spent in them."""
+        counts = {}
+        for name, client in self._clients.items():
+            stats = await client.info("commandstats")
+            counts[name] = (script_calls(stats), script_calls(stats, "usec"))
+        return counts
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix`` on every master; how many there were.

@@ -161,6 +161,7 @@ def _check_cluster_rows(data: dict[str, Any]) -> None:
         # Judged, never asserted: the share is a figure of the machine and the layout.
         assert all(r["met"] is not None for r in masters)
         assert rows[f"largest master share's distance from 33%, {phase}"]["met"] is not None
+        assert rows[f"busiest master's time in scripts, {phase}"]["ours"] is not None
     for what in ("publish_many rate", "drain rate"):
         assert rows[f"{what}, cluster / single node"]["ours"] is not None, what
         single = {r["figure"]: r for r in _rows(data, "cluster", "redis")}
@@ -187,6 +188,7 @@ def test_master_shares_from_commandstats() -> None:
         "cmdstat_hset": {"calls": 500, "usec": 400},
     }
     assert script_calls(stats) == 33
+    assert script_calls(stats, "usec") == 985
     assert script_calls({}) == 0
     percent = shares({"a": 50, "b": 30, "c": 20})
     assert percent == pytest.approx({"a": 50.0, "b": 30.0, "c": 20.0})
