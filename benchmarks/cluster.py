@@ -194,6 +194,8 @@ class Measured:
 
     rate: float
     seconds: float
+    cpu: float
+    """CPU seconds this process (the client) spent in the phase."""
     calls: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
@@ -210,11 +212,11 @@ async def publish_rate(
         if masters is not None:
             await masters.reset_stats()
         async with asyncio.timeout(time_limit(len(events))):
-            start = time.perf_counter()
+            cpu, start = time.process_time(), time.perf_counter()
             await _publish_all(publisher, events, batch)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         calls = await masters.script_calls() if masters is not None else {}
-    return Measured(len(events) / elapsed, elapsed, calls)
+    return Measured(len(events) / elapsed, elapsed, cpu, calls)
 
 
 async def drain_rate(
@@ -238,9 +240,11 @@ async def drain_rate(
         gc.collect()
         if masters is not None:
             await masters.reset_stats()
+        cpu = time.process_time()
         seconds = await run_until_acked(broker, counter, len(events))
+        cpu = time.process_time() - cpu  # includes stopping the consumer: a few ms
         calls = await masters.script_calls() if masters is not None else {}
-    return Measured(len(events) / seconds, seconds, calls)
+    return Measured(len(events) / seconds, seconds, cpu, calls)
 
 
 async def _publish_all(broker: Broker, events: Sequence[Event], batch: int = 1000) -> None:
@@ -289,6 +293,8 @@ class Outcome:
     """Phase -> master -> microseconds spent in scripts."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Phase -> seconds on the clock, summed like the calls."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """Phase -> the client's CPU seconds, summed like the calls."""
     round_shares: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def count(self, phase: str, measured: Measured) -> None:
@@ -299,6 +305,7 @@ class Outcome:
             calls[name] = calls.get(name, 0) + n
             usec[name] = usec.get(name, 0) + us
         self.seconds[phase] = self.seconds.get(phase, 0.0) + measured.seconds
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + measured.cpu
         this_round = {name: n for name, (n, _) in measured.calls.items()}
         self.round_shares.setdefault(phase, []).append(
             {k: round(v, 1) for k, v in shares(this_round).items()}
@@ -310,6 +317,11 @@ class Outcome:
         if not usec or not seconds:
             return None
         return 100.0 * max(usec.values()) / 1e6 / seconds
+
+    def client_cpu(self, phase: str) -> float | None:
+        """The client's CPU time, in % of the phase's time on the clock."""
+        seconds = self.seconds.get(phase)
+        return 100.0 * self.cpu[phase] / seconds if seconds else None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -324,6 +336,7 @@ class Outcome:
             "script_calls": self.calls,
             "script_usec": self.usec,
             "phase_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "client_cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
             "share_per_round_pct": self.round_shares,
             "routing_measured": self.routing,
         }
@@ -527,6 +540,17 @@ def add_rows(results: Results, runs: Runs, outcome: Outcome) -> None:
             )
         )
         row.note = "its commandstats usec over the phase's seconds: how busy Redis was"
+        row = results.add(
+            Row(
+                "cluster",
+                "cluster",
+                f"client process CPU, {phase}",
+                "% of the clock",
+                outcome.client_cpu(phase),
+                False,
+            )
+        )
+        row.note = "time.process_time of the benchmark's process (100% = one core)"
     if not outcome.routing:
         return
     for phase, what in (("publish", "publish_many rate"), ("drain", "drain rate")):

@@ -162,6 +162,7 @@ def _check_cluster_rows(data: dict[str, Any]) -> None:
         assert all(r["met"] is not None for r in masters)
         assert rows[f"largest master share's distance from 33%, {phase}"]["met"] is not None
         assert rows[f"busiest master's time in scripts, {phase}"]["ours"] is not None
+        assert rows[f"client process CPU, {phase}"]["ours"] is not None
     for what in ("publish_many rate", "drain rate"):
         assert rows[f"{what}, cluster / single node"]["ours"] is not None, what
         single = {r["figure"]: r for r in _rows(data, "cluster", "redis")}
