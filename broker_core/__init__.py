@@ -22,6 +22,7 @@ from broker_core.errors import (
 from broker_core.events import Event, UnknownEvent
 from broker_core.hooks import Outcome, OutcomeKind, hookimpl
 from broker_core.names import validate_group, validate_key, validate_topic
+from broker_core.partitions import partition_change_refused, partition_of, validate_partitions
 from broker_core.retention import validate_history, validate_retention
 from broker_core.retry import RetryPolicy
 from broker_core.settings import BrokerOptions, BrokerSettings
@@ -67,11 +68,14 @@ __all__ = [
     "UnknownEvent",
     "UnknownTransport",
     "hookimpl",
+    "partition_change_refused",
+    "partition_of",
     "redact",
     "safe_text",
     "validate_group",
     "validate_history",
     "validate_key",
+    "validate_partitions",
     "validate_retention",
     "validate_topic",
 ]

@@ -519,10 +519,13 @@ class Broker:
         :class:`~broker_core.errors.PartitionChangeRefused` and changes nothing.
         """
         age = max_age.total_seconds() if isinstance(max_age, timedelta) else max_age
+        # Passed only when given, so that a transport written before partitions existed
+        # keeps working for retention.
+        options: dict[str, int] = {}
         if partitions is not None:
-            validate_partitions(partitions)
+            options["partitions"] = validate_partitions(partitions)
         await self.transport.configure_topic(
-            validate_topic(topic), max_age=age, max_events=max_events, partitions=partitions
+            validate_topic(topic), max_age=age, max_events=max_events, **options
         )
 
     async def topic_stats(self, topic: str | None = None) -> list[TopicStats]:

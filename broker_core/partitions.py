@@ -14,7 +14,7 @@ import zlib
 
 from broker_core.errors import PartitionChangeRefused
 
-__all__ = ["MAX_PARTITIONS", "change_refused", "partition_of", "validate_partitions"]
+__all__ = ["MAX_PARTITIONS", "partition_change_refused", "partition_of", "validate_partitions"]
 
 MAX_PARTITIONS = 256
 """The most partitions a topic may have: a claim asks every partition of its topics, so
@@ -47,7 +47,9 @@ def partition_of(event_id: str, key: str | None, partitions: int) -> int:
     return zlib.crc32(text.encode("utf-8", "surrogateescape")) % partitions
 
 
-def change_refused(topic: str, current: int, wanted: int, holding: str) -> PartitionChangeRefused:
+def partition_change_refused(
+    topic: str, current: int, wanted: int, holding: str
+) -> PartitionChangeRefused:
     """The error of a partition change refused because ``topic`` holds events, ``holding``
     saying which (e.g. ``"group 'billing' holds 3 events"``), in words every transport
     shares."""

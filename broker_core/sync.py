@@ -23,7 +23,7 @@ from broker_core import loops
 from broker_core.broker import Broker
 from broker_core.events import Event
 from broker_core.settings import BrokerSettings
-from broker_core.transport import DeadLetter, QueueStats
+from broker_core.transport import DeadLetter, QueueStats, TopicStats
 
 __all__ = ["SyncBroker"]
 
@@ -181,6 +181,12 @@ class SyncBroker:
     def stats(self, topic: str | None = None, *, timeout: float | None = None) -> list[QueueStats]:
         """:meth:`Broker.stats`: per topic and group, ready, leased, delayed and dead counts."""
         return self._call("stats", lambda b: b.stats(topic), timeout)
+
+    def topic_stats(
+        self, topic: str | None = None, *, timeout: float | None = None
+    ) -> list[TopicStats]:
+        """:meth:`Broker.topic_stats`: per topic, its partitions, retention and history."""
+        return self._call("topic_stats", lambda b: b.topic_stats(topic), timeout)
 
     def configure_topic(
         self,

@@ -39,7 +39,7 @@ from itertools import islice
 from broker_core.clock import Clock, MonotonicClock
 from broker_core.errors import SubscriptionMismatch
 from broker_core.names import validate_group, validate_key, validate_topic
-from broker_core.partitions import change_refused, validate_partitions
+from broker_core.partitions import partition_change_refused, validate_partitions
 from broker_core.retention import validate_history, validate_retention
 from broker_core.text import safe_text
 from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
@@ -423,10 +423,10 @@ class MemoryStore:
         for group, q in sorted(t.groups.items()):
             if q.copies:
                 holding = f"group {group!r} holds {len(q.copies)} of its events"
-                raise change_refused(topic, t.partitions, partitions, holding)
+                raise partition_change_refused(topic, t.partitions, partitions, holding)
         if retained := len(t.retained(now)):
             holding = f"its history retains {retained} events"
-            raise change_refused(topic, t.partitions, partitions, holding)
+            raise partition_change_refused(topic, t.partitions, partitions, holding)
 
     def topic_stats(self, topic: str) -> TopicStats:
         """See :meth:`broker_core.transport.Transport.topic_stats`."""

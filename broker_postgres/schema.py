@@ -27,8 +27,9 @@ from broker_core import TransportError
 
 __all__ = ["FUNCTION_FILES", "SCHEMA_VERSION", "channel_of", "migrate", "quote"]
 
-SCHEMA_VERSION = 2
-"""The version of the tables this release creates and reads (2: retention and history)."""
+SCHEMA_VERSION = 3
+"""The version of the tables this release creates and reads (2: retention and history,
+3: partition counts)."""
 
 FUNCTION_FILES = (
     "common", "history", "subscribe", "publish", "claim", "ack", "nack", "extend", "release",

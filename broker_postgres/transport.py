@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -49,11 +49,13 @@ from broker_core import (
     SubscriptionMismatch,
     TopicStats,
     TransportError,
+    partition_change_refused,
     redact,
     safe_text,
     validate_group,
     validate_history,
     validate_key,
+    validate_partitions,
     validate_retention,
     validate_topic,
 )
@@ -269,23 +271,37 @@ class PostgresTransport:
     # -- retention and history -----------------------------------------------------------
 
     async def configure_topic(
-        self, topic: str, *, max_age: float | None = None, max_events: int | None = None
+        self,
+        topic: str,
+        *,
+        max_age: float | None = None,
+        max_events: int | None = None,
+        partitions: int | None = None,
     ) -> None:
-        """Store ``topic``'s retention in the database, shared by every process.
+        """Store ``topic``'s retention and partition count in the database, shared by
+        every process.
 
         Both None removes retention and the history. Trimming is bounded work done by
-        this call, publishes and claims; what they have yet to trim is never read.
+        this call, publishes and claims; what they have yet to trim is never read. The
+        partition count is only stored (one queue per group keeps every partition's
+        order); a change while the topic holds events raises PartitionChangeRefused.
         """
         topic = validate_topic(topic)
         validate_retention(max_age, max_events)
-        await self._fetch(
+        if partitions is not None:
+            validate_partitions(partitions)
+        holding = await self._fetchval(
             "configure_topic",
-            f"SELECT {self._s}.configure_topic($1, $2, $3, $4)",
+            f"SELECT {self._s}.configure_topic($1, $2, $3, $4, $5)",
             topic,
             None if max_age is None else float(max_age),
             max_events,
+            partitions,
             self._now(),
         )
+        if holding is not None:
+            stats = await self.topic_stats(topic)
+            raise partition_change_refused(topic, stats.partitions, cast(int, partitions), holding)
 
     async def topic_stats(self, topic: str) -> TopicStats:
         """``topic``'s retention, how many events it retains and how old the oldest is."""
@@ -303,6 +319,7 @@ class PostgresTransport:
             row["o_max_events"],
             int(row["o_retained"]),
             None if oldest is None else max(row["o_now"] - oldest, 0.0),
+            partitions=int(row["o_partitions"]),
         )
 
     async def rewind(self, topic: str, group: str, *, history: float, dry_run: bool = False) -> int:

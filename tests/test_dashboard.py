@@ -133,12 +133,12 @@ def test_overview_lists_every_queue_and_streams_new_counts(writable: Setup) -> N
     assert any(b.startswith("event: queue:orders/billing\n") for b in blocks)
 
 
-def test_the_overview_shows_each_topics_retention() -> None:
+def test_the_overview_shows_each_topics_retention_and_partitions() -> None:
     store = f"dash-{uuid.uuid4().hex}"
 
     async def fill() -> None:
         async with Broker.from_url(f"memory://{store}", group="billing") as broker:
-            await broker.configure_topic("orders", max_age=7200, max_events=500)
+            await broker.configure_topic("orders", max_age=7200, max_events=500, partitions=12)
             await broker.subscribe("orders", "payments")
             await broker.publish_many([DashOrder(order_id="1"), DashOrder(order_id="2")])
 
@@ -148,6 +148,10 @@ def test_the_overview_shows_each_topics_retention() -> None:
         rows = dict(re.findall(r'data-queue="([^"]+)">.*?class="retention">([^<]*)<', page, re.S))
         assert rows["orders/billing"].startswith("2 h, newest 500: 2 kept, oldest ")
         assert rows["payments/billing"] == "none"
+        topics = dict(re.findall(r'data-queue="([^"]+)">\s*<td>(.*?)</td>', page, re.S))
+        assert topics["orders/billing"].startswith("orders <span class=\"partitions\"")
+        assert topics["orders/billing"].endswith(">×12</span>")
+        assert topics["payments/billing"] == "payments"
 
 
 def test_one_reading_per_interval_serves_every_browser(writable: Setup) -> None:

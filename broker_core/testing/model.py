@@ -9,7 +9,9 @@ from an expired lease, an immediate nack or a due delay, all of which go to the 
 the queue, in an order the protocol does not fix. The following blocks come in queue
 order: one block per first delivery (publish order) and one per ``replay_dead`` call
 (the replayed events, in an unspecified order among themselves). A claim must take from
-the first non-empty block before any later one.
+the first non-empty block before any later one. On a partitioned topic these rules hold
+within each partition (invariant 12): each partition's blocks are the blocks' events of
+that partition.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from broker_core.partitions import partition_of
 from broker_core.transport import Receipt
 
 __all__ = ["DeliveryModel", "GroupModel", "LogEntry", "ModelCopy", "State"]
@@ -72,6 +75,8 @@ class GroupModel:
     waiting: set[str] = field(default_factory=set)
     """Ordered groups: READY events behind an earlier live event of their key. They are in
     no block: each joins the back of the queue once its key's earlier events are done."""
+    partitions: int = 1
+    """The topic's partition count: queue order holds within each partition."""
 
     def counts(self) -> tuple[int, int, int, int]:
         """READY, LEASED, DELAYED and DEAD counts."""
@@ -108,9 +113,26 @@ class GroupModel:
             self.waiting.discard(next_one.event_id)
             self.blocks.append({next_one.event_id})
 
+    def partition(self, event_id: str) -> int:
+        """The partition of the copy of ``event_id``."""
+        c = self.copies[event_id]
+        return partition_of(c.event_id, c.key, self.partitions)
+
+    def partition_blocks(self) -> list[list[set[str]]]:
+        """Per partition, the blocks restricted to its events (one list for one partition)."""
+        if self.partitions == 1:
+            return [self.blocks]
+        parts: list[list[set[str]]] = [[set() for _ in self.blocks] for _ in range(self.partitions)]
+        for n, block in enumerate(self.blocks):
+            for i in block:
+                parts[self.partition(i)][n].add(i)
+        return parts
+
     def front(self) -> set[str]:
-        """The events a claim may take next: the first non-empty block."""
-        return next((b for b in self.blocks if b), set())
+        """The events a claim may take next: each partition's first non-empty block."""
+        return set().union(
+            *(next((b for b in blocks if b), set()) for blocks in self.partition_blocks())
+        )
 
     def heads(self, excluding: Iterable[str] = ()) -> dict[str, str]:
         """Per ordering key, its earliest copy neither DONE nor DEAD (nor in ``excluding``)."""
@@ -167,6 +189,8 @@ class DeliveryModel:
         self.logs: dict[str, list[LogEntry]] = {}
         """Per topic, its history, oldest first; entries past retention are dropped by
         :meth:`retained` as soon as anything looks."""
+        self.partitions: dict[str, int] = {}
+        """Per topic with more than one partition, its count."""
         self._positions: dict[str, int] = {}
         self._seq = itertools.count(1)
 
@@ -189,7 +213,9 @@ class DeliveryModel:
         existing = self.group(topic, group)
         if existing is not None:
             return ordered is None or ordered == existing.ordered
-        g = self.topics.setdefault(topic, {})[group] = GroupModel(ordered=bool(ordered))
+        g = self.topics.setdefault(topic, {})[group] = GroupModel(
+            ordered=bool(ordered), partitions=self.partitions.get(topic, 1)
+        )
         if history is not None:
             self._deliver_history(g, topic, history, now)
         return True
@@ -208,14 +234,37 @@ class DeliveryModel:
     # -- retention and history -----------------------------------------------------------
 
     def configure(
-        self, topic: str, max_age: float | None, max_events: int | None, now: float
-    ) -> None:
-        """Set (or, with both None, remove) ``topic``'s retention."""
+        self,
+        topic: str,
+        max_age: float | None,
+        max_events: int | None,
+        now: float,
+        partitions: int | None = None,
+    ) -> bool:
+        """Set (or, with both None, remove) ``topic``'s retention, and set its partition
+        count unless ``partitions`` is None.
+
+        Returns False, changing nothing, for a change of the count while the topic holds
+        an event (a group's copy in any state, or a retained one): the transport raises
+        PartitionChangeRefused then. A change forgets the topic's dedup windows.
+        """
+        if partitions is not None and partitions != self.partitions.get(topic, 1):
+            groups = self.topics.get(topic, {}).values()
+            if any(g.copies for g in groups) or self.retained(topic, now):
+                return False
+            self.windows.pop(topic, None)
+            for g in groups:
+                g.partitions = partitions
+            if partitions == 1:
+                del self.partitions[topic]
+            else:
+                self.partitions[topic] = partitions
         if max_age is None and max_events is None:
             self.retention.pop(topic, None)
         else:
             self.retention[topic] = (max_age, max_events)
         self.retained(topic, now)
+        return True
 
     def retained(self, topic: str, now: float) -> list[LogEntry]:
         """``topic``'s history at ``now``, oldest first (trimmed to its retention)."""
@@ -468,11 +517,36 @@ class DeliveryModel:
         leased: Sequence[tuple[str, Receipt, float]],
         taken: Sequence[str],
     ) -> list[str]:
-        """Any other group's claim takes the front of its queue (invariant 5)."""
+        """Any other group's claim takes the front of its queue (invariant 5), of each
+        partition's queue on a partitioned topic (invariant 12)."""
+        waiting = [i for i, _, _ in leased if i in g.waiting]
+        if waiting:
+            return [f"{topic}/{group}: claim took {waiting}, waiting behind their keys"]
+        problems = []
+        for blocks in g.partition_blocks():
+            ids = set().union(*blocks)
+            problems += DeliveryModel._take_in_blocks(
+                topic,
+                group,
+                blocks,
+                [e for e in leased if e[0] in ids],
+                [i for i in taken if i in ids],
+            )
+        return problems
+
+    @staticmethod
+    def _take_in_blocks(
+        topic: str,
+        group: str,
+        blocks: list[set[str]],
+        leased: Sequence[tuple[str, Receipt, float]],
+        taken: Sequence[str],
+    ) -> list[str]:
+        """A claim takes a prefix of one queue's blocks, in block order."""
         problems = []
         # The taken events must be a prefix of the queue: whole blocks, then part of one.
         rest = set(taken)
-        for block in g.blocks:
+        for block in blocks:
             if not rest:
                 break
             if not block <= rest and not rest <= block:
@@ -483,11 +557,7 @@ class DeliveryModel:
                 break
             rest -= block
         # Among the leased, queue order is kept: block indexes never go down.
-        index = {i: n for n, b in enumerate(g.blocks) for i in b}
-        waiting = [i for i, _, _ in leased if i not in index]
-        if waiting:
-            problems.append(f"{topic}/{group}: claim took {waiting}, waiting behind their keys")
-            return problems
+        index = {i: n for n, b in enumerate(blocks) for i in b}
         order = [index[i] for i, _, _ in leased]
         if order != sorted(order):
             problems.append(f"{topic}/{group}: claim returned events out of queue order")

@@ -6,7 +6,7 @@ with a window, subscribe, claim, consume everything of a topic in every group (s
 ids are often done everywhere), settle (ack, nack with and without delay,
 extend, release, kill), renew held leases (mostly asking for less than is left), replay
 and purge dead letters, move the clock, crash consumers (forget their receipts), set topics'
-retention, subscribe new groups from history and rewind groups.
+retention and partition counts, subscribe new groups from history and rewind groups.
 There are few rules, each with many choices, because hypothesis enables a random subset
 of rules per example. Settling picks receipts from those a consumer
 still holds *or* from every receipt ever handed out, so stale receipts are used on
@@ -34,6 +34,10 @@ against the model:
     skips ids held or published within their dedup window;
 11. no collateral charge: an event whose last lease expired is marked isolated and is
     the only message of its claim, and a release takes back the claim's attempt.
+12. partitions: on a partitioned topic (``partitions`` of :meth:`TransportStateMachine.bind`,
+    or a ``configure`` that changes the count while the topic holds nothing) order is
+    checked per partition, every other invariant as above; a change of the count while
+    the topic holds an event is refused and changes nothing.
 
 Time moves in whole seconds from a whole-second start, and leases and delays end in
 ``.5``, so no deadline ever coincides with a clock reading.
@@ -59,7 +63,7 @@ from hypothesis.stateful import (
 )
 
 from broker_core.clock import ManualClock
-from broker_core.errors import SubscriptionMismatch
+from broker_core.errors import PartitionChangeRefused, SubscriptionMismatch
 from broker_core.testing.harness import TransportFactory
 from broker_core.testing.model import DeliveryModel, State
 from broker_core.transport import Message, Receipt, Transport
@@ -95,6 +99,15 @@ PICK = st.integers(0, 3)
 """Which receipt, counting from the newest: recent ones are the likeliest to be live."""
 FROM_SEEN = st.sampled_from([False, False, False, True])
 """Whether a settling call uses any receipt ever seen (often stale) or a held one."""
+PARTITIONS = (None, None, None, None, 1, 4)
+"""Partition counts ``configure`` asks for: mostly none (keep the count), sometimes a
+change, which is refused while the topic holds events. With 4 partitions the keys and
+the unkeyed ids spread over all of them."""
+KEY_OF_ID = {
+    event_id: ORDERING_KEYS[n % len(ORDERING_KEYS)] for n, event_id in enumerate(EVENT_IDS)
+}
+"""On a partitioned topic each id is published with one key, as events of an aggregate
+are: the same id with another key may reach another partition, a new event there."""
 RETENTIONS = ((None, None), (5.5, None), (None, 3), (30.5, 6))
 """(max_age, max_events) a topic is configured with: none, short by age, few by count, both."""
 HISTORIES = (math.inf, math.inf, 2.5, 10.5)
@@ -112,9 +125,13 @@ class TransportStateMachine(RuleBasedStateMachine):
     its own event loop, so run it from a synchronous test (no loop running in the thread).
     """
 
+    partitions: int = 1
+    """The partitions of the first topic, configured before any group subscribes."""
+
     @classmethod
-    def bind(cls, factory: TransportFactory) -> type[TransportStateMachine]:
-        """A subclass that tests transports from ``factory``.
+    def bind(cls, factory: TransportFactory, partitions: int = 1) -> type[TransportStateMachine]:
+        """A subclass that tests transports from ``factory``, with the first topic spread
+        over ``partitions`` partitions from the start.
 
         Its ``TestCase`` attribute is a unittest test case, for runners other than pytest.
         """
@@ -122,7 +139,8 @@ class TransportStateMachine(RuleBasedStateMachine):
         def make_transport(self: TransportStateMachine, clock: ManualClock) -> Transport:
             return factory(clock)
 
-        return type(f"{cls.__name__}Bound", (cls,), {"make_transport": make_transport})
+        attributes = {"make_transport": make_transport, "partitions": partitions}
+        return type(f"{cls.__name__}Bound", (cls,), attributes)
 
     def make_transport(self, clock: ManualClock) -> Transport:
         """Build the transport under test (unconnected, empty store); see :meth:`bind`."""
@@ -165,7 +183,10 @@ class TransportStateMachine(RuleBasedStateMachine):
     @initialize()
     def first_subscriptions(self) -> None:
         """Start with two groups on one topic, one of them ordered: claims have a group,
-        fan-out is the norm, and per-key order is always under test."""
+        fan-out is the norm, and per-key order is always under test. A partitioned run
+        spreads that topic over its partitions first."""
+        if self.partitions > 1:
+            self.configure(TOPICS[0], (None, None), self.partitions)
         for (topic, group), ordered in zip(FIRST_SUBSCRIPTIONS, (False, True), strict=True):
             self.subscribe(topic, group, ordered)
 
@@ -196,12 +217,32 @@ class TransportStateMachine(RuleBasedStateMachine):
             return
         raise AssertionError(f"{topic}/{group}: subscribe changed its options to {ordered=}")
 
-    @rule(topic=st.sampled_from(TOPICS), retention=st.sampled_from(RETENTIONS))
-    def configure(self, topic: str, retention: tuple[float | None, int | None]) -> None:
-        """A topic's retention is set, changed or removed; what it no longer covers goes."""
+    @rule(
+        topic=st.sampled_from(TOPICS),
+        retention=st.sampled_from(RETENTIONS),
+        partitions=st.sampled_from(PARTITIONS),
+    )
+    def configure(
+        self,
+        topic: str,
+        retention: tuple[float | None, int | None],
+        partitions: int | None = None,
+    ) -> None:
+        """A topic's retention is set, changed or removed (what it no longer covers goes),
+        and perhaps its partition count, which changes only while it holds no event
+        (invariant 12); a refused change changes nothing."""
         max_age, max_events = retention
-        self.run(self.transport.configure_topic(topic, max_age=max_age, max_events=max_events))
-        self.model.configure(topic, max_age, max_events, self.clock.now())
+        call = self.transport.configure_topic(
+            topic, max_age=max_age, max_events=max_events, partitions=partitions
+        )
+        if self.model.configure(topic, max_age, max_events, self.clock.now(), partitions):
+            self.run(call)
+            return
+        try:
+            self.run(call)
+        except PartitionChangeRefused:
+            return
+        raise AssertionError(f"{topic}: partitions changed to {partitions} while it holds events")
 
     @rule(pair=st.integers(0, 100), history=st.sampled_from(HISTORIES))
     def rewind(self, pair: int, history: float) -> None:
@@ -234,6 +275,8 @@ class TransportStateMachine(RuleBasedStateMachine):
         self.publishes += 1
         events = [(i, f"{i}#{self.publishes}.{n}".encode()) for n, i in enumerate(ids)]
         keyed = None if keys is None else keys[: len(events)]
+        if topic in self.model.partitions:
+            keyed = [KEY_OF_ID[i] for i in ids]
         reached = self.run(self.transport.publish(topic, events, keys=keyed, dedup_window=window))
         expected = self.model.publish(topic, events, self.clock.now(), window, keyed)
         assert reached == expected, (
@@ -600,6 +643,8 @@ class TransportStateMachine(RuleBasedStateMachine):
             retained, oldest = self.model.topic_stats(topic, now)
             want = self.model.retention.get(topic, (None, None))
             assert (stats.max_age, stats.max_events) == want, f"{topic}: retention {stats}"
+            partitions = self.model.partitions.get(topic, 1)
+            assert stats.partitions == partitions, f"{topic}: {partitions} partitions, {stats}"
             assert stats.retained == retained, (
                 f"{topic}: retains {stats.retained} events, model says {retained} (invariant 9)"
             )
@@ -637,13 +682,18 @@ class TransportStateMachine(RuleBasedStateMachine):
 
 
 def run_transport_state_machine(
-    factory: TransportFactory, *, settings: hypothesis.settings | None = None
+    factory: TransportFactory,
+    *,
+    settings: hypothesis.settings | None = None,
+    partitions: int = 1,
 ) -> None:
     """Run :class:`TransportStateMachine` on transports from ``factory``; raise on a violation.
 
     Call it from a synchronous test. ``settings`` replaces :data:`DEFAULT_SETTINGS`
     (e.g. ``hypothesis.settings(DEFAULT_SETTINGS, max_examples=20)`` for a slow store).
+    With ``partitions`` the first topic is spread over that many partitions from the
+    start (invariant 12).
     """
     run_state_machine_as_test(
-        TransportStateMachine.bind(factory), settings=settings or DEFAULT_SETTINGS
+        TransportStateMachine.bind(factory, partitions), settings=settings or DEFAULT_SETTINGS
     )

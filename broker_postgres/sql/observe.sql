@@ -8,8 +8,9 @@
 --   earliest lease deadline or due retry (NULL: none), and `now`.
 -- dead_letters(topic, group, limit, offset): oldest death first, the `offset` oldest
 --   skipped.
--- topic_stats(topic, now): the retention, how many events the history retains at `now`
---   and when the oldest of them was published; no row for a topic never configured.
+-- topic_stats(topic, now): the retention, how many events the history retains at `now`,
+--   when the oldest of them was published, and the partition count; no row for a topic
+--   never configured.
 
 CREATE FUNCTION @schema@.stats(p_topic text, p_grp text, p_now double precision)
 RETURNS TABLE (o_ready bigint, o_leased bigint, o_delayed bigint, o_dead bigint)
@@ -62,7 +63,7 @@ $$;
 CREATE FUNCTION @schema@.topic_stats(p_topic text, p_now double precision)
 RETURNS TABLE (
     o_max_age double precision, o_max_events bigint, o_retained bigint,
-    o_oldest_at double precision, o_now double precision
+    o_oldest_at double precision, o_now double precision, o_partitions integer
 )
 LANGUAGE sql VOLATILE AS $$
     WITH t AS (
@@ -75,6 +76,6 @@ LANGUAGE sql VOLATILE AS $$
           )
     )
     SELECT t.max_age, t.max_events, (SELECT count(*) FROM h),
-           (SELECT h.published_at FROM h ORDER BY h.position LIMIT 1), t.now_
+           (SELECT h.published_at FROM h ORDER BY h.position LIMIT 1), t.now_, t.partitions
     FROM t
 $$;

@@ -28,6 +28,7 @@ from broker_core.testing.conformance.lifecycle import LifecycleConformance
 from broker_core.testing.conformance.nack import NackConformance
 from broker_core.testing.conformance.names import BAD_NAMES, NameConformance
 from broker_core.testing.conformance.ordering import OrderingConformance
+from broker_core.testing.conformance.partitions import PartitionConformance
 from broker_core.testing.conformance.progress import ProgressConformance
 from broker_core.testing.conformance.publish import PublishConformance
 from broker_core.testing.conformance.release import ReleaseConformance
@@ -47,6 +48,7 @@ __all__ = [
     "NackConformance",
     "NameConformance",
     "OrderingConformance",
+    "PartitionConformance",
     "ProgressConformance",
     "PublishConformance",
     "ReleaseConformance",
@@ -60,6 +62,7 @@ __all__ = [
 # order of the delivery state machine, from the whole-machine test to name checks.
 class TransportConformance(
     NameConformance,
+    PartitionConformance,
     HistoryConformance,
     UnsubscribeConformance,
     ProgressConformance,

@@ -14,7 +14,7 @@ __all__ = ["StateMachineConformance"]
 
 
 class StateMachineConformance(ConformanceBase):
-    """Random sequences of every transition against the pure model: invariants 1-8, 10, 11.
+    """Random sequences of every transition against the pure model: invariants 1-12.
 
     Set ``state_machine_settings`` to resize the hypothesis run (None keeps the defaults
     of :data:`~broker_core.testing.statemachine.DEFAULT_SETTINGS`).
@@ -25,3 +25,10 @@ class StateMachineConformance(ConformanceBase):
     def test_state_machine(self, transport_factory: TransportFactory) -> None:
         """The hypothesis state machine against the pure model: invariants 1-12."""
         run_transport_state_machine(transport_factory, settings=self.state_machine_settings)
+
+    def test_state_machine_partitioned(self, transport_factory: TransportFactory) -> None:
+        """The state machine with its first topic over 4 partitions: order per partition
+        (invariant 12), everything else as on one."""
+        run_transport_state_machine(
+            transport_factory, settings=self.state_machine_settings, partitions=4
+        )
