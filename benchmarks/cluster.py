@@ -295,18 +295,21 @@ class Outcome:
     """Phase -> seconds on the clock, summed like the calls."""
     cpu: dict[str, float] = field(default_factory=dict)
     """Phase -> the client's CPU seconds, summed like the calls."""
+    events: dict[str, int] = field(default_factory=dict)
+    """Phase -> events moved, summed like the calls."""
     round_shares: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
-    def count(self, phase: str, measured: Measured) -> None:
-        """Add a spread run's calls (and time) to its phase."""
+    def count(self, phase: str, measured: Measured, n: int) -> None:
+        """Add a run's calls, time and ``n`` events to its phase."""
         calls = self.calls.setdefault(phase, dict.fromkeys(self.masters, 0))
         usec = self.usec.setdefault(phase, dict.fromkeys(self.masters, 0))
-        for name, (n, us) in measured.calls.items():
-            calls[name] = calls.get(name, 0) + n
-            usec[name] = usec.get(name, 0) + us
+        for name, (called, spent) in measured.calls.items():
+            calls[name] = calls.get(name, 0) + called
+            usec[name] = usec.get(name, 0) + spent
         self.seconds[phase] = self.seconds.get(phase, 0.0) + measured.seconds
         self.cpu[phase] = self.cpu.get(phase, 0.0) + measured.cpu
-        this_round = {name: n for name, (n, _) in measured.calls.items()}
+        self.events[phase] = self.events.get(phase, 0) + n
+        this_round = {name: called for name, (called, _) in measured.calls.items()}
         self.round_shares.setdefault(phase, []).append(
             {k: round(v, 1) for k, v in shares(this_round).items()}
         )
@@ -323,6 +326,16 @@ class Outcome:
         seconds = self.seconds.get(phase)
         return 100.0 * self.cpu[phase] / seconds if seconds else None
 
+    def per_call(self, phase: str) -> float | None:
+        """Events per script call, over every master."""
+        calls = sum(self.calls.get(phase, {}).values())
+        return self.events[phase] / calls if calls else None
+
+    def redis_usec(self, phase: str) -> float | None:
+        """Microseconds of script time per event, over every master."""
+        n = self.events.get(phase)
+        return sum(self.usec[phase].values()) / n if n else None
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {
@@ -337,6 +350,7 @@ class Outcome:
             "script_usec": self.usec,
             "phase_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "client_cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
+            "events": self.events,
             "share_per_round_pct": self.round_shares,
             "routing_measured": self.routing,
         }
@@ -457,31 +471,35 @@ async def _round(
         lambda: on_cluster.run(lambda u: publish_rate(u, spread, spread.events(n), batch, masters)),
     )
     runs.add("cluster_publish", "spread", result)
-    outcome.count("publish", result)
+    outcome.count("publish", result, n)
     if single is not None:
-        for who, where in (("single", single), ("one_topic", on_cluster)):
+        for who, where, counted in (("single", single, None), ("one_topic", on_cluster, masters)):
             result = await progress.step(
                 f"{tag} {'redis' if who == 'single' else 'cluster'} one topic, publish_many",
-                lambda w=where: w.run(  # type: ignore[misc]
-                    lambda u: publish_rate(u, one, one.events(n), batch, None)
+                lambda w=where, c=counted: w.run(  # type: ignore[misc]
+                    lambda u: publish_rate(u, one, one.events(n), batch, c)
                 ),
             )
             runs.add("cluster_publish", who, result)
+            if counted is not None:
+                outcome.count(f"publish {one.name}", result, n)
     result = await progress.step(
         f"{tag} cluster {spread.name}, drain",
         lambda: on_cluster.run(lambda u: drain_rate(u, spread, spread.events(n), masters)),
     )
     runs.add("cluster_drain", "spread", result)
-    outcome.count("drain", result)
+    outcome.count("drain", result, n)
     if single is not None:
-        for who, where in (("single", single), ("one_topic", on_cluster)):
+        for who, where, counted in (("single", single, None), ("one_topic", on_cluster, masters)):
             result = await progress.step(
                 f"{tag} {'redis' if who == 'single' else 'cluster'} one topic, drain",
-                lambda w=where: w.run(  # type: ignore[misc]
-                    lambda u: drain_rate(u, one, one.events(n), None)
+                lambda w=where, c=counted: w.run(  # type: ignore[misc]
+                    lambda u: drain_rate(u, one, one.events(n), c)
                 ),
             )
             runs.add("cluster_drain", who, result)
+            if counted is not None:
+                outcome.count(f"drain {one.name}", result, n)
 
 
 def add_rows(results: Results, runs: Runs, outcome: Outcome) -> None:
@@ -551,6 +569,7 @@ def add_rows(results: Results, runs: Runs, outcome: Outcome) -> None:
             )
         )
         row.note = "time.process_time of the benchmark's process (100% = one core)"
+        _cost_rows(results, outcome, phase, layout.name)
     if not outcome.routing:
         return
     for phase, what in (("publish", "publish_many rate"), ("drain", "drain rate")):
@@ -567,3 +586,20 @@ def add_rows(results: Results, runs: Runs, outcome: Outcome) -> None:
         row = results.add(Row("cluster", "cluster", f"{what}, cluster / single node", "x", ratio))
         row.note = "the cost of cluster routing: 1.00x is none"
         row.headline = f"Redis Cluster routing cost, {what} (cluster / single node)"
+        _cost_rows(results, outcome, f"{phase} one topic", "one topic")
+
+
+def _cost_rows(results: Results, outcome: Outcome, phase: str, layout: str) -> None:
+    """How many events a script call carried in ``phase``, and the Redis time per event."""
+    what = phase.split()[0]
+    row = results.add(
+        Row("cluster", "cluster", f"events per script call, {what}, {layout}", "events", None)
+    )
+    row.ours = outcome.per_call(phase)
+    if outcome.layout.name == layout:
+        row.note = "a batch or a claim becomes one script call per partition (topic)"
+    row = results.add(
+        Row("cluster", "cluster", f"Redis time per event, {what}, {layout}", "µs", None, False)
+    )
+    row.ours = outcome.redis_usec(phase)
+    row.note = "commandstats usec of the script calls, all masters"

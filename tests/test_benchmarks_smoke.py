@@ -163,6 +163,9 @@ def _check_cluster_rows(data: dict[str, Any]) -> None:
         assert rows[f"largest master share's distance from 33%, {phase}"]["met"] is not None
         assert rows[f"busiest master's time in scripts, {phase}"]["ours"] is not None
         assert rows[f"client process CPU, {phase}"]["ours"] is not None
+        for layout_name in (layout, "one topic"):
+            assert rows[f"events per script call, {phase}, {layout_name}"]["ours"] > 0
+            assert rows[f"Redis time per event, {phase}, {layout_name}"]["ours"] > 0
     for what in ("publish_many rate", "drain rate"):
         assert rows[f"{what}, cluster / single node"]["ours"] is not None, what
         single = {r["figure"]: r for r in _rows(data, "cluster", "redis")}
@@ -269,3 +272,17 @@ def test_cluster_url_runs_on_a_cluster_given_and_leaves_its_data_alone(tmp_path:
         assert left == ["app:kept"]
     finally:
         given.stop()
+
+
+def test_an_outcome_sums_the_rounds_of_each_phase() -> None:
+    outcome = cluster.Outcome(["a", "b", "c"], cluster.spread_layout(12), "local", 12, True)
+    for _ in range(2):
+        counts = {"a": (4, 400), "b": (4, 300), "c": (2, 100)}
+        outcome.count("publish", cluster.Measured(1000.0, 0.5, 0.25, counts), 500)
+    assert outcome.calls["publish"] == {"a": 8, "b": 8, "c": 4}
+    assert outcome.round_shares["publish"] == [{"a": 40.0, "b": 40.0, "c": 20.0}] * 2
+    assert outcome.per_call("publish") == pytest.approx(1000 / 20)
+    assert outcome.redis_usec("publish") == pytest.approx(1600 / 1000)
+    assert outcome.busiest("publish") == pytest.approx(100 * 800e-6 / 1.0)
+    assert outcome.client_cpu("publish") == pytest.approx(50.0)
+    assert outcome.as_dict()["events"] == {"publish": 1000}
