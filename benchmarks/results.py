@@ -16,6 +16,7 @@ SCENARIOS: dict[str, str] = {
     "latency": "3. end-to-end latency, idle consumer",
     "fanout": "4. fan-out, 1 vs 10 groups",
     "memory": "5. memory, pending and after drain",
+    "cluster": "6. Redis Cluster, 3 masters: a topic of 12 partitions; routing vs one node",
 }
 """Every scenario the run reports, by key, with its title."""
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from benchmarks import dramatiq_baseline, fresh, ours, raw, raw_postgres
+from benchmarks import cluster, dramatiq_baseline, fresh, ours, raw, raw_postgres
 from benchmarks.machine import describe
 from benchmarks.noop_plugin import NoopHooks
 from benchmarks.payload import ORDERING_KEYS, bodies, make_events, make_keyed_events, sizes
@@ -64,6 +64,11 @@ class Config:
     uvloop: bool = False
     """Also time a fresh Redis consumer on uvloop (when it is installed)."""
     memory_return_tolerance: int = 64 * 1024
+    cluster: bool = True
+    """Run scenario 6 on a Redis Cluster (:mod:`benchmarks.cluster`)."""
+    cluster_url: str | None = None
+    """Run it on this existing cluster instead of a local one (no routing ratio then)."""
+    partitions: int = 12
 
 
 @dataclass
@@ -195,6 +200,8 @@ def _count_steps(config: Config) -> int:
     per_round += 2 * ours_n  # fan-out 1 and k groups
     once = ours_n + raws + (redis and config.dramatiq)  # latency
     once += 3 if "memory" in config.transports else 0  # traced memory passes
+    if config.cluster:
+        once += cluster.steps(config.repeat, routing=config.cluster_url is None)
     return config.repeat * per_round + once
 
 
@@ -218,6 +225,7 @@ async def run(config: Config, console: Console) -> Results:
             "dramatiq_queue_prefetch": dramatiq_baseline.PREFETCH,
             "dramatiq_worker_timeout_ms": dramatiq_baseline.WORKER_TIMEOUT_MS,
             "transports": list(config.transports),
+            "cluster": config.cluster,
             "dramatiq": config.dramatiq,
             "figures": "throughput: best of `repeat` interleaved runs; latency: one run; "
             "memory: first run",
@@ -226,6 +234,7 @@ async def run(config: Config, console: Console) -> Results:
     }
     progress = _Progress(console, _count_steps(config))
     runs = _Runs()
+    spread: cluster.Outcome | None = None
     with (
         _maybe_server("redis" in config.transports) as server,
         _maybe_postgres("postgres" in config.transports) as pg,
@@ -236,10 +245,25 @@ async def run(config: Config, console: Console) -> Results:
         probe = RedisProbe(server.url) if server is not None else None
         try:
             await _scenarios(config, progress, runs, stores, probe)
+            if config.cluster:
+                spread = await cluster.measure(
+                    progress,
+                    runs,
+                    console,
+                    events=config.events,
+                    repeat=config.repeat,
+                    batch=config.batch,
+                    partitions=config.partitions,
+                    server=server,
+                    cluster_url=config.cluster_url,
+                )
         finally:
             if probe is not None:
                 probe.close()
     _rows(results, runs, config)
+    if spread is not None:
+        results.meta["cluster"] = spread.as_dict()
+        cluster.add_rows(results, runs, spread)
     results.meta["step_seconds"] = progress.seconds
     return results
 
