@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -48,7 +48,14 @@ from broker_core.partitions import (
     validate_partitions,
 )
 from broker_core.retention import validate_history, validate_retention
-from broker_core.transport import DeadLetter, Message, QueueStats, Receipt, TopicStats
+from broker_core.transport import (
+    DeadLetter,
+    Message,
+    QueueStats,
+    Receipt,
+    TopicStats,
+    Transport,
+)
 from broker_core.urls import redact
 from broker_redis.cluster import ClusterScriptRunner, ClusterSettings, parse_cluster_url
 from broker_redis.errors import REDIS_ERRORS, transport_error
@@ -1545,3 +1552,8 @@ class RedisTransport:
             for i, n in enumerate((ready, leased, delayed, dead, acked)):
                 totals[i] += int(n)
         return QueueStats(topic, group, *totals)
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to every method of the protocol, signatures included.
+    _checked: type[Transport] = RedisTransport
