@@ -116,6 +116,13 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.02)
 
 
+def successful_acks(consumers: list[Consumer]) -> Counter[str]:
+    """How often each event id was acked successfully, over every consumer's report."""
+    return Counter(
+        line[1] for c in consumers for line in c.lines() if line[0] == "ack" and line[3] == "True"
+    )
+
+
 async def test_sigkill_mid_handler_loses_nothing(
     start_consumer: StartConsumer, transport: RedisTransport, key_prefix: str, store_url: str
 ) -> None:
@@ -145,16 +152,8 @@ async def test_sigkill_mid_handler_loses_nothing(
     }
     assert hang in orphans
 
-    def successful_acks() -> Counter[str]:
-        return Counter(
-            line[1]
-            for c in consumers
-            for line in c.lines()
-            if line[0] == "ack" and line[3] == "True"
-        )
-
-    await until(lambda: set(successful_acks()) == set(ids), 30, "every event is acked")
-    acks = successful_acks()
+    await until(lambda: set(successful_acks(consumers)) == set(ids), 30, "every event is acked")
+    acks = successful_acks(consumers)
     assert all(n == 1 for n in acks.values()), f"acked twice: {acks.most_common(3)}"
     # The hung event, and anything else the victim held, came back with the attempt counted.
     final_attempt = {
@@ -196,16 +195,8 @@ async def test_sigkill_mid_handler_on_a_partitioned_topic_loses_nothing(
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait(timeout=10)
 
-    def successful_acks() -> Counter[str]:
-        return Counter(
-            line[1]
-            for c in consumers
-            for line in c.lines()
-            if line[0] == "ack" and line[3] == "True"
-        )
-
-    await until(lambda: set(successful_acks()) == set(ids), 30, "every event is acked")
-    acks = successful_acks()
+    await until(lambda: set(successful_acks(consumers)) == set(ids), 30, "every event is acked")
+    acks = successful_acks(consumers)
     assert all(n == 1 for n in acks.values()), f"acked twice: {acks.most_common(3)}"
     assert await transport.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
     assert await transport.dead_letters(T, G) == []
