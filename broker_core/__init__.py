@@ -5,6 +5,7 @@ compete for it; a crashed instance's events go to another one; nothing is lost.
 """
 
 from broker_core.broker import Broker
+from broker_core.cancellation import cancel_and_wait
 from broker_core.clock import Clock, ManualClock
 from broker_core.codec import DecodeError
 from broker_core.delivery import Delivery
@@ -67,6 +68,7 @@ __all__ = [
     "TransportError",
     "UnknownEvent",
     "UnknownTransport",
+    "cancel_and_wait",
     "hookimpl",
     "partition_change_refused",
     "partition_of",

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from broker_core.cancellation import cancel_and_wait
 from broker_core.codec import DecodeError, decode
 from broker_core.delivery import Delivery
 from broker_core.errors import TransportError
@@ -744,8 +745,9 @@ class Consumer:
             self._renewers -= 1
             if self._renewers == 0 and self._renewal is not None:
                 renewal, self._renewal = self._renewal, None
-                renewal.cancel()
-                await asyncio.gather(renewal, return_exceptions=True)
+                # The loop logs its own failures; what is left to know is that it ended.
+                with contextlib.suppress(Exception):
+                    await cancel_and_wait(renewal)
 
     async def _renew_leases(self) -> None:
         lease = self._options.lease
@@ -812,9 +814,8 @@ class Consumer:
             await self._end_tasks(run)
 
     async def _end_tasks(self, run: _Run) -> None:
-        runners = list(run.runners)
-        for runner in runners:
-            runner.cancel()
+        # Cancelled until they end: a handler's own call may lose one cancellation.
+        runners = [cancel_and_wait(runner) for runner in run.runners]
         await asyncio.gather(*runners, return_exceptions=True)
         unhandled = list(run.cancelled)
         run.cancelled.clear()

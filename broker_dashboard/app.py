@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker_core import cancel_and_wait
 from broker_core.broker import Broker, Start, parse_start
 from broker_core.codec import Envelope
 from broker_core.errors import BrokerError, InvalidName
@@ -197,23 +198,27 @@ class _Dashboard:
         async def stream() -> AsyncIterator[str]:
             async with self.sampler.subscribe() as queue:
                 closing = asyncio.ensure_future(self.closing.wait())
+                sample: asyncio.Task[Sample] | None = None
                 try:
                     while not self.closing.is_set():
-                        sample = asyncio.ensure_future(queue.get())
-                        await asyncio.wait(
+                        if sample is None:
+                            sample = asyncio.ensure_future(queue.get())
+                        done, _ = await asyncio.wait(
                             {sample, closing},
                             timeout=_KEEPALIVE,
                             return_when=asyncio.FIRST_COMPLETED,
                         )
-                        if sample.done():
+                        if sample in done:
                             yield self.sse(sample.result())
-                        elif not closing.done():
-                            sample.cancel()
+                            sample = None
+                        elif closing not in done:
                             yield ": keepalive\n\n"
-                        else:
-                            sample.cancel()
                 finally:
+                    # Also when the browser went away and the stream was cancelled: a
+                    # waiting get() left behind would be destroyed pending.
                     closing.cancel()
+                    if sample is not None:
+                        sample.cancel()
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
@@ -435,9 +440,7 @@ class _Dashboard:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             await self.broker.close()
 
 

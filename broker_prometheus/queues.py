@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from broker_core import cancel_and_wait
+
 if TYPE_CHECKING:
     from broker_core.broker import Broker
 
@@ -85,9 +87,7 @@ class QueueGauges:
             del self._consumed[pair]
         if not self._consumed and self._task is not None:
             task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for topic, group_name in gone:
             for state in STATES:
                 with contextlib.suppress(KeyError):  # never refreshed

@@ -38,6 +38,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.maint_notifications import MaintNotificationsConfig
 
+from broker_core import cancel_and_wait
 from broker_core.clock import Clock
 from broker_core.errors import EventTooLarge, SubscriptionMismatch, TransportError
 from broker_core.names import validate_group, validate_key, validate_topic
@@ -450,9 +451,7 @@ class RedisTransport:
 
     async def close(self) -> None:
         """Close both connection pools; what is stored stays in Redis."""
-        copies = list(self._copies.values())
-        for task in copies:
-            task.cancel()
+        copies = [cancel_and_wait(task) for task in self._copies.values()]
         await asyncio.gather(*copies, return_exceptions=True)
         clients = (self._redis, self._blocking)
         wakeups = self._wakeups

@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from broker_core import cancel_and_wait
 from broker_redis.errors import REDIS_ERRORS
 
 __all__ = ["Wakeups"]
@@ -140,6 +141,4 @@ class Wakeups:
         """Stop receiving; waiters still waiting time out."""
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
