@@ -302,7 +302,12 @@ class Consumer:
         concurrency, most = self._options.concurrency, self._options.prefetch
         prefetch = 0
         mark = 0
+        me = asyncio.current_task()
         while not stop.is_set():
+            if me is not None and me.cancelling():
+                # run() was cancelled, and a transport call lost the CancelledError
+                # (see broker_core.cancellation): raise it here instead.
+                raise asyncio.CancelledError
             limit = concurrency + prefetch
             room = limit - len(buffer) - len(busy)
             if room <= 0 or (buffer and room < limit // 2) or run.isolated is not None:

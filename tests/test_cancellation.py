@@ -139,6 +139,10 @@ class LosesACancellation(MemoryTransport):
         await self._maybe_lose("stats")
         return await super().stats(topic, group)
 
+    async def wait(self, group: str, topics: Sequence[str], timeout: float) -> bool:
+        await self._maybe_lose("wait")
+        return await super().wait(group, topics, timeout)
+
 
 async def test_a_consumer_stops_when_its_lease_renewal_loses_a_cancellation() -> None:
     transport = LosesACancellation("extend")
@@ -211,3 +215,18 @@ async def test_a_handler_that_loses_its_cancellation_is_cancelled_again() -> Non
     assert finished == []
     [stats] = await broker.stats(Job.topic)
     assert (stats.ready, stats.leased) == (1, 0)  # given back, for another consumer
+
+
+async def test_a_cancelled_run_ends_when_a_transport_call_loses_the_cancellation() -> None:
+    transport = LosesACancellation("wait")
+    broker = Broker(transport, BrokerOptions(group="g", poll_interval=0.05))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        pass
+
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.blocked.wait())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _ends_within(10, running)
