@@ -17,11 +17,14 @@ Failures are redis-py's, with its messages, and leave the connection as redis-py
   so no unread reply stays on it; the next checkout reconnects.
 - an error reply (NOSCRIPT, a script's error) is that command's reply, a ResponseError,
   as redis-py's ``pipeline.execute(raise_on_error=False)`` gives it.
-- re-sending follows the connection's ``retry`` as redis-py's clients do: the
-  transport's pools retry nothing (no URL option asks), so a call that may have run is
-  never sent again; a URL's ``retry_on_timeout=true`` re-sends once after a timeout,
-  as it did through redis-py.
+- re-sending follows the connection's ``retry`` as redis-py's clients do: by default
+  the transport's connections retry nothing, so a call that may have run is never sent
+  again; a URL's ``retry_on_timeout=true`` re-sends once after a timeout, as it did
+  through redis-py.
 - a URL's ``health_check_interval`` PINGs an idle connection first, as redis-py does.
+
+redis-py's command metrics (its OpenTelemetry observability, off unless an application
+turns it on) are not recorded for these calls.
 """
 
 from __future__ import annotations

@@ -316,13 +316,17 @@ class ScriptRunner:
         replies (leases taken, say) must not be lost with it.
         """
         send = self._send_durable if durable and self._replicas else self._send
+        replies = await send(op, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                break
+        else:
+            return replies  # the usual case: every call ran
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        lost: list[tuple[Script, NoScriptError]] = []
-        for _ in range(_NOSCRIPT_ROUNDS):
-            replies = await send(op, [calls[i] for i in pending])
+        for round_ in range(1, _NOSCRIPT_ROUNDS + 1):
             missing = []
-            lost = []
+            lost: list[tuple[Script, NoScriptError]] = []
             for i, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, NoScriptError):
                     missing.append(i)
@@ -335,10 +339,13 @@ class ScriptRunner:
                 else:
                     results[i] = reply
             if not missing:
-                return results
+                break
             await self._reload(lost)
+            if round_ == _NOSCRIPT_ROUNDS:
+                raise self._error(op, lost[-1][1])
             pending = missing
-        raise self._error(op, lost[-1][1])
+            replies = await send(op, [calls[i] for i in pending])
+        return results
 
     async def _send(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """One round trip of EVALSHA calls: each call's reply, or the error it got."""

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from broker_core.errors import TransportError
 from broker_redis.pool import Pool
+from broker_redis.scripts import Call, Script, ScriptRunner, load_script
 from broker_redis.testing import RedisFactory, RedisServer
 from broker_redis.transport import RedisTransport
 
@@ -238,3 +241,58 @@ async def test_a_pool_at_its_limit_says_no_connection_after_its_timeout(
 def test_a_pool_refuses_what_it_does_not_do(server: RedisServer) -> None:
     with pytest.raises(ValueError, match="maintenance notifications"):
         Pool.from_url(server.url)
+
+
+# -- NOSCRIPT: what the runner sends again ------------------------------------------------
+
+
+def _poll_and_stats(tr: RedisTransport) -> list[Call]:
+    unit = tr._units_of(T)[0]
+    keys = tr._group_keys(unit, G)
+    return [load_script("poll").call([""], group=keys), load_script("stats").call([""], group=keys)]
+
+
+async def test_only_the_calls_answered_noscript_are_sent_again(
+    make: MakeTransport, server: RedisServer
+) -> None:
+    tr = await make()
+    assert await tr.publish(T, [("e1", b"x")]) == 1
+    with server.admin() as admin:
+        admin.script_flush()
+        admin.script_load(load_script("poll").source)  # stats is missing
+        admin.config_resetstat()
+    assert tr._scripts is not None
+    poll, stats = await tr._scripts.run("wait", _poll_and_stats(tr))
+    assert (poll[0], stats[0]) == (1, 1)  # one READY event, counted by each
+    assert evalsha_calls(server) == 3  # both, then stats alone
+
+
+class _Flushing(ScriptRunner):
+    """Loads the scripts again, and has them flushed again before the call is re-sent."""
+
+    flush: Callable[[], None]
+    reloads = 0
+
+    async def _reload(self, lost: Sequence[tuple[Script, NoScriptError]]) -> None:
+        await super()._reload(lost)
+        _Flushing.reloads += 1
+        _Flushing.flush()
+
+
+async def test_a_cache_flushed_again_and_again_fails_after_three_rounds(
+    make: MakeTransport, server: RedisServer
+) -> None:
+    tr = await make()
+    assert tr._scripts is not None and isinstance(tr._redis, Redis)
+    admin = server.admin()
+    _Flushing.flush = lambda: admin.script_flush()
+    _Flushing.reloads = 0
+    runner = _Flushing(tr._redis, tr._error)
+    admin.script_flush()
+    admin.config_resetstat()
+    try:
+        with pytest.raises(TransportError, match="keeps losing its scripts"):
+            await runner.run("stats", _poll_and_stats(tr)[1:])
+    finally:
+        admin.close()
+    assert (_Flushing.reloads, evalsha_calls(server)) == (3, 3)
