@@ -169,11 +169,17 @@ async def test_a_call_cancelled_mid_call_leaves_no_reply_behind_and_frees_its_co
 async def test_callers_beyond_max_connections_queue_in_order_and_all_get_through(
     make: MakeTransport, server: RedisServer
 ) -> None:
-    tr = await make(max_connections=2, socket_timeout=5)
-    pause_scripts(server, 300)
-    calls = [asyncio.create_task(tr.publish(T, [(f"e{i}", b"x")])) for i in range(8)]
+    tr = await make(max_connections=1, socket_timeout=5)
+    pause_scripts(server, 400)
+    calls = []
+    for i in range(8):
+        calls.append(asyncio.create_task(tr.publish(T, [(f"e{i}", b"x")])))
+        await asyncio.sleep(0.01)  # each queued behind the one before
+    await asyncio.sleep(0.1)
+    with server.admin() as admin:  # every other client is the transport's
+        assert len(admin.client_list(_type="normal")) - 1 == 1
     assert await asyncio.wait_for(asyncio.gather(*calls), 10) == [1] * 8
-    assert sorted(await ready_ids(tr)) == sorted(f"e{i}" for i in range(8))
+    assert await ready_ids(tr) == [f"e{i}" for i in range(8)]
 
 
 async def test_a_caller_cancelled_while_queued_takes_no_connection_with_it(
