@@ -16,16 +16,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker_core.errors import TransportError
+from broker_redis.pool import NO_CONNECTION
 
 __all__ = ["REDIS_ERRORS", "ReplicationTimeout", "replication_timeout", "transport_error"]
 
 REDIS_ERRORS = (RedisError, OSError, RedisClusterException)
 """What a redis-py call raises when Redis fails (the cluster client's own errors are no
 RedisError)."""
-
-# What redis-py's BlockingConnectionPool raises (a plain ConnectionError) when every
-# connection stayed busy for its whole timeout.
-_POOL_TIMED_OUT = "No connection available."
 
 
 class ReplicationTimeout(TransportError):
@@ -57,7 +54,7 @@ def transport_error(
         cause, AuthenticationError | AuthorizationError
     ):
         what = "Redis refused the credentials (check the user and password in the URL)"
-    elif isinstance(exc, MaxConnectionsError) or str(exc) == _POOL_TIMED_OUT:
+    elif isinstance(exc, MaxConnectionsError) or str(exc) == NO_CONNECTION:
         what = "every connection of the pool stayed busy (raise the max_connections option)"
     elif isinstance(exc, RedisClusterException) and cause is not None:
         what = "cannot reach any node of the Redis Cluster"

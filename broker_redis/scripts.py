@@ -30,11 +30,13 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from broker_core.errors import TransportError
 from broker_redis.errors import REDIS_ERRORS, replication_timeout
 from broker_redis.keys import GroupKeys, TopicKeys
+from broker_redis.pool import Pool
+from broker_redis.roundtrip import Command, round_trip
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -256,6 +258,10 @@ def load_script(name: str) -> Script:
 _NOSCRIPT_ROUNDS = 3
 
 
+def _evalsha(call: Call) -> Command:
+    return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+
+
 class ScriptRunner:
     """Runs script calls on one client by EVALSHA, loading the scripts again on NOSCRIPT.
 
@@ -265,7 +271,7 @@ class ScriptRunner:
     its writes within ``replica_timeout`` seconds.
     """
 
-    __slots__ = ("_error", "_redis", "_replica_timeout", "_replicas")
+    __slots__ = ("_error", "_pool", "_redis", "_replica_timeout", "_replicas")
 
     def __init__(
         self, redis: Redis, error: ErrorMapper, replicas: int = 0, replica_timeout: float = 1.0
@@ -274,6 +280,10 @@ class ScriptRunner:
         self._error = error
         self._replicas = replicas
         self._replica_timeout = replica_timeout
+        # The calls go by round_trip on the client's Pool (a cluster runner, whose client
+        # has no pool of its own, sends them its own way).
+        pool = getattr(redis, "connection_pool", None)
+        self._pool = pool if isinstance(pool, Pool) else None
 
     async def load(self, scripts: Iterable[Script]) -> None:
         """SCRIPT LOAD each script in one round trip; refuse a SHA other than ours."""
@@ -306,13 +316,17 @@ class ScriptRunner:
         replies (leases taken, say) must not be lost with it.
         """
         send = self._send_durable if durable and self._replicas else self._send
+        replies = await send(op, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                break
+        else:
+            return replies  # the usual case: every call ran
         results: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
-        lost: list[tuple[Script, NoScriptError]] = []
-        for _ in range(_NOSCRIPT_ROUNDS):
-            replies = await send(op, [calls[i] for i in pending])
+        for round_ in range(1, _NOSCRIPT_ROUNDS + 1):
             missing = []
-            lost = []
+            lost: list[tuple[Script, NoScriptError]] = []
             for i, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, NoScriptError):
                     missing.append(i)
@@ -325,39 +339,35 @@ class ScriptRunner:
                 else:
                     results[i] = reply
             if not missing:
-                return results
+                break
             await self._reload(lost)
+            if round_ == _NOSCRIPT_ROUNDS:
+                raise self._error(op, lost[-1][1])
             pending = missing
-        raise self._error(op, lost[-1][1])
+            replies = await send(op, [calls[i] for i in pending])
+        return results
 
     async def _send(self, op: str, calls: Sequence[Call]) -> list[Any]:
         """One round trip of EVALSHA calls: each call's reply, or the error it got."""
-        redis = self._redis
+        replies = await self._round_trip(op, [_evalsha(call) for call in calls])
         if len(calls) == 1:
-            # A pipeline of one call costs ~18 µs more than the call (publish, nack, kill
-            # and most claims and acks are single calls).
-            [call] = calls
-            try:
-                reply = await redis.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError as exc:
-                return [exc]
-            except REDIS_ERRORS as exc:
-                raise self._error(op, exc) from exc
-            return [reply]
-        async with redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return await self._guard(op, pipe.execute(raise_on_error=False))
+            # A lone call's error reply other than NOSCRIPT is raised, even with partial
+            # (as when it was sent without a pipeline).
+            [reply] = replies
+            if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+                raise self._error(op, reply) from reply
+        return replies
 
     async def _send_durable(self, op: str, calls: Sequence[Call]) -> list[Any]:
-        """:meth:`_send`, then WAIT on the same connection: one pipeline."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            pipe.execute_command("WAIT", *self._wait_args())
-            *replies, acked = await self._guard(op, pipe.execute(raise_on_error=False))
+        """:meth:`_send`, then WAIT on the same connection: one round trip."""
+        commands = [_evalsha(call) for call in calls]
+        *replies, acked = await self._round_trip(op, [*commands, ("WAIT", *self._wait_args())])
         self._check_replicated(op, acked)
         return replies
+
+    async def _round_trip(self, op: str, commands: Sequence[Command]) -> list[Any]:
+        assert self._pool is not None, "a one-node ScriptRunner needs a client over a Pool"
+        return await self._guard(op, round_trip(self._pool, commands))
 
     def _wait_args(self) -> tuple[int, int]:
         return self._replicas, max(1, round(self._replica_timeout * 1000))

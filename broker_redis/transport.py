@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -63,6 +63,7 @@ from broker_redis.errors import REDIS_ERRORS, transport_error
 from broker_redis.keys import GroupKeys, Keys, TopicKeys
 from broker_redis.options import DEFAULT_URL, OPTION_NAMES, parse_options
 from broker_redis.packing import pack_with_hiredis
+from broker_redis.pool import Pool
 from broker_redis.scripts import SCRIPT_NAMES, Arg, Call, Script, ScriptRunner, load_script
 from broker_redis.wakeups import Wakeups
 
@@ -350,8 +351,8 @@ class RedisTransport:
 
     # -- connections and errors ----------------------------------------------------------
 
-    def _pool(self, socket_timeout: float) -> BlockingConnectionPool:
-        pool = BlockingConnectionPool.from_url(
+    def _pool(self, socket_timeout: float) -> Pool:
+        pool = Pool.from_url(
             self._url,
             max_connections=self._max_connections,
             timeout=self._socket_timeout,
