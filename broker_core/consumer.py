@@ -69,6 +69,11 @@ _GIVE_BACK_TIMEOUT = 5.0
 (the store is unreachable) they return to the group when their leases expire."""
 
 
+_HANDLER_CANCELLED_AGAIN_AFTER = 1.0
+"""Seconds a handler cancelled by the shutdown has before it is cancelled again (its own
+call may have lost the first cancellation): what it does on a cancellation (a rollback,
+a lock released over the network) gets that long, its lease still renewed."""
+
 _START_MARGIN = 0.5
 """A buffered event starts on its lease as it stands only with this fraction of a lease
 left. Renewals every third of a lease keep more than that; less means they fell behind,
@@ -820,7 +825,8 @@ class Consumer:
 
     async def _end_tasks(self, run: _Run) -> None:
         # Cancelled until they end: a handler's own call may lose one cancellation.
-        runners = [cancel_and_wait(runner) for runner in run.runners]
+        again = _HANDLER_CANCELLED_AGAIN_AFTER
+        runners = [cancel_and_wait(runner, again_after=again) for runner in run.runners]
         await asyncio.gather(*runners, return_exceptions=True)
         unhandled = list(run.cancelled)
         run.cancelled.clear()

@@ -230,3 +230,31 @@ async def test_a_cancelled_run_ends_when_a_transport_call_loses_the_cancellation
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await _ends_within(10, running)
+
+
+async def test_a_cancelled_handler_finishes_its_cleanup() -> None:
+    # One cancellation is a request: what the handler does on it (a rollback, a lock
+    # released over the network) must not be cut short by the next one.
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g", shutdown_grace=0.1))
+    started = asyncio.Event()
+    cleaned: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # the cleanup's round trips
+            cleaned.append(event.n)
+            raise
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, started.wait())
+    broker.stop()
+    await _ends_within(10, running)
+    assert cleaned == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (1, 0)
