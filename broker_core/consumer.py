@@ -543,8 +543,10 @@ class Consumer:
             run.waiting = None
 
     async def _sleep_unless_stopped(self, run: _Run, seconds: float) -> None:
+        # Not wait_for: on CPython 3.11 it drops a cancellation that comes with the stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await run.stop.wait()
 
     # -- handling ------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ import pytest
 
 from broker_core import Broker, BrokerOptions, Event
 from broker_core.cancellation import cancel_and_wait
-from broker_core.transport import QueueStats, Receipt
+from broker_core.errors import TransportError
+from broker_core.transport import Message, QueueStats, Receipt
 from broker_dashboard import DashboardConfig, WritePolicy, create_app
 from broker_memory import MemoryTransport
 from broker_prometheus import PrometheusMetrics
@@ -258,3 +259,42 @@ async def test_a_cancelled_handler_finishes_its_cleanup() -> None:
     assert cleaned == [1]
     [stats] = await broker.stats(Job.topic)
     assert (stats.ready, stats.leased) == (1, 0)
+
+
+class ClaimsFail(MemoryTransport):
+    """Every claim fails, as with the store unreachable: the consumer pauses, then retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed = asyncio.Event()
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        self.claimed.set()
+        raise TransportError("store unreachable")
+
+
+async def test_a_run_cancelled_as_it_stops_raises_the_cancellation() -> None:
+    # The stop and the cancellation come in one iteration while run() pauses after a
+    # failed claim: the pause must not return as if only the stop had come.
+    transport = ClaimsFail()
+    broker = Broker(transport, BrokerOptions(group="g"))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        pass
+
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.claimed.wait())
+    await asyncio.sleep(0.05)  # in the pause
+    broker.stop()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _ends_within(10, running)
