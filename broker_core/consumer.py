@@ -43,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from broker_core.cancellation import cancel_and_wait
 from broker_core.codec import DecodeError, decode
@@ -58,6 +59,8 @@ from broker_core.text import safe_text
 from broker_core.transport import Message, Receipt, Transport, checked_results
 
 __all__ = ["Consumer"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("broker.consumer")
 
@@ -105,6 +108,27 @@ def _settling_failed(message: Message, exc: Exception) -> None:
         exc,
         "it returns when its lease expires",
     )
+
+
+async def _to_the_end(task: asyncio.Future[T]) -> T:
+    """``await task``, but a cancellation of the caller meanwhile lets it finish first.
+
+    For what a stop must complete even when it is cancelled again and again (by
+    :func:`~broker_core.cancellation.cancel_and_wait`, or an anyio cancel scope): the
+    caller's cancellation is raised once ``task`` has ended. Only for calls with a
+    deadline of their own (the transport's timeouts, the give-back's).
+    """
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _describe(exc: BaseException) -> str:
@@ -705,7 +729,9 @@ class Consumer:
             return
         run.acks_closing = True
         run.acks_queued.set()
-        await acker
+        # Cut off by a cancellation, the acks on the wire would be dropped, and handled
+        # events run again elsewhere.
+        await _to_the_end(acker)
 
     async def _flush_acks(self) -> None:
         batch, self._acks = self._acks, []
@@ -839,6 +865,11 @@ class Consumer:
         """Release events this consumer will not handle, in one call, under a deadline."""
         if not receipts:
             return
+        # Cut off by a cancellation, the events would wait out their leases, and then
+        # count as a crash's (an attempt charged, run alone).
+        await _to_the_end(asyncio.ensure_future(self._release(receipts)))
+
+    async def _release(self, receipts: Sequence[Receipt]) -> None:
         try:
             async with asyncio.timeout(_GIVE_BACK_TIMEOUT):
                 await self._transport.release(receipts)

@@ -298,3 +298,66 @@ async def test_a_run_cancelled_as_it_stops_raises_the_cancellation() -> None:
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await _ends_within(10, running)
+
+
+class SlowAcks(MemoryTransport):
+    """An ack takes a round trip of 0.3 s, as a far store's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acking = asyncio.Event()
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        self.acking.set()
+        await asyncio.sleep(0.3)
+        return await super().ack(receipts)
+
+
+async def test_a_run_cancelled_again_and_again_still_sends_its_acks() -> None:
+    # cancel_and_wait, or an anyio cancel scope, cancels run() again while it stops: the
+    # acks of handled events must still go out, or those events run again elsewhere.
+    transport = SlowAcks()
+    broker = Broker(transport, BrokerOptions(group="g"))
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.append(event.n)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.acking.wait())
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    assert handled == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+class SlowReleases(MemoryTransport):
+    """A release takes a round trip of 0.3 s."""
+
+    async def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        await asyncio.sleep(0.3)
+        return await super().release(receipts)
+
+
+async def test_a_run_cancelled_again_and_again_still_gives_back_its_events() -> None:
+    transport = SlowReleases()
+    broker = Broker(transport, BrokerOptions(group="g"))
+    started = asyncio.Event()
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, started.wait())
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (1, 0)  # given back, not left to its lease
