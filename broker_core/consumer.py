@@ -855,7 +855,9 @@ class Consumer:
         # Cancelled until they end: a handler's own call may lose one cancellation.
         again = _HANDLER_CANCELLED_AGAIN_AFTER
         runners = [cancel_and_wait(runner, again_after=again) for runner in run.runners]
-        await asyncio.gather(*runners, return_exceptions=True)
+        # To their end even if run() is cancelled again: a handler in a thread goes on
+        # regardless, and its outcome is settled (its lease renewed) only while run() waits.
+        await _to_the_end(asyncio.gather(*runners, return_exceptions=True))
         unhandled = list(run.cancelled)
         run.cancelled.clear()
         if not run.aborted:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
@@ -361,3 +363,27 @@ async def test_a_run_cancelled_again_and_again_still_gives_back_its_events() -> 
     assert running.cancelled()
     [stats] = await broker.stats(Job.topic)
     assert (stats.ready, stats.leased) == (1, 0)  # given back, not left to its lease
+
+
+async def test_a_run_cancelled_again_and_again_waits_for_a_handler_in_a_thread() -> None:
+    # A thread cannot be interrupted: run() waits for it and settles its outcome, also
+    # when it is cancelled again while it waits.
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g"))
+    started = threading.Event()
+    handled: list[int] = []
+
+    @broker.on(Job)
+    def handle(event: Job) -> None:
+        started.set()
+        time.sleep(0.5)
+        handled.append(event.n)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, asyncio.to_thread(started.wait, 10))
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    assert handled == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (0, 0)  # acked
