@@ -783,9 +783,11 @@ class Consumer:
             self._renewers -= 1
             if self._renewers == 0 and self._renewal is not None:
                 renewal, self._renewal = self._renewal, None
-                # The loop logs its own failures; what is left to know is that it ended.
+                # The loop logs its own failures; what is left to know is that it ended,
+                # also if this task is cancelled again meanwhile (the loop's cancellation
+                # may have been lost, and it would renew on for good).
                 with contextlib.suppress(Exception):
-                    await cancel_and_wait(renewal)
+                    await _to_the_end(asyncio.ensure_future(cancel_and_wait(renewal)))
 
     async def _renew_leases(self) -> None:
         lease = self._options.lease

@@ -387,3 +387,37 @@ async def test_a_run_cancelled_again_and_again_waits_for_a_handler_in_a_thread()
     assert handled == [1]
     [stats] = await broker.stats(Job.topic)
     assert (stats.ready, stats.leased) == (0, 0)  # acked
+
+
+class SaysWhenItLostACancellation(LosesACancellation):
+    def __init__(self, method: str) -> None:
+        super().__init__(method)
+        self.lost = asyncio.Event()
+
+    async def _maybe_lose(self, method: str) -> None:
+        await super()._maybe_lose(method)
+        if method == self._method and self._calls == self._nth and not self.lost.is_set():
+            self.lost.set()
+
+
+async def test_a_run_cancelled_again_while_it_ends_its_lease_renewal_leaves_none_running() -> None:
+    # run() is cancelled again as it cancels its renewal loop, whose first cancellation
+    # was lost: the loop must end all the same, not renew on after run() (for good).
+    transport = SaysWhenItLostACancellation("extend")
+    broker = Broker(transport, BrokerOptions(group="g", lease=0.3))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        await asyncio.sleep(3600)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.blocked.wait())  # a renewal in flight
+    running.cancel()
+    await _ends_within(10, transport.lost.wait())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _ends_within(10, running)
+    await asyncio.sleep(0.2)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "broker-leases"] == []
