@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
 import threading
 import time
@@ -19,6 +20,8 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from broker_core import Broker, BrokerOptions, Event
 from broker_core.cancellation import cancel_and_wait
@@ -27,6 +30,7 @@ from broker_core.transport import Message, QueueStats, Receipt
 from broker_dashboard import DashboardConfig, WritePolicy, create_app
 from broker_memory import MemoryTransport
 from broker_prometheus import PrometheusMetrics
+from broker_redis.wakeups import Wakeups
 
 
 class Job(Event):
@@ -421,3 +425,34 @@ async def test_a_run_cancelled_again_while_it_ends_its_lease_renewal_leaves_none
         await _ends_within(10, running)
     await asyncio.sleep(0.2)
     assert [t for t in asyncio.all_tasks() if t.get_name() == "broker-leases"] == []
+
+
+class _SlowToClosePubSub(PubSub):
+    async def aclose(self) -> None:
+        await asyncio.sleep(0.2)  # a close that waits on a slow network
+        await super().aclose()
+
+
+class _SlowToCloseRedis(Redis):
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        return _SlowToClosePubSub(self.connection_pool, **kwargs)
+
+
+async def test_the_redis_wakeups_close_their_connection_even_slowly(redis_url: str) -> None:
+    # What the reader does on its cancellation (close its subscription, then its client)
+    # must not be cut short by the next one: the connection would stay open, subscribed.
+    clients: list[Redis] = []
+
+    def connect(attempt: int) -> Redis:
+        clients.append(_SlowToCloseRedis.from_url(redis_url, socket_timeout=None))
+        return clients[-1]
+
+    wakeups = Wakeups(connect, timeout=5.0)
+    channel = f"cancellation-wake-{secrets.token_hex(4)}"
+    await _ends_within(10, wakeups.watch([channel]))
+    await _ends_within(10, wakeups.close())
+    [client] = clients
+    pool = client.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections  # the subscription's
+    assert not any(c.is_connected for c in connections)
