@@ -115,8 +115,9 @@ async def _to_the_end(task: asyncio.Future[T]) -> T:
 
     For what a stop must complete even when it is cancelled again and again (by
     :func:`~broker_core.cancellation.cancel_and_wait`, or an anyio cancel scope): the
-    caller's cancellation is raised once ``task`` has ended. Only for calls with a
-    deadline of their own (the transport's timeouts, the give-back's).
+    caller's cancellation is raised once ``task`` has ended. Only for what ends by itself:
+    calls with a deadline (the transport's timeouts, the give-back's), or tasks cancelled
+    until they end (a handler in a thread, which nothing can end, excepted).
     """
     cancelled = False
     while not task.done():
