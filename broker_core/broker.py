@@ -451,7 +451,9 @@ class Broker:
 
         On stop, no new events are claimed and running handlers get
         ``shutdown_grace`` seconds to finish; those still running are cancelled and
-        their events given back at once for other consumers.
+        their events given back at once for other consumers. A cancellation gives them no
+        grace; the acks and give-backs it finds under way are finished however often it
+        is cancelled, and the cancellation is raised then.
         """
         # From here on a stop() is kept even before the consumer runs (SIGTERM while the
         # service is still subscribing).

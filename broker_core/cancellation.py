@@ -25,16 +25,18 @@ __all__ = ["cancel_and_wait"]
 _AGAIN_AFTER = 0.05
 
 
-async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+async def cancel_and_wait(task: asyncio.Future[Any], *, again_after: float = _AGAIN_AFTER) -> None:
     """Cancel ``task``, and return once it has ended, cancelling it again while it runs.
 
-    A task that ends by an exception other than its cancellation raises it here, as
-    awaiting it would. If the caller is cancelled meanwhile, ``task`` has been cancelled
-    at least once, and the caller's cancellation propagates.
+    It is cancelled again every ``again_after`` seconds: a task whose cleanup (what it
+    does on its cancellation) may take longer needs a longer one, or that cleanup is cut
+    short. A task that ends by an exception other than its cancellation raises it here,
+    as awaiting it would. If the caller is cancelled meanwhile, ``task`` has been
+    cancelled at least once, and the caller's cancellation propagates.
     """
     while not task.done():
         task.cancel()
-        await asyncio.wait({task}, timeout=_AGAIN_AFTER)
+        await asyncio.wait({task}, timeout=again_after)
     if not task.cancelled():
         error = task.exception()
         if error is not None:

@@ -43,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from broker_core.cancellation import cancel_and_wait
 from broker_core.codec import DecodeError, decode
@@ -59,6 +60,8 @@ from broker_core.transport import Message, Receipt, Transport, checked_results
 
 __all__ = ["Consumer"]
 
+T = TypeVar("T")
+
 log = logging.getLogger("broker.consumer")
 
 _TRANSPORT_RETRY_DELAY = 0.5
@@ -68,6 +71,11 @@ _GIVE_BACK_TIMEOUT = 5.0
 """Longest wait, when stopping, for the events not handled to be given back; past it
 (the store is unreachable) they return to the group when their leases expire."""
 
+
+_HANDLER_CANCELLED_AGAIN_AFTER = 1.0
+"""Seconds a handler cancelled by the shutdown has before it is cancelled again (its own
+call may have lost the first cancellation): what it does on a cancellation (a rollback,
+a lock released over the network) gets that long, its lease still renewed."""
 
 _START_MARGIN = 0.5
 """A buffered event starts on its lease as it stands only with this fraction of a lease
@@ -100,6 +108,28 @@ def _settling_failed(message: Message, exc: Exception) -> None:
         exc,
         "it returns when its lease expires",
     )
+
+
+async def _to_the_end(task: asyncio.Future[T]) -> T:
+    """``await task``, but a cancellation of the caller meanwhile lets it finish first.
+
+    For what a stop must complete even when it is cancelled again and again (by
+    :func:`~broker_core.cancellation.cancel_and_wait`, or an anyio cancel scope): the
+    caller's cancellation is raised once ``task`` has ended. Only for what ends by itself:
+    calls with a deadline (the transport's timeouts, the give-back's), or tasks cancelled
+    until they end (a handler in a thread, which nothing can end, excepted).
+    """
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _describe(exc: BaseException) -> str:
@@ -538,8 +568,10 @@ class Consumer:
             run.waiting = None
 
     async def _sleep_unless_stopped(self, run: _Run, seconds: float) -> None:
+        # Not wait_for: on CPython 3.11 it drops a cancellation that comes with the stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await run.stop.wait()
 
     # -- handling ------------------------------------------------------------------------
 
@@ -698,7 +730,9 @@ class Consumer:
             return
         run.acks_closing = True
         run.acks_queued.set()
-        await acker
+        # Cut off by a cancellation, the acks on the wire would be dropped, and handled
+        # events run again elsewhere.
+        await _to_the_end(acker)
 
     async def _flush_acks(self) -> None:
         batch, self._acks = self._acks, []
@@ -750,9 +784,11 @@ class Consumer:
             self._renewers -= 1
             if self._renewers == 0 and self._renewal is not None:
                 renewal, self._renewal = self._renewal, None
-                # The loop logs its own failures; what is left to know is that it ended.
+                # The loop logs its own failures; what is left to know is that it ended,
+                # also if this task is cancelled again meanwhile (the loop's cancellation
+                # may have been lost, and it would renew on for good).
                 with contextlib.suppress(Exception):
-                    await cancel_and_wait(renewal)
+                    await _to_the_end(asyncio.ensure_future(cancel_and_wait(renewal)))
 
     async def _renew_leases(self) -> None:
         lease = self._options.lease
@@ -820,8 +856,11 @@ class Consumer:
 
     async def _end_tasks(self, run: _Run) -> None:
         # Cancelled until they end: a handler's own call may lose one cancellation.
-        runners = [cancel_and_wait(runner) for runner in run.runners]
-        await asyncio.gather(*runners, return_exceptions=True)
+        again = _HANDLER_CANCELLED_AGAIN_AFTER
+        runners = [cancel_and_wait(runner, again_after=again) for runner in run.runners]
+        # To their end even if run() is cancelled again: a handler in a thread goes on
+        # regardless, and its outcome is settled (its lease renewed) only while run() waits.
+        await _to_the_end(asyncio.gather(*runners, return_exceptions=True))
         unhandled = list(run.cancelled)
         run.cancelled.clear()
         if not run.aborted:
@@ -831,6 +870,11 @@ class Consumer:
         """Release events this consumer will not handle, in one call, under a deadline."""
         if not receipts:
             return
+        # Cut off by a cancellation, the events would wait out their leases, and then
+        # count as a crash's (an attempt charged, run alone).
+        await _to_the_end(asyncio.ensure_future(self._release(receipts)))
+
+    async def _release(self, receipts: Sequence[Receipt]) -> None:
         try:
             async with asyncio.timeout(_GIVE_BACK_TIMEOUT):
                 await self._transport.release(receipts)

@@ -141,4 +141,7 @@ class Wakeups:
         """Stop receiving; waiters still waiting time out."""
         reader, self._reader = self._reader, None
         if reader is not None:
-            await cancel_and_wait(reader)
+            # Its client sends without wait_for (no socket timeout), so it loses no
+            # cancellation of its own; what it does on one, closing its connection, gets
+            # the timeout before it is cancelled again.
+            await cancel_and_wait(reader, again_after=self._timeout)

@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from broker_core import Broker, BrokerOptions, Event
 from broker_core.cancellation import cancel_and_wait
-from broker_core.transport import QueueStats, Receipt
+from broker_core.errors import TransportError
+from broker_core.transport import Message, QueueStats, Receipt
 from broker_dashboard import DashboardConfig, WritePolicy, create_app
 from broker_memory import MemoryTransport
 from broker_prometheus import PrometheusMetrics
+from broker_redis.wakeups import Wakeups
 
 
 class Job(Event):
@@ -230,3 +237,222 @@ async def test_a_cancelled_run_ends_when_a_transport_call_loses_the_cancellation
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await _ends_within(10, running)
+
+
+async def test_a_cancelled_handler_finishes_its_cleanup() -> None:
+    # One cancellation is a request: what the handler does on it (a rollback, a lock
+    # released over the network) must not be cut short by the next one.
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g", shutdown_grace=0.1))
+    started = asyncio.Event()
+    cleaned: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # the cleanup's round trips
+            cleaned.append(event.n)
+            raise
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, started.wait())
+    broker.stop()
+    await _ends_within(10, running)
+    assert cleaned == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (1, 0)
+
+
+class ClaimsFail(MemoryTransport):
+    """Every claim fails, as with the store unreachable: the consumer pauses, then retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed = asyncio.Event()
+
+    async def claim(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        max_count: int,
+        lease: float,
+        max_attempts: int,
+    ) -> list[Message]:
+        self.claimed.set()
+        raise TransportError("store unreachable")
+
+
+async def test_a_run_cancelled_as_it_stops_raises_the_cancellation() -> None:
+    # The stop and the cancellation come in one iteration while run() pauses after a
+    # failed claim: the pause must not return as if only the stop had come.
+    transport = ClaimsFail()
+    broker = Broker(transport, BrokerOptions(group="g"))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        pass
+
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.claimed.wait())
+    await asyncio.sleep(0.05)  # in the pause
+    broker.stop()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _ends_within(10, running)
+
+
+class SlowAcks(MemoryTransport):
+    """An ack takes a round trip of 0.3 s, as a far store's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acking = asyncio.Event()
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[bool]:
+        self.acking.set()
+        await asyncio.sleep(0.3)
+        return await super().ack(receipts)
+
+
+async def test_a_run_cancelled_again_and_again_still_sends_its_acks() -> None:
+    # cancel_and_wait, or an anyio cancel scope, cancels run() again while it stops: the
+    # acks of handled events must still go out, or those events run again elsewhere.
+    transport = SlowAcks()
+    broker = Broker(transport, BrokerOptions(group="g"))
+    handled: list[int] = []
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        handled.append(event.n)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.acking.wait())
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    assert handled == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (0, 0)
+
+
+class SlowReleases(MemoryTransport):
+    """A release takes a round trip of 0.3 s."""
+
+    async def release(self, receipts: Sequence[Receipt]) -> list[bool]:
+        await asyncio.sleep(0.3)
+        return await super().release(receipts)
+
+
+async def test_a_run_cancelled_again_and_again_still_gives_back_its_events() -> None:
+    transport = SlowReleases()
+    broker = Broker(transport, BrokerOptions(group="g"))
+    started = asyncio.Event()
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, started.wait())
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (1, 0)  # given back, not left to its lease
+
+
+async def test_a_run_cancelled_again_and_again_waits_for_a_handler_in_a_thread() -> None:
+    # A thread cannot be interrupted: run() waits for it and settles its outcome, also
+    # when it is cancelled again while it waits.
+    broker = Broker(MemoryTransport(), BrokerOptions(group="g"))
+    started = threading.Event()
+    handled: list[int] = []
+
+    @broker.on(Job)
+    def handle(event: Job) -> None:
+        started.set()
+        time.sleep(0.5)
+        handled.append(event.n)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, asyncio.to_thread(started.wait, 10))
+    await _ends_within(10, cancel_and_wait(running))
+    assert running.cancelled()
+    assert handled == [1]
+    [stats] = await broker.stats(Job.topic)
+    assert (stats.ready, stats.leased) == (0, 0)  # acked
+
+
+class SaysWhenItLostACancellation(LosesACancellation):
+    def __init__(self, method: str) -> None:
+        super().__init__(method)
+        self.lost = asyncio.Event()
+
+    async def _maybe_lose(self, method: str) -> None:
+        await super()._maybe_lose(method)
+        if method == self._method and self._calls == self._nth and not self.lost.is_set():
+            self.lost.set()
+
+
+async def test_a_run_cancelled_again_while_it_ends_its_lease_renewal_leaves_none_running() -> None:
+    # run() is cancelled again as it cancels its renewal loop, whose first cancellation
+    # was lost: the loop must end all the same, not renew on after run() (for good).
+    transport = SaysWhenItLostACancellation("extend")
+    broker = Broker(transport, BrokerOptions(group="g", lease=0.3))
+
+    @broker.on(Job)
+    async def handle(event: Job) -> None:
+        await asyncio.sleep(3600)
+
+    await broker.subscribe(Job.topic)
+    await broker.publish(Job(n=1))
+    running = asyncio.create_task(broker.run())
+    await _ends_within(10, transport.blocked.wait())  # a renewal in flight
+    running.cancel()
+    await _ends_within(10, transport.lost.wait())
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await _ends_within(10, running)
+    await asyncio.sleep(0.2)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "broker-leases"] == []
+
+
+class _SlowToClosePubSub(PubSub):
+    async def aclose(self) -> None:
+        await asyncio.sleep(0.2)  # a close that waits on a slow network
+        await super().aclose()
+
+
+class _SlowToCloseRedis(Redis):
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        return _SlowToClosePubSub(self.connection_pool, **kwargs)
+
+
+async def test_the_redis_wakeups_close_their_connection_even_slowly(redis_url: str) -> None:
+    # What the reader does on its cancellation (close its subscription, then its client)
+    # must not be cut short by the next one: the connection would stay open, subscribed.
+    clients: list[Redis] = []
+
+    def connect(attempt: int) -> Redis:
+        clients.append(_SlowToCloseRedis.from_url(redis_url, socket_timeout=None))
+        return clients[-1]
+
+    wakeups = Wakeups(connect, timeout=5.0)
+    channel = f"cancellation-wake-{secrets.token_hex(4)}"
+    await _ends_within(10, wakeups.watch([channel]))
+    await _ends_within(10, wakeups.close())
+    [client] = clients
+    pool = client.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections  # the subscription's
+    assert not any(c.is_connected for c in connections)
