@@ -202,7 +202,7 @@ async def test_the_dashboard_stops_when_a_reading_loses_a_cancellation() -> None
 
 
 async def test_a_handler_that_loses_its_cancellation_is_cancelled_again() -> None:
-    # Past the shutdown grace no handler may go on: its lease is no longer renewed.
+    # Past the shutdown grace no handler may go on: its event is given back for others.
     broker = Broker(MemoryTransport(), BrokerOptions(group="g", shutdown_grace=0.1))
     started = asyncio.Event()
     finished: list[int] = []
