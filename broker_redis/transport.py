@@ -106,6 +106,10 @@ _DURABLE_OPS = frozenset(
     {"publish", "subscribe", "ack", "nack", "kill", "configure_topic", "copy_history"}
 )
 
+# Dead events replayed or purged per script call when all of them are: a call stays
+# short (a few ms) however many are dead.
+_DEAD_BATCH = 1000
+
 MIN_REDIS_VERSION = (6, 2)
 """The oldest Redis whose commands every script and wait can use."""
 
@@ -155,8 +159,8 @@ def _dead_record(raw: bytes) -> dict[str, Any]:
 
 
 def _dead_args(event_ids: Sequence[str] | None) -> list[Arg]:
-    """ARGV of replay_dead and purge_dead: every dead event, or those listed."""
-    return ["all"] if event_ids is None else ["ids", *event_ids]
+    """ARGV of replay_dead and purge_dead: the next batch of dead events, or those listed."""
+    return ["all", _DEAD_BATCH] if event_ids is None else ["ids", *event_ids]
 
 
 class _Unit(NamedTuple):
@@ -1531,12 +1535,27 @@ class RedisTransport:
         event_ids: Sequence[str] | None,
     ) -> int:
         """Run replay_dead or purge_dead on every partition: on every dead event, or on
-        those listed (each partition finds those it holds)."""
+        those listed (each partition finds those it holds).
+
+        Every dead event goes by batches of ``_DEAD_BATCH``, one script call each, so that
+        no call holds Redis up for long however many are dead; a partition is asked again
+        while some are left, but never for more than were dead at its first call: events
+        that die meanwhile (a replayed one failing again, say) wait for the next replay.
+        """
         if event_ids is not None and not event_ids:
             return 0
         units = await self._current_units(topic, op)
-        replies = await self._each(op, {u: call(u) for u in units})
-        return sum(int(count) for count in replies.values())
+        calls = {u: call(u) for u in units}
+        done = 0
+        budget: dict[_Unit, int] = {}
+        while calls:
+            for unit, (count, left) in (await self._each(op, calls)).items():
+                done += int(count)
+                budget.setdefault(unit, int(count) + int(left))
+                budget[unit] -= int(count)
+                if event_ids is not None or not int(count) or not int(left) or budget[unit] <= 0:
+                    del calls[unit]
+        return done
 
     async def stats(self, topic: str, group: str) -> QueueStats:
         """Counts per state, summed over the partitions, after applying expired leases

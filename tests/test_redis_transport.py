@@ -657,6 +657,39 @@ async def test_thousands_of_events_in_one_call(make: MakeTransport) -> None:
     assert await tr.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
 
 
+async def test_thousands_of_dead_events_go_a_thousand_per_call_in_death_order(
+    make: MakeTransport, redis_server: RedisServer
+) -> None:
+    # One call replaying or purging every dead event at once held Redis up for as long
+    # as the list was long; now each call takes at most a thousand.
+    tr = await make()
+    n = 2500
+    await tr.subscribe(T, G)
+    await tr.publish(T, [(f"e{i:04d}", b"x") for i in range(n)])
+    msgs = await tr.claim(G, [T], max_count=n, lease=60, max_attempts=5)
+    for message in reversed(msgs):  # they die in reverse id order
+        assert await tr.kill(message.receipt, reason="handler")
+    died = [m.event_id for m in reversed(msgs)]
+
+    def script_calls() -> int:
+        with redis_server.admin() as admin:
+            stats = admin.info("commandstats")
+        return int(stats["cmdstat_evalsha"]["calls"])
+
+    before = script_calls()
+    assert await tr.replay_dead(T, G) == n
+    assert script_calls() - before == 3  # 1000 + 1000 + 500
+    replayed = await tr.claim(G, [T], max_count=n, lease=60, max_attempts=5)
+    assert [m.event_id for m in replayed] == died
+    for message in replayed:
+        assert await tr.kill(message.receipt, reason="handler")
+    before = script_calls()
+    assert await tr.purge_dead(T, G) == n
+    assert script_calls() - before == 3
+    assert await tr.stats(T, G) == QueueStats(T, G, 0, 0, 0, 0)
+    assert await tr.purge_dead(T, G) == 0
+
+
 async def test_a_backlog_of_expiries_is_requeued_in_bounded_steps_in_order(
     make: MakeTransport, redis_server: RedisServer
 ) -> None:

@@ -1,15 +1,16 @@
 --- @include "chunks"
 
--- The dead ids to act on, oldest death first: all of them when `list` is false, else
--- those of `list[first..]` that are dead. The list is read in place, since it may be a
--- script's arguments, too many to copy with unpack. Each id taken is removed from DEAD
--- and its dead-letter record deleted; the caller decides where it goes. Walks the list
--- in chunks.
-local function take_dead(dead, deadinfo, list, first)
+-- The dead ids to act on, oldest death first: the first `limit` of them when `list` is
+-- false (the caller calls again for the rest: one call stays bounded however many are
+-- dead), else those of `list[first..]` that are dead. The list is read in place, since
+-- it may be a script's arguments, too many to copy with unpack. Each id taken is removed
+-- from DEAD and its dead-letter record deleted; the caller decides where it goes. Walks
+-- the list in chunks.
+local function take_dead(dead, deadinfo, list, first, limit)
   local taken = {}
   if not list then
-    while true do
-      local ids = redis.call('LRANGE', dead, 0, CHUNK - 1)
+    while #taken < limit do
+      local ids = redis.call('LRANGE', dead, 0, math.min(CHUNK, limit - #taken) - 1)
       if #ids == 0 then
         break
       end
