@@ -244,6 +244,61 @@ async def test_a_pool_at_its_limit_says_no_connection_after_its_timeout(
         await pool.aclose()
 
 
+async def test_a_connection_handed_over_as_the_wait_times_out_is_never_lost(
+    server: RedisServer,
+) -> None:
+    # The hand-over and the waiter's timeout come due in one turn of the loop, in either
+    # order: the waiter keeps the connection, or says "No connection available." and the
+    # connection is idle in the pool; either way the one connection is there for the next.
+    loop = asyncio.get_running_loop()
+    for offset in (-0.02, 0.02):  # the hand-over just before, then just after the timeout
+        pool = _pool(server, 1, 0.1)
+        try:
+            first = await pool.get_connection()
+            started = loop.time()
+            waiter = asyncio.create_task(pool.get_connection())
+            await asyncio.sleep(0)  # queued, its timeout running
+            loop.call_at(started + 0.1 + offset, pool.put_back, first)
+            loop.call_soon(time.sleep, 0.3)  # holds the loop until both are due
+            try:
+                pool.put_back(await waiter)
+            except RedisConnectionError as exc:
+                assert str(exc) == "No connection available."
+            assert await asyncio.wait_for(pool.get_connection(), 1) is first
+        finally:
+            await pool.aclose()
+
+
+async def test_a_call_cancelled_while_its_connection_reconnects_leaves_none_half_open(
+    redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory(password="pw")
+    url = f"redis://:pw@127.0.0.1:{server.port}/2?client_name=probed"
+    tr = RedisTransport(url, max_connections=1, socket_timeout=2)
+    await tr.connect()
+    try:
+        await tr.subscribe(T, G)
+        assert await tr.publish(T, [("e1", b"x")]) == 1
+        assert kill_other_clients(server) >= 1
+        await asyncio.sleep(0.05)  # seen closed: the next checkout reconnects
+        with server.admin() as admin:  # holds the reconnect's AUTH, SELECT and SETNAME
+            admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
+        call = asyncio.create_task(tr.publish(T, [("e2", b"y")]))
+        await asyncio.sleep(0.15)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # The one connection is back, closed; reopened, it has the URL's password, db and
+        # name, and the next call reads its own reply (not the cancelled handshake's).
+        assert await asyncio.wait_for(tr.publish(T, [("e3", b"z")]), 2) == 1
+        assert await ready_ids(tr) == ["e1", "e3"]
+        with server.admin() as admin:
+            ours = [c for c in admin.client_list(_type="normal") if c["name"] == "probed"]
+        assert [c["db"] for c in ours] == ["2"] * len(ours) and ours
+    finally:
+        await tr.close()
+
+
 def test_a_pool_refuses_what_it_does_not_do(server: RedisServer) -> None:
     with pytest.raises(ValueError, match="maintenance notifications"):
         Pool.from_url(server.url)
