@@ -88,9 +88,10 @@ async def test_a_timed_out_call_is_not_sent_again_and_its_late_reply_is_never_re
         admin.config_resetstat()
     pause_scripts(server, 600)
     started = time.monotonic()
+    # (Raised: so at its timeout, not answered at the pause's end.)
     with pytest.raises(TransportError, match="did not answer in time"):
         await tr.publish(T, [("e1", b"x")])
-    assert 0.35 < time.monotonic() - started < 0.6
+    assert time.monotonic() - started > 0.35
     # Sent while the server still holds the publish, answered once the pause is over:
     # its own reply, not the publish's (an integer, which stats cannot unpack).
     stats = await tr.stats(T, G)
@@ -148,7 +149,7 @@ async def test_a_connection_killed_mid_call_raises_then_the_next_call_reconnects
 async def test_a_call_cancelled_mid_call_leaves_no_reply_behind_and_frees_its_connection(
     make: MakeTransport, server: RedisServer
 ) -> None:
-    tr = await make(max_connections=1, socket_timeout=1)
+    tr = await make(max_connections=1, socket_timeout=3)
     pause_scripts(server, 3000)
     call = asyncio.create_task(tr.publish(T, [("e1", b"x")]))
     await asyncio.sleep(0.2)
@@ -160,7 +161,7 @@ async def test_a_call_cancelled_mid_call_leaves_no_reply_behind_and_frees_its_co
     # their own replies, not the cancelled call's.
     started = time.monotonic()
     assert await tr.publish(T, [("e2", b"y")]) == 1
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 2.0  # the pool would make it wait 3 s
     stats = await tr.stats(T, G)
     ids = await ready_ids(tr)
     assert ids[-1] == "e2" and stats.ready == len(ids)
