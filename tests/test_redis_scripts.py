@@ -192,6 +192,9 @@ EMPTY_REPLIES: dict[str, Any] = {
     "unsubscribe": [1, 1],
     "topic_stats": [b"", b"", 0, b"", 0],
     "seal": [b"sealed", b"", b""],
+    # How many were moved or deleted, how many are still dead.
+    "replay_dead": [0, 0],
+    "purge_dead": [0, 0],
 }
 
 
