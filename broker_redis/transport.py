@@ -158,9 +158,9 @@ def _dead_record(raw: bytes) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _dead_args(event_ids: Sequence[str] | None) -> list[Arg]:
-    """ARGV of replay_dead and purge_dead: the next batch of dead events, or those listed."""
-    return ["all", _DEAD_BATCH] if event_ids is None else ["ids", *event_ids]
+def _dead_args(event_ids: Sequence[str] | None, limit: int = _DEAD_BATCH) -> list[Arg]:
+    """ARGV of replay_dead and purge_dead: the next ``limit`` dead events, or those listed."""
+    return ["all", limit] if event_ids is None else ["ids", *event_ids]
 
 
 class _Unit(NamedTuple):
@@ -1504,10 +1504,8 @@ class RedisTransport:
         return await self._for_dead(
             "replay_dead",
             topic,
-            lambda u: script.call(
-                [group, *_dead_args(event_ids)],
-                topic=self._topic_keys(u),
-                group=self._group_keys(u, group),
+            lambda u, dead: script.call(
+                [group, *dead], topic=self._topic_keys(u), group=self._group_keys(u, group)
             ),
             event_ids,
         )
@@ -1521,8 +1519,8 @@ class RedisTransport:
         return await self._for_dead(
             "purge_dead",
             topic,
-            lambda u: script.call(
-                _dead_args(event_ids), topic=self._topic_keys(u), group=self._group_keys(u, group)
+            lambda u, dead: script.call(
+                dead, topic=self._topic_keys(u), group=self._group_keys(u, group)
             ),
             event_ids,
         )
@@ -1531,7 +1529,7 @@ class RedisTransport:
         self,
         op: str,
         topic: str,
-        call: Callable[[_Unit], Call],
+        call: Callable[[_Unit, list[Arg]], Call],
         event_ids: Sequence[str] | None,
     ) -> int:
         """Run replay_dead or purge_dead on every partition: on every dead event, or on
@@ -1545,7 +1543,7 @@ class RedisTransport:
         if event_ids is not None and not event_ids:
             return 0
         units = await self._current_units(topic, op)
-        calls = {u: call(u) for u in units}
+        calls = {u: call(u, _dead_args(event_ids)) for u in units}
         done = 0
         budget: dict[_Unit, int] = {}
         while calls:
@@ -1555,6 +1553,8 @@ class RedisTransport:
                 budget[unit] -= int(count)
                 if event_ids is not None or not int(count) or not int(left) or budget[unit] <= 0:
                     del calls[unit]
+                else:  # the last batch stops short of those that died meanwhile
+                    calls[unit] = call(unit, _dead_args(None, min(_DEAD_BATCH, budget[unit])))
         return done
 
     async def stats(self, topic: str, group: str) -> QueueStats:

@@ -690,6 +690,39 @@ async def test_thousands_of_dead_events_go_a_thousand_per_call_in_death_order(
     assert await tr.purge_dead(T, G) == 0
 
 
+async def test_replaying_every_dead_event_takes_none_that_died_after_it_began(
+    make: MakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replayed event that fails again while the replay goes on dies again; its last batch
+    # must not take it (it was not dead when the replay began): it waits for the next replay.
+    tr = await make()
+    n, again = 1500, 300
+    await tr.subscribe(T, G)
+    await tr.publish(T, [(f"e{i:04d}", b"x") for i in range(n)])
+    for message in await tr.claim(G, [T], max_count=n, lease=60, max_attempts=5):
+        assert await tr.kill(message.receipt, reason="handler")
+    each = tr._each
+    batches = 0
+
+    async def failing_again(op: str, calls: Any) -> dict[Any, Any]:
+        nonlocal batches
+        replies = await each(op, calls)
+        if op == "replay_dead":
+            batches += 1
+            if batches == 1:  # the first thousand are back; some of them die again
+                msgs = await tr.claim(G, [T], max_count=again, lease=60, max_attempts=5)
+                for message in msgs:
+                    assert await tr.kill(message.receipt, reason="handler")
+        return replies
+
+    monkeypatch.setattr(tr, "_each", failing_again)
+    assert await tr.replay_dead(T, G) == n
+    assert batches == 2
+    assert (await tr.stats(T, G)).dead == again
+    monkeypatch.undo()
+    assert await tr.replay_dead(T, G) == again
+
+
 async def test_a_backlog_of_expiries_is_requeued_in_bounded_steps_in_order(
     make: MakeTransport, redis_server: RedisServer
 ) -> None:
