@@ -690,6 +690,42 @@ async def test_thousands_of_dead_events_go_a_thousand_per_call_in_death_order(
     assert await tr.purge_dead(T, G) == 0
 
 
+async def test_thousands_of_dead_events_of_ordered_keys_replay_in_death_order(
+    make: MakeTransport,
+) -> None:
+    # Replayed by batches, each batch's events must join their keys' histories behind the
+    # batch before's: a key's events come out again in the order they died.
+    tr = await make()
+    n = 2400
+    await tr.subscribe(T, G, ordered=True)
+    await tr.publish(
+        T, [(f"e{i:04d}", b"x") for i in range(n)], keys=[f"k{i % 2}" for i in range(n)]
+    )
+
+    async def each_head(settle: Callable[[Message], Awaitable[bool]]) -> list[str]:
+        seen: list[str] = []
+        for _ in range(n):  # the head of each key at a time
+            msgs = await tr.claim(G, [T], max_count=n, lease=60, max_attempts=5)
+            if not msgs:
+                break
+            for message in msgs:
+                seen.append(message.event_id)
+                assert await settle(message)
+        return seen
+
+    died = await each_head(lambda m: tr.kill(m.receipt, reason="handler"))
+    assert len(died) == n
+    assert await tr.replay_dead(T, G) == n
+
+    async def ack(message: Message) -> bool:
+        return (await tr.ack([message.receipt])) == [True]
+
+    replayed = await each_head(ack)
+    for key in ("0", "1"):
+        of_key = [e for e in died if int(e[1:]) % 2 == int(key)]
+        assert [e for e in replayed if int(e[1:]) % 2 == int(key)] == of_key
+
+
 async def test_replaying_every_dead_event_takes_none_that_died_after_it_began(
     make: MakeTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
