@@ -255,6 +255,33 @@ async def test_stats_dead_letters_and_history_are_summed_over_partitions(
     assert await tr.topics() == [T]
 
 
+async def test_replaying_every_dead_event_goes_by_batches_on_each_partition(
+    make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each partition is asked again while it has more, and only it: one with 2,500 dead
+    # takes three calls, one with 10 takes one.
+    tr = await make()
+    await tr.configure_topic(T, partitions=2)
+    await tr.subscribe(T, G)
+    big, small = keys_for_each_partition(2, per_partition=1)
+    events = [(f"e{n:04d}", b"x") for n in range(2510)]
+    await tr.publish(T, events, keys=[big] * 2500 + [small] * 10)
+    for m in await tr.claim(G, [T], max_count=2510, lease=60, max_attempts=5):
+        assert await tr.kill(m.receipt, reason="handler")
+    run = tr._run
+    calls: Counter[str] = Counter()  # per hash tag: per partition
+
+    async def counted(op: str, batch: Sequence[Call]) -> list[Any]:
+        if op == "replay_dead":
+            calls.update(c.keys[0].split("{")[1].split("}")[0] for c in batch)
+        return await run(op, batch)
+
+    monkeypatch.setattr(tr, "_run", counted)
+    assert await tr.replay_dead(T, G) == 2510
+    assert sorted(calls.values()) == [1, 3]
+    assert await tr.stats(T, G) == QueueStats(T, G, 2510, 0, 0, 0)
+
+
 # -- claims -----------------------------------------------------------------------------------
 
 
