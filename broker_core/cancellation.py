@@ -9,15 +9,19 @@ good, and whoever awaits its end after one ``cancel()`` waits for ever: a dashbo
 would not stop on SIGTERM, a consumer whose lease renewal never ends.
 
 :func:`cancel_and_wait` repeats the cancellation until the task ends. Plugins and
-transports stop their own loops with it too.
+transports stop their own loops with it too. :func:`to_the_end` is its counterpart for
+what must finish although its caller is cancelled again and again (the consumer's last
+acks and give-backs).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait"]
+T = TypeVar("T")
+
+__all__ = ["cancel_and_wait", "to_the_end"]
 
 # How long a cancelled task may run on before it is cancelled again. Long enough for
 # the cleanup a cancellation starts (a ``finally`` closing a connection, say), which a
@@ -41,3 +45,25 @@ async def cancel_and_wait(task: asyncio.Future[Any], *, again_after: float = _AG
         error = task.exception()
         if error is not None:
             raise error
+
+
+async def to_the_end(task: asyncio.Future[T]) -> T:
+    """``await task``, but a cancellation of the caller meanwhile lets it finish first.
+
+    For what a stop must complete even when it is cancelled again and again (by
+    :func:`cancel_and_wait`, or an anyio cancel scope): the
+    caller's cancellation is raised once ``task`` has ended. Only for what ends by itself:
+    calls with a deadline (the transport's timeouts, the give-back's), or tasks cancelled
+    until they end (a handler in a thread, which nothing can end, excepted).
+    """
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()

@@ -43,9 +43,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from broker_core.cancellation import cancel_and_wait
+from broker_core.cancellation import cancel_and_wait, to_the_end
 from broker_core.codec import DecodeError, decode
 from broker_core.delivery import Delivery
 from broker_core.errors import TransportError
@@ -59,8 +58,6 @@ from broker_core.text import safe_text
 from broker_core.transport import Message, Receipt, Transport, checked_results
 
 __all__ = ["Consumer"]
-
-T = TypeVar("T")
 
 log = logging.getLogger("broker.consumer")
 
@@ -108,28 +105,6 @@ def _settling_failed(message: Message, exc: Exception) -> None:
         exc,
         "it returns when its lease expires",
     )
-
-
-async def _to_the_end(task: asyncio.Future[T]) -> T:
-    """``await task``, but a cancellation of the caller meanwhile lets it finish first.
-
-    For what a stop must complete even when it is cancelled again and again (by
-    :func:`~broker_core.cancellation.cancel_and_wait`, or an anyio cancel scope): the
-    caller's cancellation is raised once ``task`` has ended. Only for what ends by itself:
-    calls with a deadline (the transport's timeouts, the give-back's), or tasks cancelled
-    until they end (a handler in a thread, which nothing can end, excepted).
-    """
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()
 
 
 def _describe(exc: BaseException) -> str:
@@ -732,7 +707,7 @@ class Consumer:
         run.acks_queued.set()
         # Cut off by a cancellation, the acks on the wire would be dropped, and handled
         # events run again elsewhere.
-        await _to_the_end(acker)
+        await to_the_end(acker)
 
     async def _flush_acks(self) -> None:
         batch, self._acks = self._acks, []
@@ -788,7 +763,7 @@ class Consumer:
                 # also if this task is cancelled again meanwhile (the loop's cancellation
                 # may have been lost, and it would renew on for good).
                 with contextlib.suppress(Exception):
-                    await _to_the_end(asyncio.ensure_future(cancel_and_wait(renewal)))
+                    await to_the_end(asyncio.ensure_future(cancel_and_wait(renewal)))
 
     async def _renew_leases(self) -> None:
         lease = self._options.lease
@@ -860,7 +835,7 @@ class Consumer:
         runners = [cancel_and_wait(runner, again_after=again) for runner in run.runners]
         # To their end even if run() is cancelled again: a handler in a thread goes on
         # regardless, and its outcome is settled (its lease renewed) only while run() waits.
-        await _to_the_end(asyncio.gather(*runners, return_exceptions=True))
+        await to_the_end(asyncio.gather(*runners, return_exceptions=True))
         unhandled = list(run.cancelled)
         run.cancelled.clear()
         if not run.aborted:
@@ -872,7 +847,7 @@ class Consumer:
             return
         # Cut off by a cancellation, the events would wait out their leases, and then
         # count as a crash's (an attempt charged, run alone).
-        await _to_the_end(asyncio.ensure_future(self._release(receipts)))
+        await to_the_end(asyncio.ensure_future(self._release(receipts)))
 
     async def _release(self, receipts: Sequence[Receipt]) -> None:
         try:
